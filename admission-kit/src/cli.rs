@@ -1,0 +1,243 @@
+//! A ready-made command line for webhook binaries: `serve` (the default) and `webhook-config`.
+//!
+//! Every flag also reads an environment variable (`ADMISSION_KIT_…`), so the same binary is
+//! configured by flags locally and by env in a Deployment. Plugins with their own configuration
+//! flatten [`ServeArgs`] into their clap parser and call [`ServeArgs::server_config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::namespaces::NamespaceSource;
+use crate::pipeline::Pipeline;
+use crate::server::{Server, ServerConfig, shutdown_signal};
+use crate::telemetry::{self, LogFormat};
+use crate::tls::TlsSource;
+use crate::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_config};
+
+/// Parses a duration like `5s`, `250ms` or `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::server::parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration like 5s, 250ms or 1m30s"))
+}
+
+/// Whether to watch namespaces for their labels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum NamespaceCacheMode {
+    /// Watch if a cluster is reachable (in-cluster or kubeconfig); otherwise trust the selectors.
+    #[default]
+    Auto,
+    /// Watch, and fail to start without cluster access.
+    Always,
+    /// Never watch; trust the API server's selectors.
+    Never,
+}
+
+/// Flags of the webhook server.
+#[derive(Clone, Debug, Args)]
+#[non_exhaustive]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook port.
+    #[arg(long, env = "ADMISSION_KIT_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Address of the plain-HTTP admin port (/livez, /readyz, /metrics).
+    #[arg(long, env = "ADMISSION_KIT_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Serving certificate (PEM). Without it a self-signed one is generated (development mode).
+    #[arg(long, env = "ADMISSION_KIT_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Serving key (PEM).
+    #[arg(long, env = "ADMISSION_KIT_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// How often the certificate files are checked for a change.
+    #[arg(long, env = "ADMISSION_KIT_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub cert_reload_interval: Duration,
+    /// Names for a generated certificate (DNS names or IPs); repeat the flag for several.
+    #[arg(long = "self-signed-name", env = "ADMISSION_KIT_SELF_SIGNED_NAMES", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub self_signed_names: Vec<String>,
+    /// Write the generated CA (PEM) to this file, for a webhook configuration's caBundle.
+    #[arg(long, env = "ADMISSION_KIT_WRITE_CA")]
+    pub write_ca: Option<PathBuf>,
+    /// Largest request body, in bytes (413 above it).
+    #[arg(long, env = "ADMISSION_KIT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most open connections.
+    #[arg(long, env = "ADMISSION_KIT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// TLS handshake timeout.
+    #[arg(long, env = "ADMISSION_KIT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Time allowed to send a request's headers.
+    #[arg(long, env = "ADMISSION_KIT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole request.
+    #[arg(long, env = "ADMISSION_KIT_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    #[arg(long, env = "ADMISSION_KIT_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, keep serving this long while unready.
+    #[arg(long, env = "ADMISSION_KIT_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// Then wait at most this long for in-flight requests.
+    #[arg(long, env = "ADMISSION_KIT_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Namespace label cache.
+    #[arg(long, env = "ADMISSION_KIT_NAMESPACE_CACHE", value_enum, default_value_t = NamespaceCacheMode::Auto)]
+    pub namespace_cache: NamespaceCacheMode,
+    /// Log format.
+    #[arg(long, env = "ADMISSION_KIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, `RUST_LOG` syntax (default: `$RUST_LOG`, else `info`).
+    #[arg(long, env = "ADMISSION_KIT_LOG")]
+    pub log: Option<String>,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    #[must_use]
+    pub fn server_config(&self) -> ServerConfig {
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert: cert.clone(), key: key.clone(), reload_interval: self.cert_reload_interval },
+            _ => TlsSource::SelfSigned { names: self.self_signed_names.clone() },
+        };
+        ServerConfig {
+            webhook_addr: self.webhook_addr,
+            admin_addr: self.admin_addr,
+            tls,
+            max_body_bytes: self.max_body_bytes,
+            handshake_timeout: self.handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            drain_delay: self.drain_delay,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    /// The namespace source for this mode, and a readiness gate for its first sync.
+    pub async fn namespace_source(&self) -> anyhow::Result<(NamespaceSource, Option<impl std::future::Future<Output = ()> + Send + 'static>)> {
+        if self.namespace_cache == NamespaceCacheMode::Never {
+            return Ok((NamespaceSource::Unknown, None));
+        }
+        match kube::Client::try_default().await {
+            Ok(client) => {
+                let (source, ready) = NamespaceSource::watch(client);
+                Ok((source, Some(ready)))
+            }
+            Err(error) if self.namespace_cache == NamespaceCacheMode::Auto => {
+                tracing::warn!(%error, "no cluster access: namespace labels will not be cached");
+                Ok((NamespaceSource::Unknown, None))
+            }
+            Err(error) => Err(anyhow::anyhow!("failed to create a Kubernetes client for the namespace cache: {error}")),
+        }
+    }
+
+    /// Builds the server for `pipelines` (namespace cache included), starts it, writes the CA if
+    /// asked, serves until SIGTERM/SIGINT and drains.
+    pub async fn serve(&self, pipelines: Vec<Pipeline>, metrics: Option<crate::metrics::Metrics>) -> anyhow::Result<()> {
+        let (namespaces, ready) = self.namespace_source().await?;
+        let mut server = Server::new(self.server_config(), pipelines).namespaces(namespaces);
+        if let Some(ready) = ready {
+            server = server.ready_when(ready);
+        }
+        if let Some(metrics) = metrics {
+            server = server.metrics(metrics);
+        }
+        let running = server.start().await?;
+        if let (Some(path), Some(ca)) = (&self.write_ca, running.ca_pem()) {
+            std::fs::write(path, ca).map_err(|e| anyhow::anyhow!("failed to write the CA to {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "wrote the generated CA");
+        }
+        shutdown_signal().await;
+        running.shutdown_and_wait().await?;
+        Ok(())
+    }
+}
+
+/// Flags of `webhook-config`.
+#[derive(Clone, Debug, Args)]
+#[non_exhaustive]
+pub struct WebhookConfigArgs {
+    /// `metadata.name` of the MutatingWebhookConfiguration.
+    #[arg(long, default_value = "admission-kit")]
+    pub name: String,
+    /// Call the webhook at this base URL (out-of-cluster development), e.g. https://127.0.0.1:8443.
+    #[arg(long, conflicts_with = "service")]
+    pub url: Option<String>,
+    /// Call the webhook through this Service: `namespace/name` or `namespace/name:port`.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// PEM file whose content becomes the caBundle.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Never call the webhook for these namespaces (its own, to avoid deadlocks).
+    #[arg(long = "exclude-namespace", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+}
+
+impl WebhookConfigArgs {
+    /// Renders the configuration for `pipelines` as YAML-compatible JSON.
+    pub fn render(&self, pipelines: &[Pipeline]) -> anyhow::Result<String> {
+        let target = match (&self.url, &self.service) {
+            (Some(url), None) => ClientTarget::Url(url.clone()),
+            (None, Some(service)) => {
+                let (namespace, rest) = service
+                    .split_once('/')
+                    .ok_or_else(|| anyhow::anyhow!("--service must be namespace/name[:port], got `{service}`"))?;
+                let (name, port) = match rest.split_once(':') {
+                    Some((name, port)) => (name, port.parse().map_err(|_| anyhow::anyhow!("--service port `{port}` is not a number"))?),
+                    None => (rest, 443),
+                };
+                ClientTarget::Service { namespace: namespace.to_owned(), name: name.to_owned(), port }
+            }
+            _ => anyhow::bail!("give exactly one of --url or --service"),
+        };
+        let mut options = WebhookConfigOptions::new(&self.name, target).exclude_namespaces(self.exclude_namespaces.clone());
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("failed to read --ca-file {}: {e}", path.display()))?;
+            options = options.ca_bundle(pem);
+        }
+        let config = render_webhook_config(pipelines, &options);
+        let mut value = serde_json::to_value(&config)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("apiVersion".into(), "admissionregistration.k8s.io/v1".into());
+            object.insert("kind".into(), "MutatingWebhookConfiguration".into());
+        }
+        Ok(serde_json::to_string_pretty(&value)? + "\n")
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "An admission-kit mutating webhook", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the webhook (the default).
+    Serve,
+    /// Print the MutatingWebhookConfiguration (JSON, valid YAML) for this webhook.
+    WebhookConfig(WebhookConfigArgs),
+}
+
+/// Runs the standard command line for `pipelines`: serve by default, or print the webhook
+/// configuration.
+pub async fn run(pipelines: Vec<Pipeline>) -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.serve.log_format, cli.serve.log.as_deref())?;
+    match cli.command {
+        None | Some(Command::Serve) => cli.serve.serve(pipelines, None).await,
+        Some(Command::WebhookConfig(args)) => {
+            print!("{}", args.render(&pipelines)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Matchers: whether a mutator applies to a request, decided in-process and, where Kubernetes can
+//! express it, rendered as the webhook's server-side filter.
+//!
+//! The server-side filters are the webhook's `namespaceSelector`, `objectSelector` and
+//! `matchConditions` (CEL), see
+//! <https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/#matching-requests-namespaceselector>.
+//! A [`ServerFilter`] is always a *necessary* condition of its matcher (the API server never filters
+//! out a request the matcher would accept); when it is also sufficient it is marked `exact`.
+//!
+//! Namespace label matchers need the namespace's labels. The server supplies them from a namespace
+//! watch cache when it has cluster access ([`crate::namespaces`]); tests supply them explicitly.
+//! When they are unknown, a requirement that the webhook's rendered `namespaceSelector` enforces is
+//! trusted (the API server only sent the request because it held); anything else is
+//! [`Decision::Unknown`], which the pipeline treats as a failure of the step.
+
+mod label;
+mod object;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::review::Request;
+
+pub use label::{LabelOp, LabelRequirement};
+pub use object::{NAMESPACE_NAME_LABEL, AnnotationMatcher, NamespaceLabelMatcher, NamespaceNameMatcher, ObjectLabelMatcher};
+
+/// The outcome of a matcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The mutator applies.
+    Match,
+    /// The mutator does not apply.
+    NoMatch,
+    /// Cannot be decided from what is known (for example: namespace labels are not cached and the
+    /// requirement is not enforced by the API server). The reason is shown to the user.
+    Unknown(String),
+}
+
+impl Decision {
+    fn from_bool(b: bool) -> Self {
+        if b { Self::Match } else { Self::NoMatch }
+    }
+}
+
+/// What the server knows about the request's namespace.
+#[derive(Clone, Copy, Debug)]
+pub enum NamespaceView<'a> {
+    /// The namespace's labels (from the cache, or supplied).
+    Known(&'a BTreeMap<String, String>),
+    /// Not known; `enforced` lists the requirements the webhook's `namespaceSelector` enforces.
+    Unknown {
+        /// Requirements the API server checked before calling the webhook.
+        enforced: &'a [LabelRequirement],
+    },
+}
+
+/// Everything a matcher may look at.
+#[derive(Clone, Copy, Debug)]
+pub struct MatchInput<'a> {
+    /// The admission request.
+    pub request: &'a Request,
+    /// The object as it stands at this step (after earlier steps' changes); `None` on DELETE.
+    pub object: Option<&'a Value>,
+    /// The request's namespace labels, or what the API server enforced about them.
+    pub namespace: NamespaceView<'a>,
+}
+
+impl<'a> MatchInput<'a> {
+    /// `metadata.<field>` of the object as a string map, if present.
+    fn object_map(&self, field: &str) -> Option<&'a serde_json::Map<String, Value>> {
+        self.object?.get("metadata")?.get(field)?.as_object()
+    }
+}
+
+/// The server-side rendering of a matcher: requirements for the webhook's selectors and a CEL
+/// condition for its `matchConditions`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerFilter {
+    /// Requirements on the namespace's labels (`namespaceSelector.matchExpressions`).
+    pub namespace: Vec<LabelRequirement>,
+    /// Requirements on the object's labels (`objectSelector.matchExpressions`).
+    pub object: Vec<LabelRequirement>,
+    /// A CEL expression over `object` and `request` (`matchConditions`).
+    pub condition: Option<String>,
+    /// Whether the filter is equivalent to the matcher (not only necessary).
+    pub exact: bool,
+}
+
+impl ServerFilter {
+    /// No server-side filtering: everything is checked in-process.
+    #[must_use]
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The filter as one CEL expression, if it has no namespace requirements (CEL in
+    /// `matchConditions` cannot see namespace labels).
+    #[must_use]
+    pub fn as_cel(&self) -> Option<String> {
+        if !self.namespace.is_empty() {
+            return None;
+        }
+        let mut parts: Vec<String> = self.object.iter().map(|r| r.to_cel("object.metadata.labels")).collect();
+        parts.extend(self.condition.clone());
+        Some(if parts.is_empty() { "true".to_owned() } else { parts.join(" && ") })
+    }
+}
+
+/// Decides whether a mutator applies. Sync and pure: no I/O on the admission path.
+pub trait Matcher: Send + Sync + fmt::Debug {
+    /// Decides for one request.
+    fn evaluate(&self, input: &MatchInput<'_>) -> Decision;
+
+    /// The server-side rendering; by default none (checked in-process only).
+    fn server_filter(&self) -> ServerFilter {
+        ServerFilter::none()
+    }
+
+    /// A short human description, used in `explain` output and error messages.
+    fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl<M: Matcher + ?Sized> Matcher for Arc<M> {
+    fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
+        (**self).evaluate(input)
+    }
+    fn server_filter(&self) -> ServerFilter {
+        (**self).server_filter()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+impl<M: Matcher + ?Sized> Matcher for Box<M> {
+    fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
+        (**self).evaluate(input)
+    }
+    fn server_filter(&self) -> ServerFilter {
+        (**self).server_filter()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+/// All of the matchers apply (Kleene AND: any `NoMatch` wins over `Unknown`).
+#[derive(Debug)]
+pub struct All(pub Vec<Box<dyn Matcher>>);
+/// Any of the matchers applies (Kleene OR: any `Match` wins over `Unknown`).
+#[derive(Debug)]
+pub struct Any(pub Vec<Box<dyn Matcher>>);
+/// The matcher does not apply.
+#[derive(Debug)]
+pub struct Not(pub Box<dyn Matcher>);
+
+impl Matcher for All {
+    fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
+        let mut unknown = None;
+        for m in &self.0 {
+            match m.evaluate(input) {
+                Decision::NoMatch => return Decision::NoMatch,
+                Decision::Unknown(why) => unknown = unknown.or(Some(why)),
+                Decision::Match => {}
+            }
+        }
+        unknown.map_or(Decision::Match, Decision::Unknown)
+    }
+
+    fn server_filter(&self) -> ServerFilter {
+        let mut out = ServerFilter { exact: true, ..ServerFilter::none() };
+        let mut conditions = Vec::new();
+        for m in &self.0 {
+            let f = m.server_filter();
+            out.namespace.extend(f.namespace);
+            out.object.extend(f.object);
+            conditions.extend(f.condition);
+            out.exact &= f.exact;
+        }
+        out.condition = join_cel(&conditions, " && ");
+        out
+    }
+
+    fn describe(&self) -> String {
+        format!("all of ({})", self.0.iter().map(|m| m.describe()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+impl Matcher for Any {
+    fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
+        let mut unknown = None;
+        for m in &self.0 {
+            match m.evaluate(input) {
+                Decision::Match => return Decision::Match,
+                Decision::Unknown(why) => unknown = unknown.or(Some(why)),
+                Decision::NoMatch => {}
+            }
+        }
+        unknown.map_or(Decision::NoMatch, Decision::Unknown)
+    }
+
+    fn server_filter(&self) -> ServerFilter {
+        let filters: Vec<ServerFilter> = self.0.iter().map(|m| m.server_filter()).collect();
+        if filters.is_empty() {
+            return ServerFilter { exact: true, condition: Some("false".to_owned()), ..ServerFilter::none() };
+        }
+        // An OR can only be rendered in CEL, and only from children that CEL can express exactly.
+        let exprs: Option<Vec<String>> = filters.iter().map(|f| if f.exact { f.as_cel() } else { None }).collect();
+        match exprs {
+            Some(exprs) => ServerFilter { condition: join_cel(&exprs, " || "), exact: true, ..ServerFilter::none() },
+            None => ServerFilter::none(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("any of ({})", self.0.iter().map(|m| m.describe()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+impl Matcher for Not {
+    fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
+        match self.0.evaluate(input) {
+            Decision::Match => Decision::NoMatch,
+            Decision::NoMatch => Decision::Match,
+            unknown @ Decision::Unknown(_) => unknown,
+        }
+    }
+
+    fn server_filter(&self) -> ServerFilter {
+        let inner = self.0.server_filter();
+        match inner.as_cel() {
+            Some(expr) if inner.exact => ServerFilter { condition: Some(format!("!({expr})")), exact: true, ..ServerFilter::none() },
+            _ => ServerFilter::none(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("not ({})", self.0.describe())
+    }
+}
+
+fn join_cel(parts: &[String], op: &str) -> Option<String> {
+    match parts {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(many.iter().map(|p| format!("({p})")).collect::<Vec<_>>().join(op)),
+    }
+}
+
+/// All of `matchers` apply.
+#[must_use]
+pub fn all(matchers: impl IntoIterator<Item = Box<dyn Matcher>>) -> All {
+    All(matchers.into_iter().collect())
+}
+
+/// Any of `matchers` applies.
+#[must_use]
+pub fn any(matchers: impl IntoIterator<Item = Box<dyn Matcher>>) -> Any {
+    Any(matchers.into_iter().collect())
+}
+
+/// `matcher` does not apply.
+#[must_use]
+pub fn not(matcher: impl Matcher + 'static) -> Not {
+    Not(Box::new(matcher))
+}
+
+/// The namespace has label `key` with value `value`.
+#[must_use]
+pub fn namespace_label(key: impl Into<String>, value: impl Into<String>) -> NamespaceLabelMatcher {
+    NamespaceLabelMatcher(LabelRequirement::new(key, LabelOp::In(vec![value.into()])))
+}
+
+/// The namespace has label `key` (any value).
+#[must_use]
+pub fn namespace_label_exists(key: impl Into<String>) -> NamespaceLabelMatcher {
+    NamespaceLabelMatcher(LabelRequirement::new(key, LabelOp::Exists))
+}
+
+/// The namespace's labels meet `requirement` (In, NotIn, Exists, DoesNotExist).
+#[must_use]
+pub fn namespace_labels(requirement: LabelRequirement) -> NamespaceLabelMatcher {
+    NamespaceLabelMatcher(requirement)
+}
+
+/// The request's namespace is not one of `names` (e.g. `kube-system`). Cluster-scoped objects match.
+#[must_use]
+pub fn namespace_not_in<S: Into<String>>(names: impl IntoIterator<Item = S>) -> NamespaceNameMatcher {
+    NamespaceNameMatcher::not_in(names)
+}
+
+/// The object has annotation `key` (any value).
+#[must_use]
+pub fn has_annotation(key: impl Into<String>) -> AnnotationMatcher {
+    AnnotationMatcher::present(key)
+}
+
+/// The object has annotation `key` with one of `values`.
+#[must_use]
+pub fn annotation_in<S: Into<String>>(key: impl Into<String>, values: impl IntoIterator<Item = S>) -> AnnotationMatcher {
+    AnnotationMatcher::value_in(key, values)
+}
+
+/// The object's labels meet every requirement (an `objectSelector`).
+#[must_use]
+pub fn object_labels(requirements: impl IntoIterator<Item = LabelRequirement>) -> ObjectLabelMatcher {
+    ObjectLabelMatcher(requirements.into_iter().collect())
+}
+
+/// Converts a Kubernetes `LabelSelector` into requirements (`matchLabels` become `In`).
+pub fn requirements_from_selector(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<Vec<LabelRequirement>, label::SelectorError> {
+    label::from_selector(selector)
+}
+
+#[cfg(test)]
+mod tests;

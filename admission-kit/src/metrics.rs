@@ -1,0 +1,149 @@
+//! Prometheus metrics for the webhook server, all under the `admission_kit_` prefix.
+//!
+//! Names follow <https://prometheus.io/docs/practices/naming/>: base units (seconds), `_total`
+//! counters, and no per-object labels (no pod names or uids). The latency buckets include the API
+//! server's own webhook histogram bounds (5 ms, 25 ms, 100 ms, …) and go down to 0.5 ms.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Labels of a review.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// The webhook (pipeline) name.
+    pub webhook: String,
+    /// CREATE, UPDATE, …
+    pub operation: String,
+    /// `patched`, `allowed`, `denied`, or `invalid` for bodies that were not a review.
+    pub result: String,
+}
+
+/// Labels of a step event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// The webhook (pipeline) name.
+    pub webhook: String,
+    /// The step.
+    pub step: String,
+}
+
+/// Labels naming a webhook.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook (pipeline) name.
+    pub webhook: String,
+}
+
+/// Labels of a certificate reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Every metric the server records.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Reviews answered.
+    pub requests: Family<ReviewLabels, Counter>,
+    /// Review latency, from body received to answer encoded.
+    pub duration: Family<WebhookLabels, Histogram>,
+    /// Reviews being processed.
+    pub in_flight: Gauge,
+    /// Mutator panics (answered as denials).
+    pub panics: Family<StepLabels, Counter>,
+    /// Step failures admitted with a warning (fail-open).
+    pub fail_open: Family<StepLabels, Counter>,
+    /// Step failures that denied the object.
+    pub failures: Family<StepLabels, Counter>,
+    /// Open webhook connections.
+    pub connections: Gauge,
+    /// Connections refused because the connection cap was reached.
+    pub connections_refused: Counter,
+    /// TLS handshakes that failed or timed out.
+    pub handshake_failures: Counter,
+    /// Certificate reloads.
+    pub cert_reloads: Family<ReloadLabels, Counter>,
+    /// `notAfter` of the certificate being served, as a Unix timestamp.
+    pub cert_expiry: Gauge<f64, AtomicU64>,
+    /// Whether the server is draining (1) or not (0).
+    pub draining: Gauge,
+    /// Errors in plugin-defined sources (catalogs, caches), by source; plugins register their own.
+    pub registry: Registry,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("admission_kit");
+        let requests = Family::<ReviewLabels, Counter>::default();
+        let duration = Family::<WebhookLabels, Histogram>::new_with_constructor(new_latency_histogram as fn() -> Histogram);
+        let in_flight = Gauge::default();
+        let panics = Family::<StepLabels, Counter>::default();
+        let fail_open = Family::<StepLabels, Counter>::default();
+        let failures = Family::<StepLabels, Counter>::default();
+        let connections = Gauge::default();
+        let connections_refused = Counter::default();
+        let handshake_failures = Counter::default();
+        let cert_reloads = Family::<ReloadLabels, Counter>::default();
+        let cert_expiry = Gauge::<f64, AtomicU64>::default();
+        let draining = Gauge::default();
+        registry.register("requests", "Admission reviews answered", requests.clone());
+        registry.register("request_duration_seconds", "Time to answer an admission review", duration.clone());
+        registry.register("requests_in_flight", "Admission reviews being answered", in_flight.clone());
+        registry.register("mutator_panics", "Mutator panics, answered as denials", panics.clone());
+        registry.register("step_fail_open", "Step failures admitted without the step's change", fail_open.clone());
+        registry.register("step_failures", "Step failures that denied the object", failures.clone());
+        registry.register("connections_open", "Open webhook connections", connections.clone());
+        registry.register("connections_refused", "Connections refused at the connection cap", connections_refused.clone());
+        registry.register("tls_handshake_failures", "TLS handshakes that failed or timed out", handshake_failures.clone());
+        registry.register("certificate_reloads", "Serving certificate reloads", cert_reloads.clone());
+        registry.register("certificate_expiry_timestamp_seconds", "notAfter of the serving certificate", cert_expiry.clone());
+        registry.register("draining", "1 while the server drains before exit", draining.clone());
+        Self {
+            requests,
+            duration,
+            in_flight,
+            panics,
+            fail_open,
+            failures,
+            connections,
+            connections_refused,
+            handshake_failures,
+            cert_reloads,
+            cert_expiry,
+            draining,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn new_latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}

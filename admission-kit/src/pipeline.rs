@@ -1,0 +1,619 @@
+//! The pipeline: ordered steps, each a mutator gated by a matcher, an operation filter and a
+//! failure mode; the whole turned into one answer with one patch.
+//!
+//! Steps run in order on a working copy of the object; each later step sees earlier steps' changes.
+//! A step that fails leaves no partial change behind. The patch is the diff between the object the
+//! API server sent and the final working copy, so the output is deterministic for a given input.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::FutureExt as _;
+use kube::core::admission::Operation;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::matcher::{Decision, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter};
+use crate::mutator::{Context, DynamicMutator, MutationError, MutationResult, Mutator};
+use crate::patch;
+use crate::review::{Answer, Review};
+
+/// What a step's error does to the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// Deny the object, with the error as the message (the default: nothing is admitted half-done).
+    #[default]
+    Deny,
+    /// Admit the object without this step's change and return a warning to the client.
+    AllowWithWarning,
+}
+
+/// The kind and resource a step serves, e.g. `v1 Pod` / `pods`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceTarget {
+    /// API group (`""` for core).
+    pub group: String,
+    /// API version (`v1`).
+    pub version: String,
+    /// Kind (`Pod`).
+    pub kind: String,
+    /// Plural resource name (`pods`), used in the webhook's rules.
+    pub plural: String,
+}
+
+impl ResourceTarget {
+    /// A target for a kind.
+    pub fn new(group: impl Into<String>, version: impl Into<String>, kind: impl Into<String>, plural: impl Into<String>) -> Self {
+        Self { group: group.into(), version: version.into(), kind: kind.into(), plural: plural.into() }
+    }
+
+    /// The target of a k8s-openapi resource type.
+    #[must_use]
+    pub fn of<K: k8s_openapi::Resource>() -> Self {
+        Self::new(K::GROUP, K::VERSION, K::KIND, K::URL_PATH_SEGMENT)
+    }
+
+    fn matches(&self, review: &crate::review::Request) -> bool {
+        review.kind.group == self.group && review.kind.version == self.version && review.kind.kind == self.kind && review.sub_resource.is_none()
+    }
+}
+
+impl fmt::Display for ResourceTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.group.is_empty() {
+            write!(f, "{} {}", self.version, self.kind)
+        } else {
+            write!(f, "{}/{} {}", self.group, self.version, self.kind)
+        }
+    }
+}
+
+/// Runs a typed [`Mutator`] over raw JSON: decode, mutate, and carry only the change back.
+struct Typed<K, M> {
+    mutator: M,
+    target: ResourceTarget,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K, M: fmt::Debug> fmt::Debug for Typed<K, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.mutator.fmt(f)
+    }
+}
+
+#[async_trait]
+impl<K, M> DynamicMutator for Typed<K, M>
+where
+    K: DeserializeOwned + Serialize + Send + Sync + 'static,
+    M: Mutator<K>,
+{
+    async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
+        let mut typed = K::deserialize(&*object).map_err(|e| MutationError::Invalid {
+            message: format!("object does not decode as {}: {e}", self.target),
+        })?;
+        let encode = |k: &K| serde_json::to_value(k).map_err(|e| MutationError::caused_by(format!("failed to encode {}", self.target), e));
+        let before = encode(&typed)?;
+        self.mutator.mutate(&mut typed, ctx).await?;
+        let after = encode(&typed)?;
+        if before != after {
+            *object = patch::carry_changes(object, &before, &after);
+        }
+        Ok(())
+    }
+}
+
+/// One step of a pipeline: a mutator and when it applies.
+#[derive(Debug)]
+#[must_use]
+pub struct Step {
+    name: String,
+    target: ResourceTarget,
+    mutator: Arc<dyn DynamicMutator>,
+    gate: Option<Arc<dyn Matcher>>,
+    operations: Vec<Operation>,
+    on_error: FailureMode,
+}
+
+impl Step {
+    /// A step running a typed mutator over objects of kind `K`.
+    pub fn new<K, M>(name: impl Into<String>, mutator: M) -> Self
+    where
+        K: k8s_openapi::Resource + DeserializeOwned + Serialize + Send + Sync + 'static,
+        M: Mutator<K>,
+    {
+        let target = ResourceTarget::of::<K>();
+        Self::dynamic(name, target.clone(), Typed { mutator, target, _kind: PhantomData::<fn() -> K> })
+    }
+
+    /// A step running a mutator over the raw JSON of objects of `target`'s kind.
+    pub fn dynamic(name: impl Into<String>, target: ResourceTarget, mutator: impl DynamicMutator) -> Self {
+        Self {
+            name: name.into(),
+            target,
+            mutator: Arc::new(mutator),
+            gate: None,
+            operations: vec![Operation::Create],
+            on_error: FailureMode::Deny,
+        }
+    }
+
+    /// Applies only when `matcher` matches (default: always).
+    pub fn when(mut self, matcher: impl Matcher + 'static) -> Self {
+        self.gate = Some(Arc::new(matcher));
+        self
+    }
+
+    /// Applies only to these operations (default: CREATE).
+    pub fn operations(mut self, operations: impl IntoIterator<Item = Operation>) -> Self {
+        self.operations = operations.into_iter().collect();
+        self
+    }
+
+    /// What an error of this step does (default: [`FailureMode::Deny`]).
+    pub fn on_error(mut self, mode: FailureMode) -> Self {
+        self.on_error = mode;
+        self
+    }
+
+    /// The step's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kind the step serves.
+    #[must_use]
+    pub fn target(&self) -> &ResourceTarget {
+        &self.target
+    }
+
+    /// The operations the step serves.
+    #[must_use]
+    pub fn served_operations(&self) -> &[Operation] {
+        &self.operations
+    }
+
+    fn filter(&self) -> ServerFilter {
+        self.gate.as_ref().map_or_else(ServerFilter::none, |g| g.server_filter())
+    }
+}
+
+/// `failurePolicy` of the rendered webhook: what the API server does when it cannot reach us.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Reject the API request (safe for must-have mutations; blocks creates while the webhook is down).
+    #[default]
+    Fail,
+    /// Admit unmutated (keeps the cluster working; silently skips the mutation).
+    Ignore,
+}
+
+/// `reinvocationPolicy` of the rendered webhook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReinvocationPolicy {
+    /// Called once per admission.
+    #[default]
+    Never,
+    /// Called again if a later mutating webhook changed the object (mutators must be idempotent).
+    IfNeeded,
+}
+
+/// Why a pipeline could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Webhook names must be fully qualified (at least three DNS labels), as the API server requires.
+    #[error("failed to build pipeline: webhook name `{0}` must be a fully qualified DNS name like `inject.example.com`")]
+    BadName(String),
+    /// A pipeline needs at least one step.
+    #[error("failed to build pipeline `{0}`: it has no steps")]
+    NoSteps(String),
+    /// Step names identify steps in metrics and reports.
+    #[error("failed to build pipeline `{pipeline}`: step name `{step}` is used twice")]
+    DuplicateStep {
+        /// The pipeline.
+        pipeline: String,
+        /// The repeated step name.
+        step: String,
+    },
+    /// `timeoutSeconds` must be within 1–30.
+    #[error("failed to build pipeline `{0}`: timeoutSeconds must be between 1 and 30, got {1}")]
+    BadTimeout(String, i32),
+    /// Paths are routes on the webhook server.
+    #[error("failed to build pipeline `{0}`: path `{1}` must start with `/`")]
+    BadPath(String, String),
+}
+
+/// Builds a [`Pipeline`].
+#[derive(Debug)]
+#[must_use]
+pub struct PipelineBuilder {
+    name: String,
+    path: String,
+    steps: Vec<Step>,
+    failure_policy: FailurePolicy,
+    reinvocation: ReinvocationPolicy,
+    timeout_seconds: i32,
+    match_conditions: bool,
+}
+
+impl PipelineBuilder {
+    /// Adds a step; steps run in the order added.
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// The HTTP path the webhook is served on (default `/mutate`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The rendered `failurePolicy` (default `Fail`).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// The rendered `reinvocationPolicy` (default `Never`).
+    pub fn reinvocation(mut self, policy: ReinvocationPolicy) -> Self {
+        self.reinvocation = policy;
+        self
+    }
+
+    /// The rendered `timeoutSeconds` (1–30, default 10); also the server's deadline when the API
+    /// server does not send `?timeout=`.
+    pub fn timeout_seconds(mut self, seconds: i32) -> Self {
+        self.timeout_seconds = seconds;
+        self
+    }
+
+    /// Whether to render `matchConditions` (CEL; Kubernetes ≥ 1.30). Default on.
+    pub fn match_conditions(mut self, enabled: bool) -> Self {
+        self.match_conditions = enabled;
+        self
+    }
+
+    /// Checks and builds the pipeline.
+    pub fn build(self) -> Result<Pipeline, PipelineError> {
+        let qualified = self.name.split('.').filter(|s| !s.is_empty()).count() >= 3
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !qualified {
+            return Err(PipelineError::BadName(self.name));
+        }
+        if self.steps.is_empty() {
+            return Err(PipelineError::NoSteps(self.name));
+        }
+        if !(1..=30).contains(&self.timeout_seconds) {
+            return Err(PipelineError::BadTimeout(self.name, self.timeout_seconds));
+        }
+        if !self.path.starts_with('/') {
+            return Err(PipelineError::BadPath(self.name, self.path));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for step in &self.steps {
+            if !seen.insert(step.name.as_str()) {
+                return Err(PipelineError::DuplicateStep { pipeline: self.name.clone(), step: step.name.clone() });
+            }
+        }
+        let filter = webhook_filter(&self.steps);
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                name: self.name,
+                path: self.path,
+                steps: self.steps,
+                filter,
+                failure_policy: self.failure_policy,
+                reinvocation: self.reinvocation,
+                timeout_seconds: self.timeout_seconds,
+                match_conditions: self.match_conditions,
+            }),
+        })
+    }
+}
+
+/// What the webhook as a whole can ask the API server to filter: a condition necessary for *some*
+/// step to apply. Namespace and object requirements shared by every step, and the OR of the steps'
+/// CEL conditions when every step has one.
+fn webhook_filter(steps: &[Step]) -> ServerFilter {
+    let filters: Vec<ServerFilter> = steps.iter().map(Step::filter).collect();
+    let Some((first, rest)) = filters.split_first() else { return ServerFilter::none() };
+    let common = |pick: fn(&ServerFilter) -> &Vec<LabelRequirement>| -> Vec<LabelRequirement> {
+        let mut out: Vec<LabelRequirement> = Vec::new();
+        for r in pick(first) {
+            if rest.iter().all(|f| pick(f).contains(r)) && !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+        out
+    };
+    let conditions: Option<Vec<String>> = filters.iter().map(|f| f.condition.clone()).collect();
+    let condition = conditions.map(|mut c| {
+        c.dedup();
+        if c.len() == 1 { c.remove(0) } else { c.iter().map(|x| format!("({x})")).collect::<Vec<_>>().join(" || ") }
+    });
+    ServerFilter { namespace: common(|f| &f.namespace), object: common(|f| &f.object), condition, exact: false }
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    path: String,
+    steps: Vec<Step>,
+    filter: ServerFilter,
+    failure_policy: FailurePolicy,
+    reinvocation: ReinvocationPolicy,
+    timeout_seconds: i32,
+    match_conditions: bool,
+}
+
+/// An ordered set of steps served as one webhook. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+/// What happened to one step during a review.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepResult {
+    /// Not run: another kind, a subresource, another operation, or the matcher said no.
+    Skipped(String),
+    /// Ran; `changed` tells whether it changed the object.
+    Applied {
+        /// Whether the object changed.
+        changed: bool,
+    },
+    /// The mutator denied the object.
+    Denied(String),
+    /// The step failed; `mode` decided the outcome.
+    Failed {
+        /// The error.
+        message: String,
+        /// The failure mode that applied.
+        mode: FailureMode,
+    },
+    /// The mutator panicked; the object was denied.
+    Panicked(String),
+}
+
+/// One step's part in a review.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    /// The step's name.
+    pub step: String,
+    /// What happened.
+    pub result: StepResult,
+}
+
+/// The answer and what each step did, for metrics, logs and `explain`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The answer to send.
+    pub answer: Answer,
+    /// What each step did, in order (steps after a denial are absent).
+    pub steps: Vec<StepReport>,
+    /// The object after all steps (`None` when there was no object).
+    pub mutated: Option<Value>,
+}
+
+impl Pipeline {
+    /// Starts a pipeline for the webhook `name` (a fully qualified name such as `inject.example.com`).
+    pub fn builder(name: impl Into<String>) -> PipelineBuilder {
+        PipelineBuilder {
+            name: name.into(),
+            path: "/mutate".to_owned(),
+            steps: Vec::new(),
+            failure_policy: FailurePolicy::Fail,
+            reinvocation: ReinvocationPolicy::Never,
+            timeout_seconds: 10,
+            match_conditions: true,
+        }
+    }
+
+    /// The webhook name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The HTTP path.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The steps, in order.
+    #[must_use]
+    pub fn steps(&self) -> &[Step] {
+        &self.inner.steps
+    }
+
+    /// The server-side filter rendered into the webhook configuration.
+    #[must_use]
+    pub fn server_filter(&self) -> &ServerFilter {
+        &self.inner.filter
+    }
+
+    /// The rendered `failurePolicy`.
+    #[must_use]
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.inner.failure_policy
+    }
+
+    /// The rendered `reinvocationPolicy`.
+    #[must_use]
+    pub fn reinvocation(&self) -> ReinvocationPolicy {
+        self.inner.reinvocation
+    }
+
+    /// The rendered `timeoutSeconds`.
+    #[must_use]
+    pub fn timeout_seconds(&self) -> i32 {
+        self.inner.timeout_seconds
+    }
+
+    /// Whether `matchConditions` are rendered.
+    #[must_use]
+    pub fn renders_match_conditions(&self) -> bool {
+        self.inner.match_conditions
+    }
+
+    /// Whether any step's matcher needs namespace labels that the API server does not enforce
+    /// (so the server must know namespace labels to decide), and which requirements are trusted.
+    #[must_use]
+    pub fn namespace_label_needs(&self) -> (Vec<LabelRequirement>, Vec<LabelRequirement>) {
+        let trusted = self.inner.filter.namespace.clone();
+        let mut unchecked = Vec::new();
+        for step in &self.inner.steps {
+            for r in step.filter().namespace {
+                if !trusted.contains(&r) && !unchecked.contains(&r) && r.key != crate::matcher::NAMESPACE_NAME_LABEL {
+                    unchecked.push(r);
+                }
+            }
+        }
+        (trusted, unchecked)
+    }
+
+    /// Answers one review without a deadline.
+    pub async fn review(&self, review: &Review, namespace_labels: Option<&BTreeMap<String, String>>) -> Outcome {
+        self.review_until(review, namespace_labels, None).await
+    }
+
+    /// Answers one review; each step must finish before `deadline`, or it fails (and its failure
+    /// mode decides).
+    pub async fn review_until(
+        &self,
+        review: &Review,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        let request = &review.request;
+        let mut answer = Answer::allow(&review.api_version, &request.uid);
+        let mut reports = Vec::with_capacity(self.inner.steps.len());
+        let Some(original) = request.object.as_ref() else {
+            for step in &self.inner.steps {
+                reports.push(StepReport { step: step.name.clone(), result: StepResult::Skipped("request has no object".to_owned()) });
+            }
+            return Outcome { answer, steps: reports, mutated: None };
+        };
+        let namespace = match namespace_labels {
+            Some(labels) => NamespaceView::Known(labels),
+            None => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
+        };
+        let mut current = original.clone();
+        for step in &self.inner.steps {
+            let input = MatchInput { request, object: Some(&current), namespace };
+            let result = match applies(step, &input) {
+                Gate::Skip(reason) => StepResult::Skipped(reason),
+                Gate::Undecidable(why) => self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer),
+                Gate::Apply => {
+                    let mut candidate = current.clone();
+                    let mut ctx = Context::new(request, namespace_labels);
+                    let run = AssertUnwindSafe(step.mutator.mutate(&mut candidate, &mut ctx)).catch_unwind();
+                    let ran = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, run).await.ok(),
+                        None => Some(run.await),
+                    };
+                    let (warnings, audit) = ctx.into_parts();
+                    match ran {
+                        None => self.failed(step, "did not finish before the API server's deadline".to_owned(), &mut answer),
+                        Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
+                        Some(Ok(Ok(()))) => {
+                            answer.warnings.extend(warnings);
+                            answer.audit_annotations.extend(audit);
+                            let changed = candidate != current;
+                            current = candidate;
+                            StepResult::Applied { changed }
+                        }
+                        Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
+                        Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
+                            self.failed(step, error_chain(&e), &mut answer)
+                        }
+                    }
+                }
+            };
+            let denial = match &result {
+                StepResult::Denied(message) => Some((403, message.clone())),
+                StepResult::Failed { message, mode: FailureMode::Deny } => Some((500, format!("{} failed: {message}", step.name))),
+                StepResult::Panicked(message) => Some((
+                    500,
+                    format!("{} panicked, so the object was not admitted (a bug in the webhook; see its logs): {message}", step.name),
+                )),
+                _ => None,
+            };
+            reports.push(StepReport { step: step.name.clone(), result });
+            if let Some((code, message)) = denial {
+                let mut denied = Answer::deny(&review.api_version, &request.uid, code, message);
+                denied.warnings = answer.warnings;
+                return Outcome { answer: denied, steps: reports, mutated: None };
+            }
+        }
+        let patch = patch::diff(original, &current);
+        if !patch.0.is_empty() {
+            answer.patch = Some(patch);
+        }
+        Outcome { answer, steps: reports, mutated: Some(current) }
+    }
+
+    fn failed(&self, step: &Step, message: String, answer: &mut Answer) -> StepResult {
+        if step.on_error == FailureMode::AllowWithWarning {
+            answer.warnings.push(format!("{}: {} failed, admitted without its change: {message}", self.inner.name, step.name));
+        }
+        StepResult::Failed { message, mode: step.on_error }
+    }
+}
+
+enum Gate {
+    Apply,
+    Skip(String),
+    Undecidable(String),
+}
+
+/// Whether a step applies, and why not when it does not.
+fn applies(step: &Step, input: &MatchInput<'_>) -> Gate {
+    if !step.target.matches(input.request) {
+        return Gate::Skip(format!("serves {}, not this kind or subresource", step.target));
+    }
+    if !step.operations.contains(&input.request.operation) {
+        return Gate::Skip(format!("does not serve {:?}", input.request.operation));
+    }
+    let Some(gate) = step.gate.as_ref() else { return Gate::Apply };
+    match gate.evaluate(input) {
+        Decision::Match => Gate::Apply,
+        Decision::NoMatch => Gate::Skip(format!("matcher did not match: {}", gate.describe())),
+        Decision::Unknown(why) => Gate::Undecidable(why),
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! The wire format: decoding `AdmissionReview` requests and encoding answers.
+//!
+//! Implements <https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/#request>
+//! and `#response`. The object is kept as raw JSON ([`serde_json::Value`]) rather than decoded into
+//! a typed struct, so the patch can be derived against exactly what the API server sent, including
+//! fields newer than the k8s-openapi release this crate was built with.
+
+use std::collections::BTreeMap;
+
+use kube::core::admission::{AdmissionResponse, Operation};
+use kube::core::{GroupVersionKind, GroupVersionResource, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `admission.k8s.io/v1`, the only version rendered into webhook configurations.
+pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
+/// `admission.k8s.io/v1beta1`, still accepted so that captured reviews from old clusters replay.
+pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
+
+/// Why a body could not be read as an `AdmissionReview`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The body is not JSON, or not an `AdmissionReview` at all; there is no `uid` to answer.
+    #[error("failed to decode AdmissionReview: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The review has no `request`; there is nothing to answer.
+    #[error("AdmissionReview has no `request`; nothing to admit")]
+    NoRequest,
+    /// The review names an API version this server does not speak.
+    #[error("AdmissionReview apiVersion `{0}` is not supported; use admission.k8s.io/v1")]
+    UnsupportedVersion(String),
+    /// The `request` is present and has a `uid`, but another field is malformed. It can be
+    /// answered with a denial that echoes the `uid`.
+    #[error("failed to decode AdmissionReview request {uid}: {source}")]
+    MalformedRequest {
+        /// The request's `uid`, echoed in the denial.
+        uid: String,
+        /// The API version of the review, echoed in the denial.
+        api_version: String,
+        /// What serde could not read.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    api_version: String,
+    request: Option<Request>,
+}
+
+/// One admission request, with the object kept as raw JSON.
+///
+/// The field names and types follow `admission.k8s.io/v1` `AdmissionRequest`; the typed parts reuse
+/// kube-rs's types.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Request {
+    /// Identifies this request/response round trip; echoed in the answer.
+    pub uid: String,
+    /// The kind of the object, as converted for this webhook (e.g. `v1/Pod`).
+    pub kind: GroupVersionKind,
+    /// The resource being requested (e.g. `v1/pods`).
+    pub resource: GroupVersionResource,
+    /// The subresource, if any (e.g. `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_resource: Option<String>,
+    /// The kind the user originally requested, before conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_kind: Option<GroupVersionKind>,
+    /// The object's name; empty on CREATE with `generateName`.
+    #[serde(default)]
+    pub name: String,
+    /// The object's namespace; absent for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// CREATE, UPDATE, DELETE or CONNECT.
+    pub operation: Operation,
+    /// Who is asking.
+    #[serde(default)]
+    pub user_info: k8s_openapi::api::authentication::v1::UserInfo,
+    /// The object as the API server sent it (absent on DELETE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Value>,
+    /// The existing object on UPDATE and DELETE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_object: Option<Value>,
+    /// Whether this is a dry run; mutators must have no side effects either way.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The operation's options (`CreateOptions`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Value>,
+}
+
+/// A decoded review: the request and the API version to answer in.
+#[derive(Clone, Debug)]
+pub struct Review {
+    /// `admission.k8s.io/v1` or `admission.k8s.io/v1beta1`.
+    pub api_version: String,
+    /// The request.
+    pub request: Request,
+}
+
+impl Review {
+    /// Wraps a request as an `admission.k8s.io/v1` review.
+    #[must_use]
+    pub fn v1(request: Request) -> Self {
+        Self { api_version: API_VERSION_V1.to_owned(), request }
+    }
+
+    /// Decodes a request body. The fast path is a single typed parse; only when it fails is the body
+    /// parsed again, loosely, to find a `uid` worth answering.
+    pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
+        match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope { api_version, request }) => {
+                check_version(&api_version)?;
+                let request = request.ok_or(DecodeError::NoRequest)?;
+                Ok(Self { api_version, request })
+            }
+            Err(source) => Err(salvage(body, source)),
+        }
+    }
+}
+
+fn check_version(api_version: &str) -> Result<(), DecodeError> {
+    match api_version {
+        API_VERSION_V1 | API_VERSION_V1BETA1 => Ok(()),
+        other => Err(DecodeError::UnsupportedVersion(other.to_owned())),
+    }
+}
+
+/// A typed decode failed: find out whether it failed inside a request whose `uid` we can echo.
+fn salvage(body: &[u8], source: serde_json::Error) -> DecodeError {
+    let Ok(Value::Object(review)) = serde_json::from_slice::<Value>(body) else {
+        return DecodeError::Malformed(source);
+    };
+    let api_version = review.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if let Err(e) = check_version(&api_version) {
+        return e;
+    }
+    match review.get("request") {
+        None | Some(Value::Null) => DecodeError::NoRequest,
+        Some(request) => match request.get("uid").and_then(Value::as_str) {
+            Some(uid) if !uid.is_empty() => DecodeError::MalformedRequest { uid: uid.to_owned(), api_version, source },
+            _ => DecodeError::Malformed(source),
+        },
+    }
+}
+
+/// The answer to one request: allowed (with or without a patch) or denied.
+///
+/// Built by [`crate::Pipeline::review`]; encoded by [`Answer::to_review_json`]. Warnings and audit
+/// annotations keep the order mutators added them (audit annotations sorted by key), so identical
+/// inputs give byte-identical answers.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Answer {
+    /// The API version to answer in (the request's).
+    pub api_version: String,
+    /// The request's `uid`.
+    pub uid: String,
+    /// Whether the request is admitted.
+    pub allowed: bool,
+    /// Why it was denied (empty when allowed).
+    pub message: String,
+    /// HTTP-like status code for a denial (403 for a decision, 400 for bad input, 500 for a failure).
+    pub code: u16,
+    /// The RFC 6902 patch, if the object changed.
+    pub patch: Option<json_patch::Patch>,
+    /// Warnings returned to the API client (`kubectl` prints them).
+    pub warnings: Vec<String>,
+    /// Audit annotations, recorded by the API server in its audit log.
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+impl Answer {
+    /// Admits unchanged.
+    #[must_use]
+    pub fn allow(api_version: &str, uid: &str) -> Self {
+        Self {
+            api_version: api_version.to_owned(),
+            uid: uid.to_owned(),
+            allowed: true,
+            message: String::new(),
+            code: 200,
+            patch: None,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+        }
+    }
+
+    /// Denies with a message a person can act on.
+    #[must_use]
+    pub fn deny(api_version: &str, uid: &str, code: u16, message: impl Into<String>) -> Self {
+        Self { allowed: false, message: message.into(), code, ..Self::allow(api_version, uid) }
+    }
+
+    /// Whether the answer carries a non-empty patch.
+    #[must_use]
+    pub fn is_patched(&self) -> bool {
+        self.patch.as_ref().is_some_and(|p| !p.0.is_empty())
+    }
+
+    /// A short word for metrics and logs: `patched`, `allowed` or `denied`.
+    #[must_use]
+    pub fn result_label(&self) -> &'static str {
+        match (self.allowed, self.is_patched()) {
+            (false, _) => "denied",
+            (true, true) => "patched",
+            (true, false) => "allowed",
+        }
+    }
+
+    /// Converts to kube-rs's response type, for code that already speaks it.
+    pub fn into_kube_response(self) -> Result<AdmissionResponse, kube::core::admission::SerializePatchError> {
+        let mut response = AdmissionResponse::invalid("");
+        response.result = if self.allowed { Status::default() } else { self.status() };
+        response.types.api_version = self.api_version;
+        response.uid = self.uid;
+        response.allowed = self.allowed;
+        response.warnings = (!self.warnings.is_empty()).then_some(self.warnings);
+        response.audit_annotations = self.audit_annotations.into_iter().collect();
+        match self.patch {
+            Some(patch) if !patch.0.is_empty() => response.with_patch(patch),
+            _ => Ok(response),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let reason = match self.code {
+            400 => "BadRequest",
+            403 => "Forbidden",
+            504 => "Timeout",
+            _ => "InternalError",
+        };
+        let mut status = Status::failure(&self.message, reason);
+        status.code = self.code;
+        status
+    }
+
+    /// Encodes the answer as an `AdmissionReview` response body.
+    pub fn to_review_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let patch = match &self.patch {
+            Some(patch) if !patch.0.is_empty() => Some(base64_encode(&serde_json::to_vec(patch)?)),
+            _ => None,
+        };
+        let status = (!self.allowed).then(|| self.status());
+        let body = WireReview {
+            api_version: &self.api_version,
+            kind: "AdmissionReview",
+            response: WireResponse {
+                uid: &self.uid,
+                allowed: self.allowed,
+                status,
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+                warnings: &self.warnings,
+                audit_annotations: &self.audit_annotations,
+            },
+        };
+        serde_json::to_vec(&body)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: WireResponse<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: &'a BTreeMap<String, String>,
+}
+
+/// Standard base64 with padding, as Go's `[]byte` JSON encoding expects.
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(request: &str) -> Vec<u8> {
+        format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn decodes_the_captured_v1beta1_review() {
+        let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2019-admission-review-v1beta1.json")).unwrap();
+        let review = Review::from_slice(&body).unwrap();
+        assert_eq!(review.api_version, API_VERSION_V1BETA1);
+        assert_eq!(review.request.uid, "6e397dab-317d-11e9-b50f-080027bbd2ff");
+        assert_eq!(review.request.operation, Operation::Create);
+        assert_eq!(review.request.kind.kind, "Pod");
+    }
+
+    #[test]
+    fn bad_inputs_are_told_apart() {
+        assert!(matches!(Review::from_slice(b"{not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(Review::from_slice(b"[1,2]"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Review::from_slice(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+            Err(DecodeError::NoRequest)
+        ));
+        assert!(matches!(
+            Review::from_slice(br#"{"apiVersion":"admission.k8s.io/v2","request":{}}"#),
+            Err(DecodeError::UnsupportedVersion(v)) if v == "admission.k8s.io/v2"
+        ));
+        let bad_op = body(r#"{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"EXPLODE"}"#);
+        match Review::from_slice(&bad_op) {
+            Err(DecodeError::MalformedRequest { uid, .. }) => assert_eq!(uid, "u-1"),
+            other => panic!("expected a salvageable uid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_encode_as_v1_reviews() {
+        let mut answer = Answer::allow(API_VERSION_V1, "u-2");
+        answer.patch = Some(serde_json::from_str(r#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#).unwrap());
+        let json: Value = serde_json::from_slice(&answer.to_review_json().unwrap()).unwrap();
+        assert_eq!(json["kind"], "AdmissionReview");
+        assert_eq!(json["response"]["uid"], "u-2");
+        assert_eq!(json["response"]["patchType"], "JSONPatch");
+        let patch = json["response"]["patch"].as_str().unwrap();
+        assert_eq!(patch, base64_encode(br#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#));
+        let denied = Answer::deny(API_VERSION_V1, "u-3", 403, "no");
+        let json: Value = serde_json::from_slice(&denied.to_review_json().unwrap()).unwrap();
+        assert_eq!(json["response"]["allowed"], false);
+        assert_eq!(json["response"]["status"]["message"], "no");
+        assert_eq!(json["response"]["status"]["code"], 403);
+    }
+}

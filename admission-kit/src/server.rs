@@ -1,0 +1,391 @@
+//! The webhook server runtime: HTTPS for reviews, plain HTTP for probes and metrics.
+//!
+//! Built directly on tokio, tokio-rustls, hyper and axum rather than on `kubert` or `axum-server`.
+//! `kubert` ties its server to its own CLI arguments and kube client set-up and offers no body cap,
+//! connection cap or per-connection idle/header timeouts; `axum-server` reloads certificates but
+//! does not expose connection-level draining and limits. What a webhook needs here is a small
+//! accept loop we own: a connection cap, a handshake timeout, a header-read timeout separate from
+//! the keep-alive idle timeout (hyper's own header timer also closes idle keep-alive connections),
+//! certificate swaps per handshake, and a drain that closes keep-alive connections one by one.
+//!
+//! Behaviour follows the webhook contract in
+//! <https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/>:
+//! HTTP/1.1 keep-alive over TLS 1.2+, the `?timeout=` deadline, HTTP 200 with `allowed: false` for
+//! denials, and 4xx only where there is no review to answer.
+
+mod admin;
+mod conn;
+mod webhook;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::namespaces::NamespaceSource;
+use crate::pipeline::Pipeline;
+use crate::tls::{CertStore, FileReloader, GeneratedCert, TlsError, TlsSource};
+
+pub use webhook::parse_go_duration as parse_duration;
+use webhook::webhook_router;
+
+/// Limits and addresses of the server.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Where reviews are served over HTTPS.
+    pub webhook_addr: SocketAddr,
+    /// Where `/livez`, `/readyz` and `/metrics` are served over plain HTTP.
+    pub admin_addr: SocketAddr,
+    /// The serving certificate.
+    pub tls: TlsSource,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed between the first byte of a request and the end of its headers.
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole request (body and answer); 408 after it.
+    pub request_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; more are refused at accept.
+    pub max_connections: usize,
+    /// After SIGTERM, how long to keep serving while unready (so endpoints drop this replica).
+    pub drain_delay: Duration,
+    /// After the drain delay, how long in-flight requests may take before connections are cut.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            webhook_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: TlsSource::SelfSigned { names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()] },
+            max_body_bytes: 4 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_connections: 1024,
+            drain_delay: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A configuration for tests: both ports on 127.0.0.1 chosen by the OS, a generated
+    /// certificate, and no drain delay.
+    #[must_use]
+    pub fn local() -> Self {
+        Self {
+            webhook_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            drain_delay: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A port could not be bound.
+    #[error("failed to bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Two pipelines share a path.
+    #[error("failed to start: pipelines `{0}` and `{1}` are both served on `{2}`")]
+    DuplicatePath(String, String, String),
+    /// The server task failed.
+    #[error("server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Readiness: certificate loaded, every gate passed, not draining.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    pending_gates: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.pending_gates.load(Ordering::Acquire) == 0 && !self.draining.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn reasons(&self) -> String {
+        let mut reasons = Vec::new();
+        let pending = self.pending_gates.load(Ordering::Acquire);
+        if pending > 0 {
+            reasons.push(format!("{pending} cache(s) not yet synced"));
+        }
+        if self.draining.load(Ordering::Acquire) {
+            reasons.push("draining before shutdown".to_owned());
+        }
+        reasons.join("; ")
+    }
+}
+
+/// What request handling shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) namespaces: NamespaceSource,
+    pub(crate) readiness: Readiness,
+    pub(crate) config: ServerConfig,
+}
+
+type Gate = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A webhook server for one or more pipelines.
+#[must_use]
+pub struct Server {
+    config: ServerConfig,
+    pipelines: Vec<Pipeline>,
+    namespaces: NamespaceSource,
+    gates: Vec<Gate>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("config", &self.config).field("pipelines", &self.pipelines).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `pipelines` with `config`.
+    pub fn new(config: ServerConfig, pipelines: impl IntoIterator<Item = Pipeline>) -> Self {
+        Self {
+            config,
+            pipelines: pipelines.into_iter().collect(),
+            namespaces: NamespaceSource::Unknown,
+            gates: Vec::new(),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Where namespace labels come from (default: unknown, trusting the API server's selectors).
+    pub fn namespaces(mut self, source: NamespaceSource) -> Self {
+        self.namespaces = source;
+        self
+    }
+
+    /// Stays unready until `gate` resolves (e.g. a cache's first sync).
+    pub fn ready_when(mut self, gate: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.gates.push(Box::pin(gate));
+        self
+    }
+
+    /// Uses `metrics` (with a plugin's own metrics registered in it) instead of a fresh set.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Loads the certificate, binds both ports and starts serving. Returns at once with a handle.
+    pub async fn start(self) -> Result<RunningServer, ServerError> {
+        let mut seen: Vec<&Pipeline> = Vec::new();
+        for p in &self.pipelines {
+            if let Some(other) = seen.iter().find(|o| o.path() == p.path()) {
+                return Err(ServerError::DuplicatePath(other.name().to_owned(), p.name().to_owned(), p.path().to_owned()));
+            }
+            seen.push(p);
+        }
+        let metrics = Arc::new(self.metrics);
+        let (store, reloader, ca_pem) = match &self.config.tls {
+            TlsSource::Files { cert, key, reload_interval } => {
+                let (reloader, key) = FileReloader::load(cert, key)?;
+                (Arc::new(CertStore::new(key)), Some((reloader, *reload_interval)), None)
+            }
+            TlsSource::SelfSigned { names } => {
+                let generated = GeneratedCert::generate(names)?;
+                let key = crate::tls::parse_pair(
+                    generated.cert_pem.as_bytes(),
+                    generated.key_pem.as_bytes(),
+                    std::path::Path::new("<generated>"),
+                    std::path::Path::new("<generated>"),
+                )?;
+                (Arc::new(CertStore::new(key)), None, Some(generated.ca_pem))
+            }
+        };
+        if let Some(t) = crate::tls::not_after(&store.current()) {
+            #[allow(clippy::cast_precision_loss, reason = "Unix seconds fit f64 exactly")]
+            metrics.cert_expiry.set(t as f64);
+        }
+        let tls = Arc::new(crate::tls::server_config(store.clone())?);
+        let bind = |addr: SocketAddr| async move { TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source }) };
+        let webhook_listener = bind(self.config.webhook_addr).await?;
+        let admin_listener = bind(self.config.admin_addr).await?;
+        let webhook_addr = webhook_listener.local_addr().map_err(|source| ServerError::Bind { addr: self.config.webhook_addr, source })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| ServerError::Bind { addr: self.config.admin_addr, source })?;
+
+        let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
+            namespaces: self.namespaces,
+            readiness: Readiness { pending_gates: AtomicUsize::new(self.gates.len()), draining: AtomicBool::new(false) },
+            config: self.config.clone(),
+        });
+        for gate in self.gates {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                gate.await;
+                shared.readiness.pending_gates.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        let mut background = Vec::new();
+        if let Some((reloader, interval)) = reloader {
+            background.push(tokio::spawn(reloader.run(store.clone(), interval, metrics.clone())));
+        }
+        log_namespace_trust(&self.pipelines, &shared.namespaces);
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let router = webhook_router(&self.pipelines, shared.clone());
+        let admin = admin::serve(admin_listener, shared.clone(), stop_rx.clone());
+        let accept = conn::AcceptLoop { listener: webhook_listener, tls, router, shared: shared.clone() };
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut drain_rx = drain_rx;
+            let served = tokio::spawn(accept.run(stop_rx.clone()));
+            let admin = tokio::spawn(admin);
+            // Wait for the shutdown request, then drain.
+            conn::stopped(&mut drain_rx).await;
+            shared.readiness.draining.store(true, Ordering::Release);
+            shared.metrics.draining.set(1);
+            tracing::info!(delay = ?shared.config.drain_delay, "draining: unready, still serving");
+            tokio::time::sleep(shared.config.drain_delay).await;
+            let _ = stop_tx.send(true);
+            let _ = served.await;
+            let _ = admin.await;
+            for b in background {
+                b.abort();
+            }
+            tracing::info!("server stopped");
+        });
+        tracing::info!(%webhook_addr, %admin_addr, "serving");
+        Ok(RunningServer { webhook_addr, admin_addr, ca_pem, drain: drain_tx, task })
+    }
+
+    /// Starts, serves until `shutdown` resolves (e.g. [`shutdown_signal`]), then drains and stops.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let running = self.start().await?;
+        shutdown.await;
+        running.shutdown_and_wait().await
+    }
+}
+
+fn log_namespace_trust(pipelines: &[Pipeline], namespaces: &NamespaceSource) {
+    if namespaces.is_known() {
+        return;
+    }
+    for p in pipelines {
+        let (trusted, unchecked) = p.namespace_label_needs();
+        if !trusted.is_empty() {
+            let trusted: Vec<String> = trusted.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                webhook = p.name(),
+                requirements = ?trusted,
+                "no namespace cache: namespace label requirements are enforced by the API server's namespaceSelector and trusted, not re-checked"
+            );
+        }
+        if !unchecked.is_empty() {
+            let unchecked: Vec<String> = unchecked.iter().map(ToString::to_string).collect();
+            tracing::error!(
+                webhook = p.name(),
+                requirements = ?unchecked,
+                "no namespace cache: these namespace label requirements are not in the webhook's namespaceSelector and cannot be decided; their steps will fail"
+            );
+        }
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    webhook_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ca_pem: Option<String>,
+    drain: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The bound webhook (HTTPS) address.
+    #[must_use]
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
+    }
+
+    /// The bound admin (HTTP) address.
+    #[must_use]
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The generated CA (PEM) when the server made its own certificate.
+    #[must_use]
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// Starts the drain (as SIGTERM does) without waiting.
+    pub fn begin_shutdown(&self) {
+        let _ = self.drain.send(true);
+    }
+
+    /// Drains and waits until the server has stopped.
+    pub async fn shutdown_and_wait(self) -> Result<(), ServerError> {
+        self.begin_shutdown();
+        self.task.await?;
+        Ok(())
+    }
+}
+
+/// The webhook router alone, for driving pipelines in-process (`tower::ServiceExt::oneshot`)
+/// without sockets or TLS: same decoding, limits, status codes and answers as the server.
+pub fn router(config: ServerConfig, pipelines: &[Pipeline], namespaces: NamespaceSource) -> axum::Router {
+    let shared = Arc::new(Shared { metrics: Arc::new(Metrics::new()), namespaces, readiness: Readiness::default(), config });
+    webhook_router(pipelines, shared)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,279 @@
+//! The accept loop and one task per connection: connection cap, TLS handshake timeout, header-read
+//! and idle timeouts, and graceful close of keep-alive connections on drain.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use futures::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use super::Shared;
+
+pub(super) struct AcceptLoop {
+    pub(super) listener: TcpListener,
+    pub(super) tls: Arc<rustls::ServerConfig>,
+    pub(super) router: Router,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl AcceptLoop {
+    /// Accepts until `stop` turns true, then asks every connection to close gracefully and waits
+    /// (at most the shutdown timeout) for them.
+    pub(super) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let config = &self.shared.config;
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let mut connections = JoinSet::new();
+        let conn_stop = stop.clone();
+        loop {
+            tokio::select! {
+                () = stopped(&mut stop) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(error) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        self.shared.metrics.connections_refused.inc();
+                        tracing::warn!(%peer, max = config.max_connections, "connection refused: connection cap reached");
+                        drop(stream);
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let conn = Connection {
+                        acceptor: acceptor.clone(),
+                        router: self.router.clone(),
+                        shared: self.shared.clone(),
+                        stop: conn_stop.clone(),
+                    };
+                    connections.spawn(async move {
+                        conn.serve(stream).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        drop(self.listener);
+        let deadline = tokio::time::sleep(config.shutdown_timeout);
+        tokio::pin!(deadline);
+        while !connections.is_empty() {
+            tokio::select! {
+                _ = connections.join_next() => {}
+                () = &mut deadline => {
+                    tracing::warn!(open = connections.len(), "shutdown timeout: closing connections with requests still in flight");
+                    connections.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` is true (the guard `wait_for` returns is dropped here, keeping callers `Send`).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct Connection {
+    acceptor: TlsAcceptor,
+    router: Router,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Activity of one connection, shared by the I/O wrapper, the service and the watchdog.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` of the last byte read or written (+1, so 0 means never).
+    last: AtomicU64,
+    /// Milliseconds since `epoch` (+1) when the current request's first byte arrived; 0 when idle.
+    request_started: AtomicU64,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+    fn on_read(&self) {
+        let now = self.now();
+        self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let _ = self.request_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+    fn on_write(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+}
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream) {
+        let metrics = self.shared.metrics.clone();
+        let config = &self.shared.config;
+        let tls = match tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                metrics.handshake_failures.inc();
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics.handshake_failures.inc();
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+        metrics.connections.inc();
+        let activity = Arc::new(Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(1),
+            request_started: AtomicU64::new(0),
+        });
+        let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
+        let service = TrackedService { router: self.router.clone(), activity: activity.clone() };
+        let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
+        tokio::pin!(conn);
+        let tick = (config.header_read_timeout.min(config.idle_timeout) / 4).max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = false;
+        let header_limit = u64::try_from(config.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle_limit = u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = stopped(&mut self.stop), if !closing => {
+                    // Finishes the request in flight, answers it with `Connection: close`, and
+                    // closes an idle keep-alive connection at once.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = ticker.tick() => {
+                    if activity.in_flight.load(Ordering::Acquire) > 0 {
+                        continue;
+                    }
+                    let now = activity.now();
+                    let started = activity.request_started.load(Ordering::Acquire);
+                    if started != 0 && now.saturating_sub(started) > header_limit {
+                        tracing::debug!("header read timeout: closing connection");
+                        break;
+                    }
+                    if started == 0 && !closing && now.saturating_sub(activity.last.load(Ordering::Relaxed)) > idle_limit {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+        metrics.connections.dec();
+    }
+}
+
+#[derive(Clone)]
+struct TrackedService {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.on_write();
+    }
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for TrackedService {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.request_started.store(0, Ordering::Release);
+        let guard = InFlight(self.activity.clone());
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(request.map(axum::body::Body::new)).await;
+            drop(guard);
+            response
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Records read and write activity of the decrypted stream.
+    struct Tracked<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Tracked<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.inner.poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        result
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        result
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,485 @@
+//! A testing kit for plugin authors (feature `testing`): build a review for an object, run a
+//! pipeline or the whole router in-process, apply the returned patch with an implementation
+//! independent of the one that made it, and check the invariants every mutating webhook must keep:
+//!
+//! - the patch applies, and gives exactly the object the pipeline produced;
+//! - running again on the result changes nothing (idempotence, for `reinvocationPolicy: IfNeeded`);
+//! - nothing of the original is lost (every path of the original is still there).
+//!
+//! ```no_run
+//! # use admission_kit::{prelude::*, testing};
+//! # use k8s_openapi::api::core::v1::Pod;
+//! # async fn t(pipeline: Pipeline, pod: Pod) {
+//! let checked = testing::Harness::new(pipeline).check(&testing::review(&pod).namespace("team-a").build()).await;
+//! assert_eq!(checked.patched()["metadata"]["labels"]["team"], "unassigned");
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+
+use kube::core::admission::Operation;
+use kube::core::{GroupVersionKind, GroupVersionResource};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::namespaces::NamespaceSource;
+use crate::pipeline::{Outcome, Pipeline, ResourceTarget};
+use crate::review::{Answer, Request, Review};
+
+/// Builds an `AdmissionReview` request for tests.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ReviewBuilder {
+    request: Request,
+}
+
+/// A CREATE review of a typed object (namespace from its metadata, else `default`).
+pub fn review<K: k8s_openapi::Resource + Serialize>(object: &K) -> ReviewBuilder {
+    let value = serde_json::to_value(object).unwrap_or(Value::Null);
+    review_json(value, &ResourceTarget::of::<K>())
+}
+
+/// A CREATE review of raw JSON of kind `target`.
+pub fn review_json(object: Value, target: &ResourceTarget) -> ReviewBuilder {
+    let metadata = object.get("metadata");
+    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_owned();
+    let request: Request = serde_json::from_value(serde_json::json!({
+        "uid": "00000000-0000-0000-0000-000000000001",
+        "kind": {"group": target.group, "version": target.version, "kind": target.kind},
+        "resource": {"group": target.group, "version": target.version, "resource": target.plural},
+        "name": name,
+        "namespace": namespace,
+        "operation": "CREATE",
+        "userInfo": {"username": "admission-kit-test"},
+        "object": object,
+    }))
+    .unwrap_or_else(|e| unreachable!("the test request literal always decodes: {e}"));
+    ReviewBuilder { request }
+}
+
+impl ReviewBuilder {
+    /// Sets the operation.
+    pub fn operation(mut self, operation: Operation) -> Self {
+        self.request.operation = operation;
+        self
+    }
+
+    /// Sets the namespace (`None` for cluster-scoped objects).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.request.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Makes the request cluster-scoped.
+    pub fn cluster_scoped(mut self) -> Self {
+        self.request.namespace = None;
+        self
+    }
+
+    /// Sets the old object (UPDATE, DELETE).
+    pub fn old_object(mut self, old: Value) -> Self {
+        self.request.old_object = Some(old);
+        self
+    }
+
+    /// Replaces the object.
+    pub fn object(mut self, object: Value) -> Self {
+        self.request.object = Some(object);
+        self
+    }
+
+    /// Marks the request as a dry run.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.request.dry_run = dry_run;
+        self
+    }
+
+    /// Sets the uid.
+    pub fn uid(mut self, uid: impl Into<String>) -> Self {
+        self.request.uid = uid.into();
+        self
+    }
+
+    /// Sets the kind and resource, e.g. to test how a step treats other kinds.
+    pub fn kind(mut self, target: &ResourceTarget) -> Self {
+        self.request.kind = GroupVersionKind::gvk(&target.group, &target.version, &target.kind);
+        self.request.resource = GroupVersionResource::gvr(&target.group, &target.version, &target.plural);
+        self
+    }
+
+    /// Sets a subresource (e.g. `status`).
+    pub fn sub_resource(mut self, sub: impl Into<String>) -> Self {
+        self.request.sub_resource = Some(sub.into());
+        self
+    }
+
+    /// The review.
+    #[must_use]
+    pub fn build(self) -> Review {
+        Review::v1(self.request)
+    }
+
+    /// The review as the JSON body the API server would send.
+    #[must_use]
+    pub fn body(self) -> Vec<u8> {
+        let review = self.build();
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": review.api_version,
+            "kind": "AdmissionReview",
+            "request": review.request,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// Runs a pipeline in-process and checks its answers.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    pipeline: Pipeline,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    known_namespaces: bool,
+    allow_removals: bool,
+}
+
+/// A review's answer, with the patch applied by [`apply_patch`].
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// What the pipeline returned.
+    pub outcome: Outcome,
+    /// The object the API server sent.
+    pub original: Value,
+    /// The original with the answer's patch applied (equal to the original when not patched).
+    pub result: Value,
+}
+
+impl Checked {
+    /// The object after the patch.
+    #[must_use]
+    pub fn patched(&self) -> &Value {
+        &self.result
+    }
+
+    /// The answer.
+    #[must_use]
+    pub fn answer(&self) -> &Answer {
+        &self.outcome.answer
+    }
+
+    /// Panics unless the object was admitted unchanged.
+    pub fn assert_unchanged(&self) {
+        assert!(self.outcome.answer.allowed, "expected admission, got denial: {}", self.outcome.answer.message);
+        assert!(!self.outcome.answer.is_patched(), "expected no patch, got {:?}", self.outcome.answer.patch);
+    }
+
+    /// Panics unless the object was denied with a message containing `fragment`.
+    pub fn assert_denied(&self, fragment: &str) {
+        assert!(!self.outcome.answer.allowed, "expected a denial containing {fragment:?}, but it was admitted");
+        assert!(
+            self.outcome.answer.message.contains(fragment),
+            "denial message {:?} does not contain {fragment:?}",
+            self.outcome.answer.message
+        );
+    }
+}
+
+impl Harness {
+    /// A harness for `pipeline`; namespace labels are unknown until [`Harness::namespace`] is called.
+    #[must_use]
+    pub fn new(pipeline: Pipeline) -> Self {
+        Self { pipeline, namespaces: BTreeMap::new(), known_namespaces: false, allow_removals: false }
+    }
+
+    /// Declares a namespace and its labels (this makes namespace labels known).
+    #[must_use]
+    pub fn namespace<K: Into<String>, V: Into<String>>(mut self, name: &str, labels: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.known_namespaces = true;
+        self.namespaces.insert(name.to_owned(), labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+        self
+    }
+
+    /// Allows the pipeline to remove paths of the original (for mutators whose job is removal).
+    #[must_use]
+    pub fn allow_removals(mut self) -> Self {
+        self.allow_removals = true;
+        self
+    }
+
+    /// The namespace source this harness describes.
+    #[must_use]
+    pub fn namespace_source(&self) -> NamespaceSource {
+        if self.known_namespaces {
+            NamespaceSource::fixed(self.namespaces.iter().map(|(n, l)| (n.clone(), l.clone())))
+        } else {
+            NamespaceSource::Unknown
+        }
+    }
+
+    /// Runs the pipeline once.
+    pub async fn run(&self, review: &Review) -> Outcome {
+        let labels = review.request.namespace.as_ref().and_then(|ns| self.namespaces.get(ns));
+        let labels = if self.known_namespaces { Some(labels.cloned().unwrap_or_default()) } else { None };
+        self.pipeline.review(review, labels.as_ref()).await
+    }
+
+    /// Runs the pipeline and checks every invariant, panicking with a clear message on a breach:
+    /// the uid is echoed; the answer encodes; the patch applies (independent implementation) and
+    /// gives the pipeline's own result; a second run on the result changes nothing; and no path of
+    /// the original is lost.
+    pub async fn check(&self, review: &Review) -> Checked {
+        let outcome = self.run(review).await;
+        let answer = &outcome.answer;
+        assert_eq!(answer.uid, review.request.uid, "the answer must echo the request uid");
+        let encoded: Value = serde_json::from_slice(&answer.to_review_json().expect("the answer encodes")).expect("the answer is JSON");
+        assert_eq!(encoded["response"]["uid"], review.request.uid.as_str());
+        let original = review.request.object.clone().unwrap_or(Value::Null);
+        if !answer.allowed {
+            return Checked { result: original.clone(), original, outcome };
+        }
+        let result = match &answer.patch {
+            Some(patch) => {
+                let patch = serde_json::to_value(patch).expect("the patch encodes");
+                apply_patch(&original, &patch).unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
+            }
+            None => original.clone(),
+        };
+        if let Some(mutated) = &outcome.mutated {
+            assert_eq!(&result, mutated, "the patch applied to the original must give the pipeline's result");
+        }
+        let mut again = review.clone();
+        again.request.object = Some(result.clone());
+        let second = self.run(&again).await;
+        assert!(second.answer.allowed, "running again on the result was denied: {}", second.answer.message);
+        assert!(
+            !second.answer.is_patched(),
+            "not idempotent: running again on the result patched it again: {}",
+            serde_json::to_string(&second.answer.patch).unwrap_or_default()
+        );
+        if !self.allow_removals {
+            let lost = lost_paths(&original, &result);
+            assert!(lost.is_empty(), "the mutation lost paths of the original: {lost:?}");
+        }
+        Checked { outcome, original, result }
+    }
+}
+
+/// Sends `body` to an in-process router at `path`, as the API server would, and returns the status
+/// and body. See [`crate::server::router`].
+pub async fn call_router(router: &axum::Router, path: &str, body: Vec<u8>) -> (http::StatusCode, Vec<u8>) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let request = http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap_or_else(|e| unreachable!("a static request always builds: {e}"));
+    let Ok(response) = router.clone().oneshot(request).await;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    (status, bytes)
+}
+
+/// Why [`apply_patch`] failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("failed to apply patch operation {index} ({op} {path}): {reason}")]
+pub struct ApplyError {
+    index: usize,
+    op: String,
+    path: String,
+    reason: String,
+}
+
+/// Applies an RFC 6902 patch (as JSON). Written here, independently of the `json-patch` crate that
+/// derives the patches, so that tests check one implementation against another.
+pub fn apply_patch(document: &Value, patch: &Value) -> Result<Value, ApplyError> {
+    let mut doc = document.clone();
+    let ops = patch.as_array().ok_or_else(|| ApplyError { index: 0, op: String::new(), path: String::new(), reason: "a patch is a JSON array".into() })?;
+    for (index, op) in ops.iter().enumerate() {
+        let name = op.get("op").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let path = op.get("path").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let fail = |reason: String| ApplyError { index, op: name.clone(), path: path.clone(), reason };
+        let value = || op.get("value").cloned().ok_or_else(|| fail("missing `value`".into()));
+        let from = || op.get("from").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| fail("missing `from`".into()));
+        match name.as_str() {
+            "add" => add(&mut doc, &path, value()?).map_err(fail)?,
+            "remove" => {
+                remove(&mut doc, &path).map_err(fail)?;
+            }
+            "replace" => {
+                remove(&mut doc, &path).map_err(fail)?;
+                add(&mut doc, &path, value()?).map_err(fail)?;
+            }
+            "move" => {
+                let from = from()?;
+                let v = remove(&mut doc, &from).map_err(fail)?;
+                add(&mut doc, &path, v).map_err(fail)?;
+            }
+            "copy" => {
+                let v = get(&doc, &from()?).map_err(fail)?.clone();
+                add(&mut doc, &path, v).map_err(fail)?;
+            }
+            "test" => {
+                if get(&doc, &path).map_err(fail)? != &value()? {
+                    return Err(fail("test failed".into()));
+                }
+            }
+            other => return Err(fail(format!("unknown op `{other}`"))),
+        }
+    }
+    Ok(doc)
+}
+
+fn tokens(pointer: &str) -> Result<Vec<String>, String> {
+    if pointer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/').ok_or_else(|| format!("pointer `{pointer}` does not start with `/`"))?;
+    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+fn index(token: &str, len: usize, allow_end: bool) -> Result<usize, String> {
+    if allow_end && token == "-" {
+        return Ok(len);
+    }
+    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || !token.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{token}` is not an array index"));
+    }
+    let i: usize = token.parse().map_err(|_| format!("`{token}` is not an array index"))?;
+    if i > len || (!allow_end && i == len) {
+        return Err(format!("index {i} is out of bounds (length {len})"));
+    }
+    Ok(i)
+}
+
+fn get<'a>(doc: &'a Value, pointer: &str) -> Result<&'a Value, String> {
+    let mut cur = doc;
+    for t in tokens(pointer)? {
+        cur = match cur {
+            Value::Object(m) => m.get(&t).ok_or_else(|| format!("no member `{t}`"))?,
+            Value::Array(a) => &a[index(&t, a.len(), false)?],
+            _ => return Err(format!("cannot descend into a scalar at `{t}`")),
+        };
+    }
+    Ok(cur)
+}
+
+fn parent<'a>(doc: &'a mut Value, pointer: &str) -> Result<(&'a mut Value, String), String> {
+    let mut toks = tokens(pointer)?;
+    let last = toks.pop().ok_or_else(|| "the root has no parent".to_owned())?;
+    let mut cur = doc;
+    for t in toks {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(&t).ok_or_else(|| format!("no member `{t}`"))?,
+            Value::Array(a) => {
+                let i = index(&t, a.len(), false)?;
+                &mut a[i]
+            }
+            _ => return Err(format!("cannot descend into a scalar at `{t}`")),
+        };
+    }
+    Ok((cur, last))
+}
+
+fn add(doc: &mut Value, pointer: &str, value: Value) -> Result<(), String> {
+    if pointer.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let (container, last) = parent(doc, pointer)?;
+    match container {
+        Value::Object(m) => {
+            m.insert(last, value);
+        }
+        Value::Array(a) => {
+            let i = index(&last, a.len(), true)?;
+            a.insert(i, value);
+        }
+        _ => return Err("the parent is a scalar".into()),
+    }
+    Ok(())
+}
+
+fn remove(doc: &mut Value, pointer: &str) -> Result<Value, String> {
+    if pointer.is_empty() {
+        return Ok(std::mem::take(doc));
+    }
+    let (container, last) = parent(doc, pointer)?;
+    match container {
+        Value::Object(m) => m.remove(&last).ok_or_else(|| format!("no member `{last}` to remove")),
+        Value::Array(a) => {
+            let i = index(&last, a.len(), false)?;
+            Ok(a.remove(i))
+        }
+        _ => Err("the parent is a scalar".into()),
+    }
+}
+
+/// JSON pointers of `original`'s leaves (and empty containers) that are missing from `result`.
+/// Values may differ (a mutator may change them); paths must not disappear.
+#[must_use]
+pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
+    let mut lost = Vec::new();
+    walk_lost(original, Some(result), &mut String::new(), &mut lost);
+    lost
+}
+
+fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: &mut Vec<String>) {
+    let Some(result) = result else {
+        lost.push(path.clone());
+        return;
+    };
+    let len = path.len();
+    match (original, result) {
+        (Value::Object(o), Value::Object(r)) => {
+            for (k, v) in o {
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                walk_lost(v, r.get(k), path, lost);
+                path.truncate(len);
+            }
+        }
+        (Value::Array(o), Value::Array(r)) => {
+            for (i, v) in o.iter().enumerate() {
+                path.push('/');
+                path.push_str(&i.to_string());
+                walk_lost(v, r.get(i), path, lost);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rfc6902_appendix_a_examples() {
+        let cases = [
+            (json!({"foo": "bar"}), json!([{"op": "add", "path": "/baz", "value": "qux"}]), json!({"baz": "qux", "foo": "bar"})),
+            (json!({"foo": ["bar", "baz"]}), json!([{"op": "add", "path": "/foo/1", "value": "qux"}]), json!({"foo": ["bar", "qux", "baz"]})),
+            (json!({"baz": "qux", "foo": "bar"}), json!([{"op": "remove", "path": "/baz"}]), json!({"foo": "bar"})),
+            (json!({"foo": ["bar", "qux", "baz"]}), json!([{"op": "remove", "path": "/foo/1"}]), json!({"foo": ["bar", "baz"]})),
+            (json!({"baz": "qux", "foo": "bar"}), json!([{"op": "replace", "path": "/baz", "value": "boo"}]), json!({"baz": "boo", "foo": "bar"})),
+            (json!({"foo": ["bar"]}), json!([{"op": "add", "path": "/foo/-", "value": ["abc"]}]), json!({"foo": ["bar", ["abc"]]})),
+            (json!({"/": 9, "~1": 10}), json!([{"op": "test", "path": "/~01", "value": 10}, {"op": "add", "path": "/a~1b", "value": 1}]), json!({"/": 9, "~1": 10, "a/b": 1})),
+            (json!({"foo": {"bar": "baz", "waldo": "fred"}, "qux": {"corge": "grault"}}), json!([{"op": "move", "from": "/foo/waldo", "path": "/qux/thud"}]), json!({"foo": {"bar": "baz"}, "qux": {"corge": "grault", "thud": "fred"}})),
+        ];
+        for (doc, patch, expected) in cases {
+            assert_eq!(apply_patch(&doc, &patch).unwrap(), expected, "patch {patch}");
+        }
+        assert!(apply_patch(&json!({"foo": "bar"}), &json!([{"op": "add", "path": "/baz/bat", "value": "qux"}])).is_err());
+        assert!(apply_patch(&json!({"a": [1]}), &json!([{"op": "add", "path": "/a/01", "value": 2}])).is_err());
+        assert!(apply_patch(&json!({"a": [1]}), &json!([{"op": "test", "path": "/a/0", "value": 2}])).is_err());
+    }
+
+    #[test]
+    fn lost_paths_reports_removed_leaves_only() {
+        let original = json!({"metadata": {"annotations": {"a/b": "1", "c": "2"}}, "spec": {"x": [1, 2]}});
+        let kept = json!({"metadata": {"annotations": {"a/b": "changed", "c": "2", "new": "3"}}, "spec": {"x": [1, 2, 3]}});
+        assert!(lost_paths(&original, &kept).is_empty());
+        let wiped = json!({"metadata": {"annotations": {"new": "3"}}, "spec": {"x": [1]}});
+        assert_eq!(lost_paths(&original, &wiped), vec!["/metadata/annotations/a~1b", "/metadata/annotations/c", "/spec/x/1"]);
+    }
+}
