@@ -1,0 +1,246 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::matcher;
+use crate::mutator::{Context, MutationError, MutationResult, Mutator};
+use crate::review::Request;
+
+#[derive(Debug)]
+struct AddSidecar;
+
+#[async_trait]
+impl Mutator<Pod> for AddSidecar {
+    async fn mutate(&self, pod: &mut Pod, ctx: &mut Context<'_>) -> MutationResult {
+        let spec = pod.spec.get_or_insert_default();
+        if spec.containers.iter().any(|c| c.name == "sidecar") {
+            return Ok(());
+        }
+        spec.containers.push(Container { name: "sidecar".into(), image: Some("busybox".into()), ..Container::default() });
+        pod.metadata.annotations.get_or_insert_default().insert("injected.example.com/by".into(), "test".into());
+        ctx.warn("sidecar added");
+        ctx.audit_annotation("sidecar", "added");
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Fails(&'static str);
+
+#[async_trait]
+impl Mutator<Pod> for Fails {
+    async fn mutate(&self, pod: &mut Pod, _: &mut Context<'_>) -> MutationResult {
+        pod.metadata.labels.get_or_insert_default().insert("partial".into(), "change".into());
+        match self.0 {
+            "deny" => Err(MutationError::deny("pods here need an owner label")),
+            "panic" => panic!("boom"),
+            "sleep" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            }
+            _ => Err(MutationError::caused_by("catalog unavailable", std::io::Error::other("connection refused"))),
+        }
+    }
+}
+
+fn pod_review(object: Value, namespace: &str, operation: &str) -> Review {
+    Review::v1(
+        serde_json::from_value::<Request>(json!({
+            "uid": "uid-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": operation, "object": object,
+        }))
+        .unwrap(),
+    )
+}
+
+fn pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "creationTimestamp": null, "annotations": {"keep/me": "1"}, "futureMeta": 7},
+        "spec": {"containers": [{"name": "app", "image": "app:1", "futureField": {"x": [1]}}], "futureSpec": "kept"},
+    })
+}
+
+fn pipeline(steps: Vec<Step>) -> Pipeline {
+    steps.into_iter().fold(Pipeline::builder("test.example.com"), PipelineBuilder::step).build().unwrap()
+}
+
+#[tokio::test]
+async fn typed_mutation_patches_only_what_changed() {
+    let p = pipeline(vec![Step::new("sidecar", AddSidecar)]);
+    let out = p.review(&pod_review(pod(), "apps", "CREATE"), None).await;
+    assert!(out.answer.allowed);
+    let patch = serde_json::to_value(out.answer.patch.unwrap()).unwrap();
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "add", "path": "/metadata/annotations/injected.example.com~1by", "value": "test"},
+            {"op": "add", "path": "/spec/containers/1", "value": {"name": "sidecar", "image": "busybox"}},
+        ])
+    );
+    assert_eq!(out.answer.warnings, vec!["sidecar added"]);
+    assert_eq!(out.answer.audit_annotations.get("sidecar").map(String::as_str), Some("added"));
+    let mutated = out.mutated.unwrap();
+    assert_eq!(mutated["spec"]["containers"][0]["futureField"], json!({"x": [1]}));
+    assert_eq!(mutated["metadata"]["futureMeta"], 7);
+    assert_eq!(mutated["metadata"]["creationTimestamp"], Value::Null);
+}
+
+#[tokio::test]
+async fn operations_kinds_and_subresources_filter_steps() {
+    let p = pipeline(vec![Step::new("sidecar", AddSidecar)]);
+    let update = p.review(&pod_review(pod(), "apps", "UPDATE"), None).await;
+    assert!(update.answer.allowed && update.answer.patch.is_none());
+    assert!(matches!(&update.steps[0].result, StepResult::Skipped(r) if r.contains("Update")));
+    let mut svc = pod_review(json!({"metadata": {}}), "apps", "CREATE");
+    svc.request.kind.kind = "Service".into();
+    assert!(p.review(&svc, None).await.answer.patch.is_none());
+    let mut status = pod_review(pod(), "apps", "CREATE");
+    status.request.sub_resource = Some("status".into());
+    assert!(p.review(&status, None).await.answer.patch.is_none());
+    let mut delete = pod_review(pod(), "apps", "DELETE");
+    delete.request.object = None;
+    assert!(p.review(&delete, None).await.answer.allowed);
+}
+
+#[tokio::test]
+async fn denial_failure_modes_and_panics() {
+    let review = pod_review(pod(), "apps", "CREATE");
+    let denied = pipeline(vec![Step::new("owner", Fails("deny")).on_error(FailureMode::AllowWithWarning)]).review(&review, None).await;
+    assert!(!denied.answer.allowed, "a denial is a decision, whatever the failure mode");
+    assert_eq!(denied.answer.message, "pods here need an owner label");
+    assert_eq!(denied.answer.code, 403);
+
+    let failed = pipeline(vec![Step::new("catalog", Fails("fail"))]).review(&review, None).await;
+    assert!(!failed.answer.allowed);
+    assert_eq!(failed.answer.message, "catalog failed: catalog unavailable: connection refused");
+
+    let lenient = pipeline(vec![Step::new("catalog", Fails("fail")).on_error(FailureMode::AllowWithWarning), Step::new("sidecar", AddSidecar)])
+        .review(&review, None)
+        .await;
+    assert!(lenient.answer.allowed);
+    assert!(lenient.answer.warnings[0].contains("catalog failed, admitted without its change"), "{:?}", lenient.answer.warnings);
+    let mutated = lenient.mutated.unwrap();
+    assert!(mutated["metadata"].get("labels").is_none(), "a failed step leaves no partial change");
+    assert_eq!(mutated["spec"]["containers"][1]["name"], "sidecar", "later steps still run");
+
+    let panicked = pipeline(vec![Step::new("buggy", Fails("panic")).on_error(FailureMode::AllowWithWarning)]).review(&review, None).await;
+    assert!(!panicked.answer.allowed);
+    assert!(panicked.answer.message.contains("buggy panicked") && panicked.answer.message.contains("boom"), "{}", panicked.answer.message);
+}
+
+#[tokio::test]
+async fn deadline_fails_a_slow_step_in_time() {
+    let review = pod_review(pod(), "apps", "CREATE");
+    let p = pipeline(vec![Step::new("slow", Fails("sleep")).on_error(FailureMode::AllowWithWarning), Step::new("sidecar", AddSidecar)]);
+    let started = std::time::Instant::now();
+    let out = p.review_until(&review, None, Some(Instant::now() + Duration::from_millis(100))).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(out.answer.allowed);
+    assert!(out.answer.warnings[0].contains("deadline"));
+}
+
+#[tokio::test]
+async fn undecodable_object_is_a_clear_failure() {
+    let review = pod_review(json!({"metadata": {"name": 5}, "spec": {"containers": "nope"}}), "apps", "CREATE");
+    let out = pipeline(vec![Step::new("sidecar", AddSidecar)]).review(&review, None).await;
+    assert!(!out.answer.allowed);
+    assert!(out.answer.message.contains("does not decode as v1 Pod"), "{}", out.answer.message);
+}
+
+#[tokio::test]
+async fn matchers_gate_steps_and_unknowns_fail_per_mode() {
+    let gated = || Step::new("sidecar", AddSidecar).when(matcher::namespace_label("inject", "on"));
+    let review = pod_review(pod(), "apps", "CREATE");
+    let on: BTreeMap<String, String> = [("inject".to_owned(), "on".to_owned())].into();
+    let off = BTreeMap::new();
+    let p = pipeline(vec![gated()]);
+    assert!(p.review(&review, Some(&on)).await.answer.is_patched());
+    assert!(!p.review(&review, Some(&off)).await.answer.is_patched());
+    // Labels unknown: the requirement is in the rendered namespaceSelector, so it is trusted.
+    assert!(p.review(&review, None).await.answer.is_patched());
+    // Two steps with different requirements: neither is enforced by the webhook as a whole.
+    let two = pipeline(vec![gated(), Step::new("other", AddSidecar).when(matcher::namespace_label("other", "on"))]);
+    assert!(two.server_filter().namespace.is_empty());
+    let out = two.review(&review, None).await;
+    assert!(!out.answer.allowed);
+    assert!(out.answer.message.contains("namespace labels are unknown"), "{}", out.answer.message);
+}
+
+#[test]
+fn webhook_filter_keeps_what_every_step_requires() {
+    let ns = || matcher::namespace_label("inject", "on");
+    let p = pipeline(vec![
+        Step::new("a", AddSidecar).when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("a"))])),
+        Step::new("b", AddSidecar).when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("b"))])),
+    ]);
+    let f = p.server_filter();
+    assert_eq!(f.namespace, vec![ns().0]);
+    assert_eq!(
+        f.condition.as_deref(),
+        Some("(has(object.metadata.annotations) && 'a' in object.metadata.annotations) || (has(object.metadata.annotations) && 'b' in object.metadata.annotations)")
+    );
+    let ungated = pipeline(vec![Step::new("a", AddSidecar).when(ns()), Step::new("b", AddSidecar)]);
+    assert_eq!(ungated.server_filter().condition, None);
+    assert!(ungated.server_filter().namespace.is_empty());
+}
+
+#[test]
+fn builder_rejects_bad_pipelines() {
+    assert_eq!(Pipeline::builder("short.name").step(Step::new("a", AddSidecar)).build().unwrap_err(), PipelineError::BadName("short.name".into()));
+    assert!(matches!(Pipeline::builder("a.b.c").build(), Err(PipelineError::NoSteps(_))));
+    assert!(matches!(
+        Pipeline::builder("a.b.c").step(Step::new("x", AddSidecar)).step(Step::new("x", AddSidecar)).build(),
+        Err(PipelineError::DuplicateStep { .. })
+    ));
+    assert!(matches!(Pipeline::builder("a.b.c").step(Step::new("x", AddSidecar)).timeout_seconds(31).build(), Err(PipelineError::BadTimeout(_, 31))));
+    assert!(matches!(Pipeline::builder("a.b.c").step(Step::new("x", AddSidecar)).path("mutate").build(), Err(PipelineError::BadPath(..))));
+}
+
+#[test]
+fn rendered_webhook_configuration() {
+    use crate::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_config};
+    let p = Pipeline::builder("inject.example.com")
+        .step(Step::new("sidecar", AddSidecar).when(matcher::all([
+            Box::new(matcher::namespace_label("inject", "on")) as Box<dyn Matcher>,
+            Box::new(matcher::has_annotation("x.io/inject")),
+        ])))
+        .reinvocation(ReinvocationPolicy::IfNeeded)
+        .failure_policy(FailurePolicy::Ignore)
+        .timeout_seconds(5)
+        .build()
+        .unwrap();
+    let options = WebhookConfigOptions::new("injector", ClientTarget::Service { namespace: "sys".into(), name: "inj".into(), port: 443 })
+        .ca_bundle(b"PEM".to_vec())
+        .exclude_namespaces(["sys"]);
+    let config = serde_json::to_value(render_webhook_config(&[p], &options)).unwrap();
+    let hook = &config["webhooks"][0];
+    assert_eq!(config["metadata"]["name"], "injector");
+    assert_eq!(hook["name"], "inject.example.com");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["matchPolicy"], "Equivalent");
+    assert_eq!(hook["rules"], json!([{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"], "scope": "*"}]));
+    assert_eq!(
+        hook["namespaceSelector"],
+        json!({"matchExpressions": [
+            {"key": "inject", "operator": "In", "values": ["on"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["sys"]},
+        ]})
+    );
+    assert_eq!(hook["objectSelector"], json!({}));
+    assert_eq!(
+        hook["matchConditions"],
+        json!([{"name": "admission-kit-matchers", "expression": "object == null || (has(object.metadata.annotations) && 'x.io/inject' in object.metadata.annotations)"}])
+    );
+    assert_eq!(hook["clientConfig"]["service"], json!({"namespace": "sys", "name": "inj", "path": "/mutate", "port": 443}));
+    assert_eq!(hook["clientConfig"]["caBundle"], "UEVN");
+}
