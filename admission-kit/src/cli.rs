@@ -57,7 +57,7 @@ pub struct ServeArgs {
     /// Names for a generated certificate (DNS names or IPs); repeat the flag for several.
     #[arg(long = "self-signed-name", env = "ADMISSION_KIT_SELF_SIGNED_NAMES", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
     pub self_signed_names: Vec<String>,
-    /// Write the generated CA (PEM) to this file, for a webhook configuration's caBundle.
+    /// Write the generated CA (PEM) to this file (`-` for stdout), for a webhook configuration's caBundle.
     #[arg(long, env = "ADMISSION_KIT_WRITE_CA")]
     pub write_ca: Option<PathBuf>,
     /// Largest request body, in bytes (413 above it).
@@ -148,9 +148,14 @@ impl ServeArgs {
             server = server.metrics(metrics);
         }
         let running = server.start().await?;
-        if let (Some(path), Some(ca)) = (&self.write_ca, running.ca_pem()) {
-            std::fs::write(path, ca).map_err(|e| anyhow::anyhow!("failed to write the CA to {}: {e}", path.display()))?;
-            tracing::info!(path = %path.display(), "wrote the generated CA");
+        match (&self.write_ca, running.ca_pem()) {
+            (Some(path), Some(ca)) if path.as_os_str() == "-" => print!("{ca}"),
+            (Some(path), Some(ca)) => {
+                std::fs::write(path, ca).map_err(|e| anyhow::anyhow!("failed to write the CA to {}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "wrote the generated CA");
+            }
+            (Some(_), None) => tracing::warn!("--write-ca ignored: the certificate comes from files, not generated"),
+            (None, _) => {}
         }
         shutdown_signal().await;
         running.shutdown_and_wait().await?;

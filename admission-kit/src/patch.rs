@@ -28,18 +28,67 @@ pub fn carry_changes(raw: &Value, before: &Value, after: &Value) -> Value {
             Value::Object(carry_object(raw, before, after))
         }
         (Value::Array(raw), Value::Array(before), Value::Array(after)) if raw.len() == before.len() => {
-            let mut out: Vec<Value> = Vec::with_capacity(after.len());
-            for (i, new) in after.iter().enumerate() {
-                match (raw.get(i), before.get(i)) {
-                    (Some(r), Some(b)) => out.push(carry_changes(r, b, new)),
-                    _ => out.push(new.clone()),
-                }
-            }
-            Value::Array(out)
+            Value::Array(carry_array(raw, before, after))
         }
         // A scalar changed, or the shape changed: the mutator's value wins.
         _ => after.clone(),
     }
+}
+
+/// Keys Kubernetes uses to identify list items (`patchMergeKey`s of core types), tried in order.
+const MERGE_KEYS: [&str; 4] = ["name", "mountPath", "devicePath", "containerPort"];
+
+fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
+    let object = item.as_object()?;
+    MERGE_KEYS.iter().find_map(|k| object.get(*k).map(|v| (*k, v)))
+}
+
+/// Carries a list change onto the raw list. Each item of `after` is traced back to the item of
+/// `before` it came from — the same value (unchanged, maybe moved), else the same merge key
+/// (`name`, …), else the same position when the list kept its length — and then carries that raw
+/// item's unknown fields. Items with no origin are new. Matching by position alone would move
+/// unknown fields onto the wrong item when a mutator inserts at the front or removes from the middle.
+fn carry_array(raw: &[Value], before: &[Value], after: &[Value]) -> Vec<Value> {
+    let mut origin: Vec<Option<usize>> = vec![None; after.len()];
+    let mut used = vec![false; before.len()];
+    // Unchanged items, preferring the same position.
+    for (i, item) in after.iter().enumerate() {
+        let same_place = before.get(i) == Some(item) && !used[i];
+        let j = if same_place { Some(i) } else { (0..before.len()).find(|&j| !used[j] && &before[j] == item) };
+        if let Some(j) = j {
+            origin[i] = Some(j);
+            used[j] = true;
+        }
+    }
+    // Changed items, by merge key.
+    for (i, item) in after.iter().enumerate() {
+        if origin[i].is_some() {
+            continue;
+        }
+        if let Some((key, value)) = merge_key(item) {
+            if let Some(j) = (0..before.len()).find(|&j| !used[j] && before[j].get(key) == Some(value)) {
+                origin[i] = Some(j);
+                used[j] = true;
+            }
+        }
+    }
+    // Changed unnamed items of a list that kept its length, by position.
+    if before.len() == after.len() {
+        for i in 0..after.len() {
+            if origin[i].is_none() && !used[i] && merge_key(&before[i]).is_none() {
+                origin[i] = Some(i);
+                used[i] = true;
+            }
+        }
+    }
+    after
+        .iter()
+        .zip(origin)
+        .map(|(item, origin)| match origin {
+            Some(j) => carry_changes(&raw[j], &before[j], item),
+            None => item.clone(),
+        })
+        .collect()
 }
 
 fn carry_object(raw: &Map<String, Value>, before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
@@ -91,6 +140,20 @@ mod tests {
             result,
             json!({"spec": {"containers": [{"name": "app", "futureField": {"x": 1}, "image": "i"}, {"name": "sidecar"}], "futureSpec": true}})
         );
+    }
+
+    #[test]
+    fn unknown_fields_follow_their_item_when_a_list_shifts() {
+        let raw = json!([{"name": "setup", "future": 1}, {"name": "b", "future": 2}, {"x": 1, "future": 3}]);
+        let before = json!([{"name": "setup"}, {"name": "b"}, {"x": 1}]);
+        let after = json!([{"name": "first"}, {"name": "setup"}, {"x": 1}]);
+        assert_eq!(carry_changes(&raw, &before, &after), json!([{"name": "first"}, {"name": "setup", "future": 1}, {"x": 1, "future": 3}]));
+        // A changed item keeps its unknown fields through its name, wherever it moved.
+        let after = json!([{"name": "b", "image": "new"}, {"name": "setup"}]);
+        assert_eq!(carry_changes(&raw, &before, &after), json!([{"name": "b", "future": 2, "image": "new"}, {"name": "setup", "future": 1}]));
+        // Same length, unnamed and changed in place: matched by position.
+        let (raw, before, after) = (json!([{"k": 1, "future": 0}]), json!([{"k": 1}]), json!([{"k": 2}]));
+        assert_eq!(carry_changes(&raw, &before, &after), json!([{"k": 2, "future": 0}]));
     }
 
     #[test]

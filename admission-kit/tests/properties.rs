@@ -19,16 +19,31 @@ use admission_kit::testing::{Harness, apply_patch, review_json};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
+
+/// The fewest cases each property runs.
+const MIN_CASES: u32 = 1000;
 
 /// Object keys starting with this are fields k8s-openapi does not model.
 const UNKNOWN_PREFIX: &str = "future";
 
-/// At least 1,000 cases per property; `PROPTEST_CASES` may ask for more, never fewer. No regression
-/// files are written next to this file.
-fn config() -> ProptestConfig {
-    let default = ProptestConfig::default();
-    ProptestConfig { cases: default.cases.max(1000), failure_persistence: None, ..default }
+/// Runs `test` on at least 1,000 cases of `strategy` (more if `PROPTEST_CASES` asks for more) and
+/// panics with the shrunk input on failure. A `TestRunner` rather than the `proptest!` macro,
+/// because the macro lets `PROPTEST_CASES` lower the count. No regression files are written.
+fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let default = ProptestConfig::default(); // reads PROPTEST_CASES
+    let config = ProptestConfig {
+        cases: default.cases.max(MIN_CASES),
+        failure_persistence: None,
+        ..default
+    };
+    if let Err(e) = TestRunner::new(config).run(&strategy, test) {
+        panic!("{e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -36,15 +51,22 @@ fn config() -> ProptestConfig {
 // ---------------------------------------------------------------------------------------------
 
 prop_compose! {
-    /// A short map key that needs JSON pointer escaping more often than not: `a.io/a~1`, `b~0`, `""`.
-    fn tricky_key()(prefix in prop::sample::select(vec!["", "a.io/", "b~", "x/y~1"]), rest in "[a/~01]{0,2}") -> String {
+    /// A short map key that often needs JSON pointer escaping: `a.io/a~1`, `b~0`, `x/y~1/`, `""`.
+    fn tricky_key()(
+        prefix in prop::sample::select(vec!["", "a.io/", "b~", "x/y~1"]),
+        rest in "[a/~01]{0,2}",
+    ) -> String {
         format!("{prefix}{rest}")
     }
 }
 
 /// Annotations or labels: absent, empty (`{}`) or a few entries with tricky keys.
 fn string_map() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
-    prop::option::of(prop::collection::btree_map(tricky_key(), "[a-z0-9]{0,2}", 0..4))
+    prop::option::of(prop::collection::btree_map(
+        tricky_key(),
+        "[a-z0-9]{0,2}",
+        0..4,
+    ))
 }
 
 /// A small JSON value, the content of a field k8s-openapi does not model.
@@ -58,7 +80,8 @@ fn unknown_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(2, 6, 3, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            prop::collection::btree_map(tricky_key(), inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(tricky_key(), inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -70,13 +93,20 @@ fn maybe_unknown() -> impl Strategy<Value = Option<Value>> {
 
 prop_compose! {
     /// The generated parts of one container (or volume): an image and maybe an unknown field.
-    fn element()(image in "[a-z]{1,2}:[0-9]", unknown in maybe_unknown()) -> (String, Option<Value>) {
+    fn element()(
+        image in "[a-z]{1,2}:[0-9]",
+        unknown in maybe_unknown(),
+    ) -> (String, Option<Value>) {
         (image, unknown)
     }
 }
 
 /// `containers` (at least one), `initContainers` and `volumes` (absent, `[]` or some).
-type Lists = (Vec<(String, Option<Value>)>, Option<Vec<(String, Option<Value>)>>, Option<Vec<(String, Option<Value>)>>);
+type Lists = (
+    Vec<(String, Option<Value>)>,
+    Option<Vec<(String, Option<Value>)>>,
+    Option<Vec<(String, Option<Value>)>>,
+);
 
 fn lists() -> impl Strategy<Value = Lists> {
     (
@@ -105,7 +135,8 @@ prop_compose! {
         set(&mut spec, "initContainers", init_containers.map(|l| list("i", l)));
         set(&mut spec, "volumes", volumes.map(|l| list("v", l)));
         set(&mut spec, "futureField", unknown_spec);
-        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec});
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata});
+        pod["spec"] = spec;
         set(&mut pod, "futureTop", unknown_top);
         pod
     }
@@ -119,15 +150,18 @@ fn set(object: &mut Value, key: &str, value: Option<Value>) {
 
 /// Containers named `c0`, `c1`… (`prefix` `c` or `i`), or volumes `v0`, `v1`… (`prefix` `v`).
 fn list(prefix: &str, elements: Vec<(String, Option<Value>)>) -> Value {
-    let elements = elements.into_iter().enumerate().map(|(i, (image, unknown))| {
-        let mut element = if prefix == "v" {
-            json!({"name": format!("{prefix}{i}"), "emptyDir": {}})
-        } else {
-            json!({"name": format!("{prefix}{i}"), "image": image})
-        };
-        set(&mut element, "futureElementField", unknown);
-        element
-    });
+    let elements = elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, (image, unknown))| {
+            let mut element = if prefix == "v" {
+                json!({"name": format!("{prefix}{i}"), "emptyDir": {}})
+            } else {
+                json!({"name": format!("{prefix}{i}"), "image": image})
+            };
+            set(&mut element, "futureElementField", unknown);
+            element
+        });
     Value::Array(elements.collect())
 }
 
@@ -165,7 +199,7 @@ enum Mutation {
     Label(String, String),
     /// Appends an element (creating the list when absent).
     Append(ListKind, String),
-    /// Changes the image of an existing container.
+    /// Changes the image of an existing container (nothing when there is none).
     SetImage(Index, String),
     /// Removes an existing annotation (nothing when there is none).
     RemoveAnnotation(Index),
@@ -176,7 +210,11 @@ enum Mutation {
 }
 
 fn list_kind() -> impl Strategy<Value = ListKind> {
-    prop_oneof![Just(ListKind::Containers), Just(ListKind::InitContainers), Just(ListKind::Volumes)]
+    prop_oneof![
+        Just(ListKind::Containers),
+        Just(ListKind::InitContainers),
+        Just(ListKind::Volumes)
+    ]
 }
 
 /// The mutations the properties require: none of them moves an existing list element.
@@ -190,6 +228,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
+/// A few mutations, applied in order.
+fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+    prop::collection::vec(mutation(), 0..4)
+}
+
 /// Also mutations that shift existing list elements (prepend, remove from the middle).
 fn shifting_mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
@@ -201,14 +244,23 @@ fn shifting_mutation() -> impl Strategy<Value = Mutation> {
 
 /// The object at `parent[key]`, created when absent.
 fn object_at<'a>(parent: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
-    let parent = parent.as_object_mut().expect("generated parents are objects");
-    parent.entry(key).or_insert_with(|| json!({})).as_object_mut().expect("generated maps are objects")
+    let parent = parent
+        .as_object_mut()
+        .expect("generated parents are objects");
+    parent
+        .entry(key)
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("generated maps are objects")
 }
 
 /// The array at `spec[list]`, created when absent.
 fn list_at(pod: &mut Value, list: ListKind) -> &mut Vec<Value> {
     let spec = object_at(pod, "spec");
-    spec.entry(list.key()).or_insert_with(|| json!([])).as_array_mut().expect("generated lists are arrays")
+    spec.entry(list.key())
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .expect("generated lists are arrays")
 }
 
 /// Applies `mutation` to a Pod-like object, as a webhook working on the JSON would.
@@ -223,14 +275,22 @@ fn apply(pod: &mut Value, mutation: &Mutation) {
         Mutation::Append(list, name) => list_at(pod, *list).push(list.new_element(name)),
         Mutation::SetImage(i, image) => {
             let containers = list_at(pod, ListKind::Containers);
-            let i = i.index(containers.len());
-            containers[i]["image"] = json!(image);
+            if !containers.is_empty() {
+                let i = i.index(containers.len());
+                containers[i]["image"] = json!(image);
+            }
         }
         Mutation::RemoveAnnotation(i) => {
-            if let Some(annotations) = pod["metadata"].get_mut("annotations").and_then(Value::as_object_mut)
+            if let Some(annotations) = pod["metadata"]
+                .get_mut("annotations")
+                .and_then(Value::as_object_mut)
                 && !annotations.is_empty()
             {
-                let key = annotations.keys().nth(i.index(annotations.len())).cloned().expect("index is in range");
+                let key = annotations
+                    .keys()
+                    .nth(i.index(annotations.len()))
+                    .cloned()
+                    .expect("index is in range");
                 annotations.remove(&key);
             }
         }
@@ -260,7 +320,7 @@ fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-/// Every unknown field of `value`, as (JSON pointer, value); unknown fields are not searched inside.
+/// Every unknown field of `value`, as (JSON pointer, value); not searched inside unknown fields.
 fn unknown_fields(value: &Value) -> Vec<(String, Value)> {
     fn walk(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
         match value {
@@ -290,7 +350,12 @@ fn unknown_fields(value: &Value) -> Vec<(String, Value)> {
 /// `value` as a typed struct sees it: without the unknown fields.
 fn strip_unknown(value: &Value) -> Value {
     match value {
-        Value::Object(m) => Value::Object(m.iter().filter(|(k, _)| !k.starts_with(UNKNOWN_PREFIX)).map(|(k, v)| (k.clone(), strip_unknown(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with(UNKNOWN_PREFIX))
+                .map(|(k, v)| (k.clone(), strip_unknown(v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(strip_unknown).collect()),
         other => other.clone(),
     }
@@ -299,31 +364,57 @@ fn strip_unknown(value: &Value) -> Value {
 /// Applies `patch` to `document` with the independent implementation.
 fn applied(document: &Value, patch: &json_patch::Patch) -> Value {
     let patch = serde_json::to_value(patch).expect("a patch encodes");
-    apply_patch(document, &patch).unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
+    apply_patch(document, &patch)
+        .unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
 }
 
-/// Fails when an `add` or `replace` overwrites a whole map or array that `original` already has (the
-/// Expedia fault: adding `/metadata/annotations` as a map wiped the existing annotations). An `add`
-/// into an array inserts rather than overwrites, so it is not counted.
-fn no_whole_container_overwritten(original: &Value, patch: &json_patch::Patch) -> Result<(), TestCaseError> {
-    let patch = serde_json::to_value(patch).expect("a patch encodes");
-    for op in patch.as_array().expect("a patch is an array") {
-        let (name, path) = (op["op"].as_str().unwrap_or_default(), op["path"].as_str().unwrap_or_default());
-        let inserts_into_array = name == "add" && path.rfind('/').and_then(|i| original.pointer(&path[..i])).is_some_and(Value::is_array);
+/// Fails when an `add` or `replace` overwrites a whole map or array that `original` already has
+/// (the Expedia fault: adding `/metadata/annotations` as a map wiped the existing annotations). An
+/// `add` into an array inserts rather than overwrites, so it is not counted.
+fn no_whole_container_overwritten(
+    original: &Value,
+    patch: &json_patch::Patch,
+) -> Result<(), TestCaseError> {
+    let ops = serde_json::to_value(patch).expect("a patch encodes");
+    for op in ops.as_array().expect("a patch is an array") {
+        let (name, pointer) = (
+            op["op"].as_str().unwrap_or_default(),
+            op["path"].as_str().unwrap_or_default(),
+        );
+        let inserts_into_array = name == "add"
+            && pointer
+                .rfind('/')
+                .and_then(|i| original.pointer(&pointer[..i]))
+                .is_some_and(Value::is_array);
         let overwrites = name == "replace" || (name == "add" && !inserts_into_array);
-        let existing = original.pointer(path).filter(|v| v.is_object() || v.is_array());
-        prop_assert!(!(overwrites && existing.is_some()), "{op} overwrites the existing {}", existing.map(Value::to_string).unwrap_or_default());
+        let existing = original
+            .pointer(pointer)
+            .filter(|v| v.is_object() || v.is_array());
+        prop_assert!(
+            !(overwrites && existing.is_some()),
+            "{op} overwrites the existing {}",
+            existing.map(Value::to_string).unwrap_or_default()
+        );
     }
     Ok(())
 }
 
 /// Fails unless every unknown field of `original` is in `result` at the same place with the same
 /// value, except those whose parent is gone from `expected_shape`.
-fn unknown_fields_kept(original: &Value, result: &Value, expected_shape: &Value) -> Result<(), TestCaseError> {
+fn unknown_fields_kept(
+    original: &Value,
+    result: &Value,
+    expected_shape: &Value,
+) -> Result<(), TestCaseError> {
     for (path, value) in unknown_fields(original) {
         let parent = &path[..path.rfind('/').expect("pointers start with /")];
         if expected_shape.pointer(parent).is_some() {
-            prop_assert_eq!(result.pointer(&path), Some(&value), "unknown field {} changed or lost", path);
+            prop_assert_eq!(
+                result.pointer(&path),
+                Some(&value),
+                "unknown field {} changed or lost",
+                path
+            );
         }
     }
     Ok(())
@@ -333,50 +424,62 @@ fn unknown_fields_kept(original: &Value, result: &Value, expected_shape: &Value)
 // Properties
 // ---------------------------------------------------------------------------------------------
 
-proptest! {
-    #![proptest_config(config())]
-
-    /// 1. `diff(original, mutated)` applied by an independent implementation gives `mutated`, and
-    /// never overwrites a whole existing map or array to add an entry.
-    #[test]
-    fn diff_applies_and_adds_entries_not_containers(pod in pod(), mutations in prop::collection::vec(mutation(), 0..4)) {
+/// Property 1: `diff(original, mutated)` applied by an independent implementation gives `mutated`,
+/// and never overwrites a whole existing map or array to add an entry.
+#[test]
+fn diff_applies_and_adds_entries_not_containers() {
+    check((pod(), mutations()), |(pod, mutations)| {
         let mutated = mutated(&pod, &mutations);
-        let mut patch = diff(&pod, &mutated);
-        if pod["metadata"]["annotations"].is_object() && mutated["metadata"]["annotations"] != pod["metadata"]["annotations"] {
-            patch = serde_json::from_value(json!([{"op": "add", "path": "/metadata/annotations", "value": mutated["metadata"]["annotations"]}])).unwrap();
-            let mut m = mutated.clone(); m["metadata"]["annotations"] = pod["metadata"]["annotations"].clone();
-            patch.0.extend(diff(&pod, &m).0);
-        }
+        let patch = diff(&pod, &mutated);
         prop_assert_eq!(applied(&pod, &patch), mutated.clone(), "patch: {:?}", patch);
         no_whole_container_overwritten(&pod, &patch)?;
         prop_assert_eq!(patch.0.is_empty(), pod == mutated);
-    }
+        Ok(())
+    });
+}
 
-    /// 2. `carry_changes` carries a typed change onto the raw object: every unknown field stays, the
-    /// result is exactly the mutation applied to the raw object, and its diff applies.
-    #[test]
-    fn carry_changes_keeps_unknown_fields(raw in pod(), mutations in prop::collection::vec(mutation(), 0..4)) {
+/// Property 2: `carry_changes` carries a typed change onto the raw object: every unknown field
+/// stays, the result is exactly the mutation applied to the raw object, and its diff applies.
+#[test]
+fn carry_changes_keeps_unknown_fields() {
+    check((pod(), mutations()), |(raw, mutations)| {
         let before = strip_unknown(&raw);
         let after = mutated(&before, &mutations);
         let result = carry_changes(&raw, &before, &after);
         unknown_fields_kept(&raw, &result, &after)?;
-        prop_assert_eq!(&strip_unknown(&result), &after, "the typed change was not carried exactly");
-        prop_assert_eq!(&result, &mutated(&raw, &mutations), "the result is not the mutation applied to the raw object");
+        prop_assert_eq!(
+            &strip_unknown(&result),
+            &after,
+            "the change was not carried exactly"
+        );
+        prop_assert_eq!(
+            &result,
+            &mutated(&raw, &mutations),
+            "not the mutation applied to raw"
+        );
         let patch = diff(&raw, &result);
-        prop_assert_eq!(applied(&before, &patch), result, "patch: {:?}", patch);
+        prop_assert_eq!(applied(&raw, &patch), result, "patch: {:?}", patch);
         no_whole_container_overwritten(&raw, &patch)?;
-    }
+        Ok(())
+    });
+}
 
-    /// 2b. As 2, with mutations that shift list elements (insert at the front, remove from the
-    /// middle): an element's unknown fields must stay with that element.
-    #[test]
-    #[ignore = "framework bug: carry_changes pairs list elements by index, so unknown fields move to another element when a mutator shifts a list"]
-    fn carry_changes_keeps_unknown_fields_when_lists_shift(raw in pod(), mutations in prop::collection::vec(shifting_mutation(), 0..4)) {
+/// Property 2b: as property 2, with mutations that shift list elements (insert at the front,
+/// remove from the middle): an element's unknown fields must stay with that element.
+#[test]
+fn carry_changes_keeps_unknown_fields_when_lists_shift() {
+    let mutations = prop::collection::vec(shifting_mutation(), 0..4);
+    check((pod(), mutations), |(raw, mutations)| {
         let before = strip_unknown(&raw);
         let after = mutated(&before, &mutations);
         let result = carry_changes(&raw, &before, &after);
-        prop_assert_eq!(&result, &mutated(&raw, &mutations), "the result is not the mutation applied to the raw object");
-    }
+        prop_assert_eq!(
+            &result,
+            &mutated(&raw, &mutations),
+            "not the mutation applied to raw"
+        );
+        Ok(())
+    });
 }
 
 const SEEN: &str = "props.example.com/seen";
@@ -390,10 +493,17 @@ struct SeenAndSidecar;
 #[async_trait]
 impl Mutator<Pod> for SeenAndSidecar {
     async fn mutate(&self, pod: &mut Pod, _ctx: &mut Context<'_>) -> MutationResult {
-        pod.metadata.labels.get_or_insert_default().insert(SEEN.to_owned(), "true".to_owned());
+        pod.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(SEEN.to_owned(), "true".to_owned());
         let spec = pod.spec.get_or_insert_default();
-        if true {
-            spec.containers.push(Container { name: SIDECAR.to_owned(), image: Some(SIDECAR_IMAGE.to_owned()), ..Container::default() });
+        if !spec.containers.iter().any(|c| c.name == SIDECAR) {
+            spec.containers.push(Container {
+                name: SIDECAR.to_owned(),
+                image: Some(SIDECAR_IMAGE.to_owned()),
+                ..Container::default()
+            });
         }
         Ok(())
     }
@@ -402,7 +512,10 @@ impl Mutator<Pod> for SeenAndSidecar {
 /// What `SeenAndSidecar` should do to the raw JSON.
 fn seen_and_sidecar(pod: &Value) -> Value {
     let mut out = pod.clone();
-    apply(&mut out, &Mutation::Label(SEEN.to_owned(), "true".to_owned()));
+    apply(
+        &mut out,
+        &Mutation::Label(SEEN.to_owned(), "true".to_owned()),
+    );
     let containers = list_at(&mut out, ListKind::Containers);
     if !containers.iter().any(|c| c["name"] == SIDECAR) {
         containers.push(json!({"name": SIDECAR, "image": SIDECAR_IMAGE}));
@@ -411,9 +524,13 @@ fn seen_and_sidecar(pod: &Value) -> Value {
 }
 
 prop_compose! {
-    /// A pod for the pipeline: sometimes already labelled, sometimes already with the sidecar (which
-    /// then has an unknown field of its own).
-    fn pipeline_pod()(mut pod in pod(), labelled in any::<bool>(), sidecar in prop::option::of(maybe_unknown())) -> Value {
+    /// A pod for the pipeline: sometimes already labelled, sometimes already with the sidecar
+    /// (which then may have an unknown field of its own).
+    fn pipeline_pod()(
+        mut pod in pod(),
+        labelled in any::<bool>(),
+        sidecar in prop::option::of(maybe_unknown()),
+    ) -> Value {
         if labelled {
             apply(&mut pod, &Mutation::Label(SEEN.to_owned(), "true".to_owned()));
         }
@@ -426,26 +543,43 @@ prop_compose! {
     }
 }
 
-/// 3. A whole pipeline with a typed mutator: the harness's invariants hold (the patch applies to the
-/// pipeline's result, a second run changes nothing, nothing is lost), every unknown field survives,
-/// the result is exactly the mutation applied to the raw JSON, and an object that needs nothing gets
-/// no patch.
+/// Property 3: a whole pipeline with a typed mutator. The harness's invariants hold (the patch
+/// applies and gives the pipeline's result, a second run changes nothing, nothing is lost), every
+/// unknown field survives, the result is exactly the mutation applied to the raw JSON, and an
+/// object that needs nothing gets no patch.
 #[test]
 fn pipeline_with_a_typed_mutator_keeps_unknown_fields() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let pipeline = Pipeline::builder("props.example.com").step(Step::new("m", SeenAndSidecar)).build().expect("the pipeline builds");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let pipeline = Pipeline::builder("props.example.com")
+        .step(Step::new("m", SeenAndSidecar))
+        .build()
+        .expect("the pipeline builds");
     let harness = Harness::new(pipeline);
     let target = ResourceTarget::of::<Pod>();
-    proptest!(config(), |(pod in pipeline_pod())| {
+    check(pipeline_pod(), |pod| {
         let review = review_json(pod.clone(), &target).build();
         let checked = runtime.block_on(harness.check(&review));
-        prop_assert!(checked.answer().allowed, "denied: {}", checked.answer().message);
+        prop_assert!(
+            checked.answer().allowed,
+            "denied: {}",
+            checked.answer().message
+        );
         let expected = seen_and_sidecar(&pod);
         unknown_fields_kept(&pod, checked.patched(), &expected)?;
         prop_assert_eq!(checked.patched(), &expected);
-        prop_assert_eq!(checked.answer().is_patched(), pod != expected, "patch: {:?}", checked.answer().patch);
-        if let Some(patch) = &checked.answer().patch {
+        let patch = &checked.answer().patch;
+        prop_assert_eq!(
+            checked.answer().is_patched(),
+            pod != expected,
+            "patch: {:?}",
+            patch
+        );
+        if let Some(patch) = patch {
             no_whole_container_overwritten(&pod, patch)?;
         }
+        Ok(())
     });
 }
