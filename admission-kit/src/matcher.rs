@@ -25,7 +25,10 @@ use serde_json::Value;
 use crate::review::Request;
 
 pub use label::{LabelOp, LabelRequirement};
-pub use object::{NAMESPACE_NAME_LABEL, AnnotationMatcher, NamespaceLabelMatcher, NamespaceNameMatcher, ObjectLabelMatcher};
+pub use object::{
+    AnnotationMatcher, NAMESPACE_NAME_LABEL, NamespaceLabelMatcher, NamespaceNameMatcher,
+    ObjectLabelMatcher,
+};
 
 /// The outcome of a matcher.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,9 +107,17 @@ impl ServerFilter {
         if !self.namespace.is_empty() {
             return None;
         }
-        let mut parts: Vec<String> = self.object.iter().map(|r| r.to_cel("object.metadata.labels")).collect();
+        let mut parts: Vec<String> = self
+            .object
+            .iter()
+            .map(|r| r.to_cel("object.metadata.labels"))
+            .collect();
         parts.extend(self.condition.clone());
-        Some(if parts.is_empty() { "true".to_owned() } else { parts.join(" && ") })
+        Some(if parts.is_empty() {
+            "true".to_owned()
+        } else {
+            parts.join(" && ")
+        })
     }
 }
 
@@ -174,7 +185,10 @@ impl Matcher for All {
     }
 
     fn server_filter(&self) -> ServerFilter {
-        let mut out = ServerFilter { exact: true, ..ServerFilter::none() };
+        let mut out = ServerFilter {
+            exact: true,
+            ..ServerFilter::none()
+        };
         let mut conditions = Vec::new();
         for m in &self.0 {
             let f = m.server_filter();
@@ -188,7 +202,14 @@ impl Matcher for All {
     }
 
     fn describe(&self) -> String {
-        format!("all of ({})", self.0.iter().map(|m| m.describe()).collect::<Vec<_>>().join(", "))
+        format!(
+            "all of ({})",
+            self.0
+                .iter()
+                .map(Matcher::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -206,20 +227,38 @@ impl Matcher for Any {
     }
 
     fn server_filter(&self) -> ServerFilter {
-        let filters: Vec<ServerFilter> = self.0.iter().map(|m| m.server_filter()).collect();
+        let filters: Vec<ServerFilter> = self.0.iter().map(Matcher::server_filter).collect();
         if filters.is_empty() {
-            return ServerFilter { exact: true, condition: Some("false".to_owned()), ..ServerFilter::none() };
+            return ServerFilter {
+                exact: true,
+                condition: Some("false".to_owned()),
+                ..ServerFilter::none()
+            };
         }
         // An OR can only be rendered in CEL, and only from children that CEL can express exactly.
-        let exprs: Option<Vec<String>> = filters.iter().map(|f| if f.exact { f.as_cel() } else { None }).collect();
+        let exprs: Option<Vec<String>> = filters
+            .iter()
+            .map(|f| if f.exact { f.as_cel() } else { None })
+            .collect();
         match exprs {
-            Some(exprs) => ServerFilter { condition: join_cel(&exprs, " || "), exact: true, ..ServerFilter::none() },
+            Some(exprs) => ServerFilter {
+                condition: join_cel(&exprs, " || "),
+                exact: true,
+                ..ServerFilter::none()
+            },
             None => ServerFilter::none(),
         }
     }
 
     fn describe(&self) -> String {
-        format!("any of ({})", self.0.iter().map(|m| m.describe()).collect::<Vec<_>>().join(", "))
+        format!(
+            "any of ({})",
+            self.0
+                .iter()
+                .map(Matcher::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -235,7 +274,11 @@ impl Matcher for Not {
     fn server_filter(&self) -> ServerFilter {
         let inner = self.0.server_filter();
         match inner.as_cel() {
-            Some(expr) if inner.exact => ServerFilter { condition: Some(format!("!({expr})")), exact: true, ..ServerFilter::none() },
+            Some(expr) if inner.exact => ServerFilter {
+                condition: Some(format!("!({expr})")),
+                exact: true,
+                ..ServerFilter::none()
+            },
             _ => ServerFilter::none(),
         }
     }
@@ -249,7 +292,12 @@ fn join_cel(parts: &[String], op: &str) -> Option<String> {
     match parts {
         [] => None,
         [one] => Some(one.clone()),
-        many => Some(many.iter().map(|p| format!("({p})")).collect::<Vec<_>>().join(op)),
+        many => Some(
+            many.iter()
+                .map(|p| format!("({p})"))
+                .collect::<Vec<_>>()
+                .join(op),
+        ),
     }
 }
 
@@ -283,7 +331,7 @@ pub fn namespace_label_exists(key: impl Into<String>) -> NamespaceLabelMatcher {
     NamespaceLabelMatcher(LabelRequirement::new(key, LabelOp::Exists))
 }
 
-/// The namespace's labels meet `requirement` (In, NotIn, Exists, DoesNotExist).
+/// The namespace's labels meet `requirement` (In, `NotIn`, Exists, `DoesNotExist`).
 #[must_use]
 pub fn namespace_labels(requirement: LabelRequirement) -> NamespaceLabelMatcher {
     NamespaceLabelMatcher(requirement)
@@ -291,7 +339,9 @@ pub fn namespace_labels(requirement: LabelRequirement) -> NamespaceLabelMatcher 
 
 /// The request's namespace is not one of `names` (e.g. `kube-system`). Cluster-scoped objects match.
 #[must_use]
-pub fn namespace_not_in<S: Into<String>>(names: impl IntoIterator<Item = S>) -> NamespaceNameMatcher {
+pub fn namespace_not_in<S: Into<String>>(
+    names: impl IntoIterator<Item = S>,
+) -> NamespaceNameMatcher {
     NamespaceNameMatcher::not_in(names)
 }
 
@@ -303,13 +353,18 @@ pub fn has_annotation(key: impl Into<String>) -> AnnotationMatcher {
 
 /// The object has annotation `key` with one of `values`.
 #[must_use]
-pub fn annotation_in<S: Into<String>>(key: impl Into<String>, values: impl IntoIterator<Item = S>) -> AnnotationMatcher {
+pub fn annotation_in<S: Into<String>>(
+    key: impl Into<String>,
+    values: impl IntoIterator<Item = S>,
+) -> AnnotationMatcher {
     AnnotationMatcher::value_in(key, values)
 }
 
 /// The object's labels meet every requirement (an `objectSelector`).
 #[must_use]
-pub fn object_labels(requirements: impl IntoIterator<Item = LabelRequirement>) -> ObjectLabelMatcher {
+pub fn object_labels(
+    requirements: impl IntoIterator<Item = LabelRequirement>,
+) -> ObjectLabelMatcher {
     ObjectLabelMatcher(requirements.into_iter().collect())
 }
 

@@ -27,7 +27,9 @@ pub fn carry_changes(raw: &Value, before: &Value, after: &Value) -> Value {
         (Value::Object(raw), Value::Object(before), Value::Object(after)) => {
             Value::Object(carry_object(raw, before, after))
         }
-        (Value::Array(raw), Value::Array(before), Value::Array(after)) if raw.len() == before.len() => {
+        (Value::Array(raw), Value::Array(before), Value::Array(after))
+            if raw.len() == before.len() =>
+        {
             Value::Array(carry_array(raw, before, after))
         }
         // A scalar changed, or the shape changed: the mutator's value wins.
@@ -40,7 +42,9 @@ const MERGE_KEYS: [&str; 4] = ["name", "mountPath", "devicePath", "containerPort
 
 fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
     let object = item.as_object()?;
-    MERGE_KEYS.iter().find_map(|k| object.get(*k).map(|v| (*k, v)))
+    MERGE_KEYS
+        .iter()
+        .find_map(|k| object.get(*k).map(|v| (*k, v)))
 }
 
 /// Carries a list change onto the raw list. Each item of `after` is traced back to the item of
@@ -54,7 +58,11 @@ fn carry_array(raw: &[Value], before: &[Value], after: &[Value]) -> Vec<Value> {
     // Unchanged items, preferring the same position.
     for (i, item) in after.iter().enumerate() {
         let same_place = before.get(i) == Some(item) && !used[i];
-        let j = if same_place { Some(i) } else { (0..before.len()).find(|&j| !used[j] && &before[j] == item) };
+        let j = if same_place {
+            Some(i)
+        } else {
+            (0..before.len()).find(|&j| !used[j] && &before[j] == item)
+        };
         if let Some(j) = j {
             origin[i] = Some(j);
             used[j] = true;
@@ -65,11 +73,12 @@ fn carry_array(raw: &[Value], before: &[Value], after: &[Value]) -> Vec<Value> {
         if origin[i].is_some() {
             continue;
         }
-        if let Some((key, value)) = merge_key(item) {
-            if let Some(j) = (0..before.len()).find(|&j| !used[j] && before[j].get(key) == Some(value)) {
-                origin[i] = Some(j);
-                used[j] = true;
-            }
+        if let Some((key, value)) = merge_key(item)
+            && let Some(j) =
+                (0..before.len()).find(|&j| !used[j] && before[j].get(key) == Some(value))
+        {
+            origin[i] = Some(j);
+            used[j] = true;
         }
     }
     // Changed unnamed items of a list that kept its length, by position.
@@ -91,7 +100,11 @@ fn carry_array(raw: &[Value], before: &[Value], after: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-fn carry_object(raw: &Map<String, Value>, before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
+fn carry_object(
+    raw: &Map<String, Value>,
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+) -> Map<String, Value> {
     let mut out = Map::new();
     for (key, raw_value) in raw {
         match (before.get(key), after.get(key)) {
@@ -134,7 +147,8 @@ mod tests {
     fn unknown_fields_survive_a_change_next_to_them() {
         let raw = json!({"spec": {"containers": [{"name": "app", "futureField": {"x": 1}}], "futureSpec": true}});
         let before = json!({"spec": {"containers": [{"name": "app"}]}});
-        let after = json!({"spec": {"containers": [{"name": "app", "image": "i"}, {"name": "sidecar"}]}});
+        let after =
+            json!({"spec": {"containers": [{"name": "app", "image": "i"}, {"name": "sidecar"}]}});
         let result = carry_changes(&raw, &before, &after);
         assert_eq!(
             result,
@@ -147,13 +161,26 @@ mod tests {
         let raw = json!([{"name": "setup", "future": 1}, {"name": "b", "future": 2}, {"x": 1, "future": 3}]);
         let before = json!([{"name": "setup"}, {"name": "b"}, {"x": 1}]);
         let after = json!([{"name": "first"}, {"name": "setup"}, {"x": 1}]);
-        assert_eq!(carry_changes(&raw, &before, &after), json!([{"name": "first"}, {"name": "setup", "future": 1}, {"x": 1, "future": 3}]));
+        assert_eq!(
+            carry_changes(&raw, &before, &after),
+            json!([{"name": "first"}, {"name": "setup", "future": 1}, {"x": 1, "future": 3}])
+        );
         // A changed item keeps its unknown fields through its name, wherever it moved.
         let after = json!([{"name": "b", "image": "new"}, {"name": "setup"}]);
-        assert_eq!(carry_changes(&raw, &before, &after), json!([{"name": "b", "future": 2, "image": "new"}, {"name": "setup", "future": 1}]));
+        assert_eq!(
+            carry_changes(&raw, &before, &after),
+            json!([{"name": "b", "future": 2, "image": "new"}, {"name": "setup", "future": 1}])
+        );
         // Same length, unnamed and changed in place: matched by position.
-        let (raw, before, after) = (json!([{"k": 1, "future": 0}]), json!([{"k": 1}]), json!([{"k": 2}]));
-        assert_eq!(carry_changes(&raw, &before, &after), json!([{"k": 2, "future": 0}]));
+        let (raw, before, after) = (
+            json!([{"k": 1, "future": 0}]),
+            json!([{"k": 1}]),
+            json!([{"k": 2}]),
+        );
+        assert_eq!(
+            carry_changes(&raw, &before, &after),
+            json!([{"k": 2, "future": 0}])
+        );
     }
 
     #[test]
@@ -162,7 +189,10 @@ mod tests {
         let raw = json!({"kind": "Pod"});
         let before = json!({"kind": "Pod", "metadata": {}});
         let after = json!({"kind": "Pod", "metadata": {"labels": {"a": "b"}}});
-        assert_eq!(carry_changes(&raw, &before, &after), json!({"kind": "Pod", "metadata": {"labels": {"a": "b"}}}));
+        assert_eq!(
+            carry_changes(&raw, &before, &after),
+            json!({"kind": "Pod", "metadata": {"labels": {"a": "b"}}})
+        );
         assert_eq!(carry_changes(&raw, &before, &before), raw);
     }
 
@@ -171,7 +201,10 @@ mod tests {
         let raw = json!({"a": 1, "b": null, "c": [1, 2, 3]});
         let before = json!({"a": 1, "c": [1, 2, 3]});
         let after = json!({"b": "set", "c": [1, 2]});
-        assert_eq!(carry_changes(&raw, &before, &after), json!({"b": "set", "c": [1, 2]}));
+        assert_eq!(
+            carry_changes(&raw, &before, &after),
+            json!({"b": "set", "c": [1, 2]})
+        );
     }
 
     #[test]
@@ -179,6 +212,9 @@ mod tests {
         let original = json!({"metadata": {"annotations": {"keep": "1"}}});
         let mutated = json!({"metadata": {"annotations": {"keep": "1", "a.io/b~c": "v"}}});
         let patch = serde_json::to_value(diff(&original, &mutated)).unwrap();
-        assert_eq!(patch, json!([{"op": "add", "path": "/metadata/annotations/a.io~1b~0c", "value": "v"}]));
+        assert_eq!(
+            patch,
+            json!([{"op": "add", "path": "/metadata/annotations/a.io~1b~0c", "value": "v"}])
+        );
     }
 }

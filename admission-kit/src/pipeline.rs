@@ -18,7 +18,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::matcher::{Decision, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter};
+use crate::matcher::{
+    Decision, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter,
+};
 use crate::mutator::{Context, DynamicMutator, MutationError, MutationResult, Mutator};
 use crate::patch;
 use crate::review::{Answer, Review};
@@ -49,8 +51,18 @@ pub struct ResourceTarget {
 
 impl ResourceTarget {
     /// A target for a kind.
-    pub fn new(group: impl Into<String>, version: impl Into<String>, kind: impl Into<String>, plural: impl Into<String>) -> Self {
-        Self { group: group.into(), version: version.into(), kind: kind.into(), plural: plural.into() }
+    pub fn new(
+        group: impl Into<String>,
+        version: impl Into<String>,
+        kind: impl Into<String>,
+        plural: impl Into<String>,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
     }
 
     /// The target of a k8s-openapi resource type.
@@ -60,7 +72,10 @@ impl ResourceTarget {
     }
 
     fn matches(&self, review: &crate::review::Request) -> bool {
-        review.kind.group == self.group && review.kind.version == self.version && review.kind.kind == self.kind && review.sub_resource.is_none()
+        review.kind.group == self.group
+            && review.kind.version == self.version
+            && review.kind.kind == self.kind
+            && review.sub_resource.is_none()
     }
 }
 
@@ -97,7 +112,11 @@ where
         let mut typed = K::deserialize(&*object).map_err(|e| MutationError::Invalid {
             message: format!("object does not decode as {}: {e}", self.target),
         })?;
-        let encode = |k: &K| serde_json::to_value(k).map_err(|e| MutationError::caused_by(format!("failed to encode {}", self.target), e));
+        let encode = |k: &K| {
+            serde_json::to_value(k).map_err(|e| {
+                MutationError::caused_by(format!("failed to encode {}", self.target), e)
+            })
+        };
         let before = encode(&typed)?;
         self.mutator.mutate(&mut typed, ctx).await?;
         let after = encode(&typed)?;
@@ -128,11 +147,23 @@ impl Step {
         M: Mutator<K>,
     {
         let target = ResourceTarget::of::<K>();
-        Self::dynamic(name, target.clone(), Typed { mutator, target, _kind: PhantomData::<fn() -> K> })
+        Self::dynamic(
+            name,
+            target.clone(),
+            Typed {
+                mutator,
+                target,
+                _kind: PhantomData::<fn() -> K>,
+            },
+        )
     }
 
     /// A step running a mutator over the raw JSON of objects of `target`'s kind.
-    pub fn dynamic(name: impl Into<String>, target: ResourceTarget, mutator: impl DynamicMutator) -> Self {
+    pub fn dynamic(
+        name: impl Into<String>,
+        target: ResourceTarget,
+        mutator: impl DynamicMutator,
+    ) -> Self {
         Self {
             name: name.into(),
             target,
@@ -180,7 +211,9 @@ impl Step {
     }
 
     fn filter(&self) -> ServerFilter {
-        self.gate.as_ref().map_or_else(ServerFilter::none, |g| g.server_filter())
+        self.gate
+            .as_ref()
+            .map_or_else(ServerFilter::none, super::matcher::Matcher::server_filter)
     }
 }
 
@@ -211,7 +244,9 @@ pub enum ReinvocationPolicy {
 #[non_exhaustive]
 pub enum PipelineError {
     /// Webhook names must be fully qualified (at least three DNS labels), as the API server requires.
-    #[error("failed to build pipeline: webhook name `{0}` must be a fully qualified DNS name like `inject.example.com`")]
+    #[error(
+        "failed to build pipeline: webhook name `{0}` must be a fully qualified DNS name like `inject.example.com`"
+    )]
     BadName(String),
     /// A pipeline needs at least one step.
     #[error("failed to build pipeline `{0}`: it has no steps")]
@@ -286,7 +321,10 @@ impl PipelineBuilder {
     /// Checks and builds the pipeline.
     pub fn build(self) -> Result<Pipeline, PipelineError> {
         let qualified = self.name.split('.').filter(|s| !s.is_empty()).count() >= 3
-            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
         if !qualified {
             return Err(PipelineError::BadName(self.name));
         }
@@ -302,7 +340,10 @@ impl PipelineBuilder {
         let mut seen = std::collections::BTreeSet::new();
         for step in &self.steps {
             if !seen.insert(step.name.as_str()) {
-                return Err(PipelineError::DuplicateStep { pipeline: self.name.clone(), step: step.name.clone() });
+                return Err(PipelineError::DuplicateStep {
+                    pipeline: self.name.clone(),
+                    step: step.name.clone(),
+                });
             }
         }
         let filter = webhook_filter(&self.steps);
@@ -326,7 +367,9 @@ impl PipelineBuilder {
 /// CEL conditions when every step has one.
 fn webhook_filter(steps: &[Step]) -> ServerFilter {
     let filters: Vec<ServerFilter> = steps.iter().map(Step::filter).collect();
-    let Some((first, rest)) = filters.split_first() else { return ServerFilter::none() };
+    let Some((first, rest)) = filters.split_first() else {
+        return ServerFilter::none();
+    };
     let common = |pick: fn(&ServerFilter) -> &Vec<LabelRequirement>| -> Vec<LabelRequirement> {
         let mut out: Vec<LabelRequirement> = Vec::new();
         for r in pick(first) {
@@ -339,9 +382,21 @@ fn webhook_filter(steps: &[Step]) -> ServerFilter {
     let conditions: Option<Vec<String>> = filters.iter().map(|f| f.condition.clone()).collect();
     let condition = conditions.map(|mut c| {
         c.dedup();
-        if c.len() == 1 { c.remove(0) } else { c.iter().map(|x| format!("({x})")).collect::<Vec<_>>().join(" || ") }
+        if c.len() == 1 {
+            c.remove(0)
+        } else {
+            c.iter()
+                .map(|x| format!("({x})"))
+                .collect::<Vec<_>>()
+                .join(" || ")
+        }
     });
-    ServerFilter { namespace: common(|f| &f.namespace), object: common(|f| &f.object), condition, exact: false }
+    ServerFilter {
+        namespace: common(|f| &f.namespace),
+        object: common(|f| &f.object),
+        condition,
+        exact: false,
+    }
 }
 
 #[derive(Debug)]
@@ -434,7 +489,6 @@ impl Pipeline {
     }
 
     /// The steps, in order.
-    #[must_use]
     pub fn steps(&self) -> &[Step] {
         &self.inner.steps
     }
@@ -477,7 +531,10 @@ impl Pipeline {
         let mut unchecked = Vec::new();
         for step in &self.inner.steps {
             for r in step.filter().namespace {
-                if !trusted.contains(&r) && !unchecked.contains(&r) && r.key != crate::matcher::NAMESPACE_NAME_LABEL {
+                if !trusted.contains(&r)
+                    && !unchecked.contains(&r)
+                    && r.key != crate::matcher::NAMESPACE_NAME_LABEL
+                {
                     unchecked.push(r);
                 }
             }
@@ -486,7 +543,11 @@ impl Pipeline {
     }
 
     /// Answers one review without a deadline.
-    pub async fn review(&self, review: &Review, namespace_labels: Option<&BTreeMap<String, String>>) -> Outcome {
+    pub async fn review(
+        &self,
+        review: &Review,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+    ) -> Outcome {
         self.review_until(review, namespace_labels, None).await
     }
 
@@ -503,31 +564,53 @@ impl Pipeline {
         let mut reports = Vec::with_capacity(self.inner.steps.len());
         let Some(original) = request.object.as_ref() else {
             for step in &self.inner.steps {
-                reports.push(StepReport { step: step.name.clone(), result: StepResult::Skipped("request has no object".to_owned()) });
+                reports.push(StepReport {
+                    step: step.name.clone(),
+                    result: StepResult::Skipped("request has no object".to_owned()),
+                });
             }
-            return Outcome { answer, steps: reports, mutated: None };
+            return Outcome {
+                answer,
+                steps: reports,
+                mutated: None,
+            };
         };
         let namespace = match namespace_labels {
             Some(labels) => NamespaceView::Known(labels),
-            None => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
+            None => NamespaceView::Unknown {
+                enforced: &self.inner.filter.namespace,
+            },
         };
         let mut current = original.clone();
         for step in &self.inner.steps {
-            let input = MatchInput { request, object: Some(&current), namespace };
+            let input = MatchInput {
+                request,
+                object: Some(&current),
+                namespace,
+            };
             let result = match applies(step, &input) {
                 Gate::Skip(reason) => StepResult::Skipped(reason),
-                Gate::Undecidable(why) => self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer),
+                Gate::Undecidable(why) => self.failed(
+                    step,
+                    format!("cannot decide whether it applies: {why}"),
+                    &mut answer,
+                ),
                 Gate::Apply => {
                     let mut candidate = current.clone();
                     let mut ctx = Context::new(request, namespace_labels);
-                    let run = AssertUnwindSafe(step.mutator.mutate(&mut candidate, &mut ctx)).catch_unwind();
+                    let run = AssertUnwindSafe(step.mutator.mutate(&mut candidate, &mut ctx))
+                        .catch_unwind();
                     let ran = match deadline {
                         Some(deadline) => tokio::time::timeout_at(deadline, run).await.ok(),
                         None => Some(run.await),
                     };
                     let (warnings, audit) = ctx.into_parts();
                     match ran {
-                        None => self.failed(step, "did not finish before the API server's deadline".to_owned(), &mut answer),
+                        None => self.failed(
+                            step,
+                            "did not finish before the API server's deadline".to_owned(),
+                            &mut answer,
+                        ),
                         Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
                         Some(Ok(Ok(()))) => {
                             answer.warnings.extend(warnings);
@@ -536,41 +619,66 @@ impl Pipeline {
                             current = candidate;
                             StepResult::Applied { changed }
                         }
-                        Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
-                        Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
-                            self.failed(step, error_chain(&e), &mut answer)
+                        Some(Ok(Err(MutationError::Denied { message }))) => {
+                            StepResult::Denied(message)
                         }
+                        Some(Ok(Err(
+                            e @ (MutationError::Failed { .. } | MutationError::Invalid { .. }),
+                        ))) => self.failed(step, error_chain(&e), &mut answer),
                     }
                 }
             };
             let denial = match &result {
                 StepResult::Denied(message) => Some((403, message.clone())),
-                StepResult::Failed { message, mode: FailureMode::Deny } => Some((500, format!("{} failed: {message}", step.name))),
+                StepResult::Failed {
+                    message,
+                    mode: FailureMode::Deny,
+                } => Some((500, format!("{} failed: {message}", step.name))),
                 StepResult::Panicked(message) => Some((
                     500,
-                    format!("{} panicked, so the object was not admitted (a bug in the webhook; see its logs): {message}", step.name),
+                    format!(
+                        "{} panicked, so the object was not admitted (a bug in the webhook; see its logs): {message}",
+                        step.name
+                    ),
                 )),
                 _ => None,
             };
-            reports.push(StepReport { step: step.name.clone(), result });
+            reports.push(StepReport {
+                step: step.name.clone(),
+                result,
+            });
             if let Some((code, message)) = denial {
                 let mut denied = Answer::deny(&review.api_version, &request.uid, code, message);
                 denied.warnings = answer.warnings;
-                return Outcome { answer: denied, steps: reports, mutated: None };
+                return Outcome {
+                    answer: denied,
+                    steps: reports,
+                    mutated: None,
+                };
             }
         }
         let patch = patch::diff(original, &current);
         if !patch.0.is_empty() {
             answer.patch = Some(patch);
         }
-        Outcome { answer, steps: reports, mutated: Some(current) }
+        Outcome {
+            answer,
+            steps: reports,
+            mutated: Some(current),
+        }
     }
 
     fn failed(&self, step: &Step, message: String, answer: &mut Answer) -> StepResult {
         if step.on_error == FailureMode::AllowWithWarning {
-            answer.warnings.push(format!("{}: {} failed, admitted without its change: {message}", self.inner.name, step.name));
+            answer.warnings.push(format!(
+                "{}: {} failed, admitted without its change: {message}",
+                self.inner.name, step.name
+            ));
         }
-        StepResult::Failed { message, mode: step.on_error }
+        StepResult::Failed {
+            message,
+            mode: step.on_error,
+        }
     }
 }
 
@@ -583,12 +691,17 @@ enum Gate {
 /// Whether a step applies, and why not when it does not.
 fn applies(step: &Step, input: &MatchInput<'_>) -> Gate {
     if !step.target.matches(input.request) {
-        return Gate::Skip(format!("serves {}, not this kind or subresource", step.target));
+        return Gate::Skip(format!(
+            "serves {}, not this kind or subresource",
+            step.target
+        ));
     }
     if !step.operations.contains(&input.request.operation) {
         return Gate::Skip(format!("does not serve {:?}", input.request.operation));
     }
-    let Some(gate) = step.gate.as_ref() else { return Gate::Apply };
+    let Some(gate) = step.gate.as_ref() else {
+        return Gate::Apply;
+    };
     match gate.evaluate(input) {
         Decision::Match => Gate::Apply,
         Decision::NoMatch => Gate::Skip(format!("matcher did not match: {}", gate.describe())),

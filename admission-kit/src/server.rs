@@ -68,7 +68,9 @@ impl Default for ServerConfig {
         Self {
             webhook_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            tls: TlsSource::SelfSigned { names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()] },
+            tls: TlsSource::SelfSigned {
+                names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            },
             max_body_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
@@ -167,7 +169,10 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("config", &self.config).field("pipelines", &self.pipelines).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("pipelines", &self.pipelines)
+            .finish_non_exhaustive()
     }
 }
 
@@ -206,15 +211,27 @@ impl Server {
         let mut seen: Vec<&Pipeline> = Vec::new();
         for p in &self.pipelines {
             if let Some(other) = seen.iter().find(|o| o.path() == p.path()) {
-                return Err(ServerError::DuplicatePath(other.name().to_owned(), p.name().to_owned(), p.path().to_owned()));
+                return Err(ServerError::DuplicatePath(
+                    other.name().to_owned(),
+                    p.name().to_owned(),
+                    p.path().to_owned(),
+                ));
             }
             seen.push(p);
         }
         let metrics = Arc::new(self.metrics);
         let (store, reloader, ca_pem) = match &self.config.tls {
-            TlsSource::Files { cert, key, reload_interval } => {
+            TlsSource::Files {
+                cert,
+                key,
+                reload_interval,
+            } => {
                 let (reloader, key) = FileReloader::load(cert, key)?;
-                (Arc::new(CertStore::new(key)), Some((reloader, *reload_interval)), None)
+                (
+                    Arc::new(CertStore::new(key)),
+                    Some((reloader, *reload_interval)),
+                    None,
+                )
             }
             TlsSource::SelfSigned { names } => {
                 let generated = GeneratedCert::generate(names)?;
@@ -232,35 +249,64 @@ impl Server {
             metrics.cert_expiry.set(t as f64);
         }
         let tls = Arc::new(crate::tls::server_config(store.clone())?);
-        let bind = |addr: SocketAddr| async move { TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source }) };
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
         let webhook_listener = bind(self.config.webhook_addr).await?;
         let admin_listener = bind(self.config.admin_addr).await?;
-        let webhook_addr = webhook_listener.local_addr().map_err(|source| ServerError::Bind { addr: self.config.webhook_addr, source })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| ServerError::Bind { addr: self.config.admin_addr, source })?;
+        let webhook_addr = webhook_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: self.config.webhook_addr,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: self.config.admin_addr,
+                source,
+            })?;
 
         let shared = Arc::new(Shared {
             metrics: metrics.clone(),
             namespaces: self.namespaces,
-            readiness: Readiness { pending_gates: AtomicUsize::new(self.gates.len()), draining: AtomicBool::new(false) },
+            readiness: Readiness {
+                pending_gates: AtomicUsize::new(self.gates.len()),
+                draining: AtomicBool::new(false),
+            },
             config: self.config.clone(),
         });
         for gate in self.gates {
             let shared = shared.clone();
             tokio::spawn(async move {
                 gate.await;
-                shared.readiness.pending_gates.fetch_sub(1, Ordering::AcqRel);
+                shared
+                    .readiness
+                    .pending_gates
+                    .fetch_sub(1, Ordering::AcqRel);
             });
         }
         let mut background = Vec::new();
         if let Some((reloader, interval)) = reloader {
-            background.push(tokio::spawn(reloader.run(store.clone(), interval, metrics.clone())));
+            background.push(tokio::spawn(reloader.run(
+                store.clone(),
+                interval,
+                metrics.clone(),
+            )));
         }
         log_namespace_trust(&self.pipelines, &shared.namespaces);
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let router = webhook_router(&self.pipelines, shared.clone());
+        let router = webhook_router(&self.pipelines, &shared);
         let admin = admin::serve(admin_listener, shared.clone(), stop_rx.clone());
-        let accept = conn::AcceptLoop { listener: webhook_listener, tls, router, shared: shared.clone() };
+        let accept = conn::AcceptLoop {
+            listener: webhook_listener,
+            tls,
+            router,
+            shared: shared.clone(),
+        };
         let (drain_tx, drain_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut drain_rx = drain_rx;
@@ -281,7 +327,13 @@ impl Server {
             tracing::info!("server stopped");
         });
         tracing::info!(%webhook_addr, %admin_addr, "serving");
-        Ok(RunningServer { webhook_addr, admin_addr, ca_pem, drain: drain_tx, task })
+        Ok(RunningServer {
+            webhook_addr,
+            admin_addr,
+            ca_pem,
+            drain: drain_tx,
+            task,
+        })
     }
 
     /// Starts, serves until `shutdown` resolves (e.g. [`shutdown_signal`]), then drains and stops.
@@ -361,9 +413,18 @@ impl RunningServer {
 
 /// The webhook router alone, for driving pipelines in-process (`tower::ServiceExt::oneshot`)
 /// without sockets or TLS: same decoding, limits, status codes and answers as the server.
-pub fn router(config: ServerConfig, pipelines: &[Pipeline], namespaces: NamespaceSource) -> axum::Router {
-    let shared = Arc::new(Shared { metrics: Arc::new(Metrics::new()), namespaces, readiness: Readiness::default(), config });
-    webhook_router(pipelines, shared)
+pub fn router(
+    config: ServerConfig,
+    pipelines: &[Pipeline],
+    namespaces: NamespaceSource,
+) -> axum::Router {
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::new()),
+        namespaces,
+        readiness: Readiness::default(),
+        config,
+    });
+    webhook_router(pipelines, &shared)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

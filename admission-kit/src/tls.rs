@@ -94,19 +94,30 @@ pub struct GeneratedCert {
 impl GeneratedCert {
     /// Generates a CA and a leaf certificate valid for `names` (DNS names or IP addresses).
     pub fn generate(names: &[String]) -> Result<Self, TlsError> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "admission-kit development CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "admission-kit development CA");
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate()?;
         let mut leaf_params = CertificateParams::new(names.to_vec())?;
-        leaf_params.distinguished_name.push(DnType::CommonName, names.first().map_or("admission-kit", String::as_str));
+        leaf_params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().map_or("admission-kit", String::as_str),
+        );
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
-        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() })
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        })
     }
 }
 
@@ -117,9 +128,15 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Parses a PEM certificate chain and key into a rustls key, checking that they match.
-pub fn parse_pair(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut &cert_pem[..]).filter_map(Result::ok).collect();
+pub fn parse_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert_path.to_owned()));
     }
@@ -152,7 +169,9 @@ impl CertStore {
     /// A store serving `key`.
     #[must_use]
     pub fn new(key: CertifiedKey) -> Self {
-        Self { current: ArcSwap::from_pointee(key) }
+        Self {
+            current: ArcSwap::from_pointee(key),
+        }
     }
 
     /// Replaces the served certificate; new handshakes use it.
@@ -188,7 +207,10 @@ pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsE
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Certificate files and the bytes last loaded from them.
@@ -204,7 +226,14 @@ impl FileReloader {
     pub fn load(cert: &Path, key: &Path) -> Result<(Self, CertifiedKey), TlsError> {
         let (cert_pem, key_pem) = (read(cert)?, read(key)?);
         let certified = parse_pair(&cert_pem, &key_pem, cert, key)?;
-        Ok((Self { cert: cert.to_owned(), key: key.to_owned(), loaded: (cert_pem, key_pem) }, certified))
+        Ok((
+            Self {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                loaded: (cert_pem, key_pem),
+            },
+            certified,
+        ))
     }
 
     /// Reads the files again; returns a new key if their content changed and is valid. A read or
@@ -230,15 +259,28 @@ impl FileReloader {
                 Ok(None) => {}
                 Ok(Some(key)) => {
                     if let Some(t) = not_after(&key) {
-                        #[allow(clippy::cast_precision_loss, reason = "Unix seconds fit f64 exactly until year 285 million")]
+                        #[allow(
+                            clippy::cast_precision_loss,
+                            reason = "Unix seconds fit f64 exactly until year 285 million"
+                        )]
                         metrics.cert_expiry.set(t as f64);
                     }
                     store.replace(key);
-                    metrics.cert_reloads.get_or_create(&ReloadLabels { result: "success".into() }).inc();
+                    metrics
+                        .cert_reloads
+                        .get_or_create(&ReloadLabels {
+                            result: "success".into(),
+                        })
+                        .inc();
                     tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
                 }
                 Err(error) => {
-                    metrics.cert_reloads.get_or_create(&ReloadLabels { result: "failure".into() }).inc();
+                    metrics
+                        .cert_reloads
+                        .get_or_create(&ReloadLabels {
+                            result: "failure".into(),
+                        })
+                        .inc();
                     tracing::warn!(%error, "serving certificate not reloaded; keeping the last good one");
                 }
             }
@@ -257,9 +299,18 @@ mod tests {
         let p = Path::new("x");
         let key = parse_pair(a.cert_pem.as_bytes(), a.key_pem.as_bytes(), p, p).unwrap();
         assert!(not_after(&key).unwrap() > 1_700_000_000);
-        assert!(matches!(parse_pair(a.cert_pem.as_bytes(), b.key_pem.as_bytes(), p, p), Err(TlsError::Rejected { .. })));
-        assert!(matches!(parse_pair(b"", a.key_pem.as_bytes(), p, p), Err(TlsError::NoCertificate(_))));
-        assert!(matches!(parse_pair(a.cert_pem.as_bytes(), b"junk", p, p), Err(TlsError::NoKey(_))));
+        assert!(matches!(
+            parse_pair(a.cert_pem.as_bytes(), b.key_pem.as_bytes(), p, p),
+            Err(TlsError::Rejected { .. })
+        ));
+        assert!(matches!(
+            parse_pair(b"", a.key_pem.as_bytes(), p, p),
+            Err(TlsError::NoCertificate(_))
+        ));
+        assert!(matches!(
+            parse_pair(a.cert_pem.as_bytes(), b"junk", p, p),
+            Err(TlsError::NoKey(_))
+        ));
     }
 
     #[test]
@@ -270,11 +321,17 @@ mod tests {
         std::fs::write(&cert, &a.cert_pem).unwrap();
         std::fs::write(&key, &a.key_pem).unwrap();
         let (mut reloader, _) = FileReloader::load(&cert, &key).unwrap();
-        assert!(reloader.poll().unwrap().is_none(), "unchanged files are not reloaded");
+        assert!(
+            reloader.poll().unwrap().is_none(),
+            "unchanged files are not reloaded"
+        );
         let b = GeneratedCert::generate(&["localhost".into()]).unwrap();
         std::fs::write(&cert, &b.cert_pem).unwrap();
         assert!(reloader.poll().is_err(), "new cert with old key is refused");
         std::fs::write(&key, &b.key_pem).unwrap();
-        assert!(reloader.poll().unwrap().is_some(), "the complete new pair is loaded");
+        assert!(
+            reloader.poll().unwrap().is_some(),
+            "the complete new pair is loaded"
+        );
     }
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::core::admission::Operation;
@@ -51,7 +52,12 @@ pub struct WebhookConfigOptions {
 impl WebhookConfigOptions {
     /// Options with no CA bundle and no exclusions.
     pub fn new(name: impl Into<String>, target: ClientTarget) -> Self {
-        Self { name: name.into(), target, ca_bundle: None, exclude_namespaces: Vec::new() }
+        Self {
+            name: name.into(),
+            target,
+            ca_bundle: None,
+            exclude_namespaces: Vec::new(),
+        }
     }
 
     /// Sets the CA bundle (PEM).
@@ -63,8 +69,12 @@ impl WebhookConfigOptions {
 
     /// Never call the webhook for these namespaces.
     #[must_use]
-    pub fn exclude_namespaces<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
-        self.exclude_namespaces.extend(names.into_iter().map(Into::into));
+    pub fn exclude_namespaces<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.exclude_namespaces
+            .extend(names.into_iter().map(Into::into));
         self
     }
 }
@@ -80,7 +90,8 @@ fn operation_name(op: &Operation) -> &'static str {
 
 fn selector(requirements: &[LabelRequirement]) -> LabelSelector {
     LabelSelector {
-        match_expressions: (!requirements.is_empty()).then(|| requirements.iter().map(LabelRequirement::to_k8s).collect()),
+        match_expressions: (!requirements.is_empty())
+            .then(|| requirements.iter().map(LabelRequirement::to_k8s).collect()),
         match_labels: None,
     }
 }
@@ -129,7 +140,11 @@ pub fn render_webhook(pipeline: &Pipeline, options: &WebhookConfigOptions) -> Mu
     let client_config = WebhookClientConfig {
         ca_bundle: options.ca_bundle.clone().map(ByteString),
         service: match &options.target {
-            ClientTarget::Service { namespace, name, port } => Some(ServiceReference {
+            ClientTarget::Service {
+                namespace,
+                name,
+                port,
+            } => Some(ServiceReference {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 path: Some(path.clone()),
@@ -172,9 +187,20 @@ pub fn render_webhook(pipeline: &Pipeline, options: &WebhookConfigOptions) -> Mu
 
 /// Renders the `MutatingWebhookConfiguration` for `pipelines`, one webhook each, in order.
 #[must_use]
-pub fn render_webhook_config(pipelines: &[Pipeline], options: &WebhookConfigOptions) -> MutatingWebhookConfiguration {
+pub fn render_webhook_config(
+    pipelines: &[Pipeline],
+    options: &WebhookConfigOptions,
+) -> MutatingWebhookConfiguration {
     MutatingWebhookConfiguration {
-        metadata: ObjectMeta { name: Some(options.name.clone()), ..ObjectMeta::default() },
-        webhooks: Some(pipelines.iter().map(|p| render_webhook(p, options)).collect()),
+        metadata: ObjectMeta {
+            name: Some(options.name.clone()),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(
+            pipelines
+                .iter()
+                .map(|p| render_webhook(p, options))
+                .collect(),
+        ),
     }
 }

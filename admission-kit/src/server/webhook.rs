@@ -24,25 +24,40 @@ struct Hook {
 
 /// The axum router serving `pipelines` on their paths, with the body cap (413), request timeout
 /// (408), method (405) and content-type (415) checks. Exposed so tests can drive it in-process.
-pub(crate) fn webhook_router(pipelines: &[Pipeline], shared: Arc<Shared>) -> Router {
+pub(crate) fn webhook_router(pipelines: &[Pipeline], shared: &Arc<Shared>) -> Router {
     let mut router = Router::new();
     for pipeline in pipelines {
-        let hook = Arc::new(Hook { pipeline: pipeline.clone(), shared: shared.clone() });
+        let hook = Arc::new(Hook {
+            pipeline: pipeline.clone(),
+            shared: shared.clone(),
+        });
         router = router.route(pipeline.path(), post(review).with_state(hook));
     }
     let paths: Vec<String> = pipelines.iter().map(|p| p.path().to_owned()).collect();
     router
         .fallback(move || {
             let paths = paths.clone();
-            async move { (StatusCode::NOT_FOUND, format!("no webhook here; webhooks are served on {}\n", paths.join(", "))) }
+            async move {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no webhook here; webhooks are served on {}\n",
+                        paths.join(", ")
+                    ),
+                )
+            }
         })
         .layer(DefaultBodyLimit::max(shared.config.max_body_bytes))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, shared.config.request_timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            shared.config.request_timeout,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
 }
 
 /// Parses Go's `time.Duration` text as the API server sends it in `?timeout=` (e.g. `10s`, `1m0s`,
 /// `2.5s`, `500ms`).
+#[must_use]
 pub fn parse_go_duration(text: &str) -> Option<Duration> {
     let mut rest = text;
     let mut total = 0f64;
@@ -50,10 +65,14 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let value: f64 = rest[..number_len].parse().ok()?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -71,25 +90,42 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
 
 /// The time to answer by: the API server's `?timeout=` (or the pipeline's `timeoutSeconds`) less a
 /// margin for the answer's trip back, and never later than the server's request timeout.
-fn deadline(start: Instant, query: Option<&str>, pipeline: &Pipeline, request_timeout: Duration) -> Instant {
+fn deadline(
+    start: Instant,
+    query: Option<&str>,
+    pipeline: &Pipeline,
+    request_timeout: Duration,
+) -> Instant {
     let asked = query
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("timeout=")))
         .and_then(parse_go_duration)
-        .unwrap_or_else(|| Duration::from_secs(u64::try_from(pipeline.timeout_seconds()).unwrap_or(10)));
+        .unwrap_or_else(|| {
+            Duration::from_secs(u64::try_from(pipeline.timeout_seconds()).unwrap_or(10))
+        });
     let budget = asked.min(request_timeout);
     let margin = (budget / 10).min(Duration::from_millis(250));
     start + budget.saturating_sub(margin)
 }
 
 fn text(status: StatusCode, message: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message + "\n").into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
 }
 
 fn json(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn review(
+    State(hook): State<Arc<Hook>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let start = Instant::now();
     let shared = &hook.shared;
     let metrics = &shared.metrics;
@@ -97,17 +133,33 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !json_body {
         count_invalid(shared, webhook);
-        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json with an AdmissionReview body".to_owned());
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json with an AdmissionReview body".to_owned(),
+        );
     }
     let review = match Review::from_slice(&body) {
         Ok(review) => review,
-        Err(DecodeError::MalformedRequest { uid, api_version, source }) => {
+        Err(DecodeError::MalformedRequest {
+            uid,
+            api_version,
+            source,
+        }) => {
             count_invalid(shared, webhook);
             tracing::warn!(%uid, error = %source, "malformed admission request");
-            let answer = Answer::deny(&api_version, &uid, 400, format!("{webhook}: the AdmissionReview request could not be read: {source}"));
+            let answer = Answer::deny(
+                &api_version,
+                &uid,
+                400,
+                format!("{webhook}: the AdmissionReview request could not be read: {source}"),
+            );
             return encode(&answer);
         }
         Err(error) => {
@@ -127,11 +179,23 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
         name = %request.name,
         operation = ?request.operation,
     );
-    let labels = request.namespace.as_deref().and_then(|ns| shared.namespaces.labels(ns));
-    let deadline = deadline(start, query.as_deref(), &hook.pipeline, shared.config.request_timeout);
+    let labels = request
+        .namespace
+        .as_deref()
+        .and_then(|ns| shared.namespaces.labels(ns));
+    let deadline = deadline(
+        start,
+        query.as_deref(),
+        &hook.pipeline,
+        shared.config.request_timeout,
+    );
     let outcome = hook
         .pipeline
-        .review_until(&review, labels.as_ref().map(crate::namespaces::NamespaceLabels::get), Some(deadline))
+        .review_until(
+            &review,
+            labels.as_ref().map(crate::namespaces::NamespaceLabels::get),
+            Some(deadline),
+        )
         .instrument(span.clone())
         .await;
     record(shared, webhook, &outcome, &span);
@@ -144,7 +208,12 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
             result: outcome.answer.result_label().to_owned(),
         })
         .inc();
-    metrics.duration.get_or_create(&WebhookLabels { webhook: webhook.to_owned() }).observe(start.elapsed().as_secs_f64());
+    metrics
+        .duration
+        .get_or_create(&WebhookLabels {
+            webhook: webhook.to_owned(),
+        })
+        .observe(start.elapsed().as_secs_f64());
     metrics.in_flight.dec();
     response
 }
@@ -163,7 +232,11 @@ fn count_invalid(shared: &Shared, webhook: &str) {
     shared
         .metrics
         .requests
-        .get_or_create(&ReviewLabels { webhook: webhook.to_owned(), operation: "unknown".to_owned(), result: "invalid".to_owned() })
+        .get_or_create(&ReviewLabels {
+            webhook: webhook.to_owned(),
+            operation: "unknown".to_owned(),
+            result: "invalid".to_owned(),
+        })
         .inc();
 }
 
@@ -172,7 +245,10 @@ fn encode(answer: &Answer) -> Response {
         Ok(body) => json(body),
         Err(error) => {
             tracing::error!(%error, "failed to encode the answer");
-            text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to encode the answer: {error}"))
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed to encode the answer: {error}"),
+            )
         }
     }
 }
@@ -180,13 +256,19 @@ fn encode(answer: &Answer) -> Response {
 fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Span) {
     let _entered = span.enter();
     for report in &outcome.steps {
-        let labels = || StepLabels { webhook: webhook.to_owned(), step: report.step.clone() };
+        let labels = || StepLabels {
+            webhook: webhook.to_owned(),
+            step: report.step.clone(),
+        };
         match &report.result {
             StepResult::Panicked(message) => {
                 shared.metrics.panics.get_or_create(&labels()).inc();
                 tracing::error!(step = %report.step, %message, "mutator panicked; denied");
             }
-            StepResult::Failed { message, mode: FailureMode::AllowWithWarning } => {
+            StepResult::Failed {
+                message,
+                mode: FailureMode::AllowWithWarning,
+            } => {
                 shared.metrics.fail_open.get_or_create(&labels()).inc();
                 tracing::warn!(step = %report.step, %message, "step failed; admitted without its change");
             }
@@ -195,7 +277,9 @@ fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Spa
                 tracing::warn!(step = %report.step, %message, "step failed; denied");
             }
             StepResult::Denied(message) => tracing::info!(step = %report.step, %message, "denied"),
-            StepResult::Applied { changed } => tracing::debug!(step = %report.step, changed, "applied"),
+            StepResult::Applied { changed } => {
+                tracing::debug!(step = %report.step, changed, "applied")
+            }
             StepResult::Skipped(reason) => tracing::trace!(step = %report.step, %reason, "skipped"),
         }
     }
