@@ -19,8 +19,7 @@ use crate::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_c
 
 /// Parses a duration like `5s`, `250ms` or `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::server::parse_duration(text)
-        .ok_or_else(|| format!("`{text}` is not a duration like 5s, 250ms or 1m30s"))
+    crate::server::parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration like 5s, 250ms or 1m30s"))
 }
 
 /// Whether to watch namespaces for their labels.
@@ -41,11 +40,7 @@ pub enum NamespaceCacheMode {
 #[non_exhaustive]
 pub struct ServeArgs {
     /// Address of the HTTPS webhook port.
-    #[arg(
-        long,
-        env = "ADMISSION_KIT_WEBHOOK_ADDR",
-        default_value = "0.0.0.0:8443"
-    )]
+    #[arg(long, env = "ADMISSION_KIT_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
     /// Address of the plain-HTTP admin port (/livez, /readyz, /metrics).
     #[arg(long, env = "ADMISSION_KIT_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
@@ -110,14 +105,10 @@ impl ServeArgs {
     #[must_use]
     pub fn server_config(&self) -> ServerConfig {
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => TlsSource::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-                reload_interval: self.cert_reload_interval,
-            },
-            _ => TlsSource::SelfSigned {
-                names: self.self_signed_names.clone(),
-            },
+            (Some(cert), Some(key)) => {
+                TlsSource::Files { cert: cert.clone(), key: key.clone(), reload_interval: self.cert_reload_interval }
+            }
+            _ => TlsSource::SelfSigned { names: self.self_signed_names.clone() },
         };
         ServerConfig {
             webhook_addr: self.webhook_addr,
@@ -137,10 +128,7 @@ impl ServeArgs {
     /// The namespace source for this mode, and a readiness gate for its first sync.
     pub async fn namespace_source(
         &self,
-    ) -> anyhow::Result<(
-        NamespaceSource,
-        Option<impl std::future::Future<Output = ()> + Send + 'static>,
-    )> {
+    ) -> anyhow::Result<(NamespaceSource, Option<impl std::future::Future<Output = ()> + Send + 'static>)> {
         if self.namespace_cache == NamespaceCacheMode::Never {
             return Ok((NamespaceSource::Unknown, None));
         }
@@ -153,9 +141,7 @@ impl ServeArgs {
                 tracing::warn!(%error, "no cluster access: namespace labels will not be cached");
                 Ok((NamespaceSource::Unknown, None))
             }
-            Err(error) => Err(anyhow::anyhow!(
-                "failed to create a Kubernetes client for the namespace cache: {error}"
-            )),
+            Err(error) => Err(anyhow::anyhow!("failed to create a Kubernetes client for the namespace cache: {error}")),
         }
     }
 
@@ -178,14 +164,11 @@ impl ServeArgs {
         match (&self.write_ca, running.ca_pem()) {
             (Some(path), Some(ca)) if path.as_os_str() == "-" => print!("{ca}"),
             (Some(path), Some(ca)) => {
-                std::fs::write(path, ca).map_err(|e| {
-                    anyhow::anyhow!("failed to write the CA to {}: {e}", path.display())
-                })?;
+                std::fs::write(path, ca)
+                    .map_err(|e| anyhow::anyhow!("failed to write the CA to {}: {e}", path.display()))?;
                 tracing::info!(path = %path.display(), "wrote the generated CA");
             }
-            (Some(_), None) => tracing::warn!(
-                "--write-ca ignored: the certificate comes from files, not generated"
-            ),
+            (Some(_), None) => tracing::warn!("--write-ca ignored: the certificate comes from files, not generated"),
             (None, _) => {}
         }
         shutdown_signal().await;
@@ -221,40 +204,30 @@ impl WebhookConfigArgs {
         let target = match (&self.url, &self.service) {
             (Some(url), None) => ClientTarget::Url(url.clone()),
             (None, Some(service)) => {
-                let (namespace, rest) = service.split_once('/').ok_or_else(|| {
-                    anyhow::anyhow!("--service must be namespace/name[:port], got `{service}`")
-                })?;
+                let (namespace, rest) = service
+                    .split_once('/')
+                    .ok_or_else(|| anyhow::anyhow!("--service must be namespace/name[:port], got `{service}`"))?;
                 let (name, port) = match rest.split_once(':') {
-                    Some((name, port)) => (
-                        name,
-                        port.parse().map_err(|_| {
-                            anyhow::anyhow!("--service port `{port}` is not a number")
-                        })?,
-                    ),
+                    Some((name, port)) => {
+                        (name, port.parse().map_err(|_| anyhow::anyhow!("--service port `{port}` is not a number"))?)
+                    }
                     None => (rest, 443),
                 };
-                ClientTarget::Service {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    port,
-                }
+                ClientTarget::Service { namespace: namespace.to_owned(), name: name.to_owned(), port }
             }
             _ => anyhow::bail!("give exactly one of --url or --service"),
         };
-        let mut options = WebhookConfigOptions::new(&self.name, target)
-            .exclude_namespaces(self.exclude_namespaces.clone());
+        let mut options =
+            WebhookConfigOptions::new(&self.name, target).exclude_namespaces(self.exclude_namespaces.clone());
         if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("failed to read --ca-file {}: {e}", path.display()))?;
+            let pem =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("failed to read --ca-file {}: {e}", path.display()))?;
             options = options.ca_bundle(pem);
         }
         let config = render_webhook_config(pipelines, &options);
         let mut value = serde_json::to_value(&config)?;
         if let Some(object) = value.as_object_mut() {
-            object.insert(
-                "apiVersion".into(),
-                "admissionregistration.k8s.io/v1".into(),
-            );
+            object.insert("apiVersion".into(), "admissionregistration.k8s.io/v1".into());
             object.insert("kind".into(), "MutatingWebhookConfiguration".into());
         }
         Ok(serde_json::to_string_pretty(&value)? + "\n")

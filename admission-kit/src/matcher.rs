@@ -26,8 +26,7 @@ use crate::review::Request;
 
 pub use label::{LabelOp, LabelRequirement};
 pub use object::{
-    AnnotationMatcher, NAMESPACE_NAME_LABEL, NamespaceLabelMatcher, NamespaceNameMatcher,
-    ObjectLabelMatcher,
+    AnnotationMatcher, NAMESPACE_NAME_LABEL, NamespaceLabelMatcher, NamespaceNameMatcher, ObjectLabelMatcher,
 };
 
 /// The outcome of a matcher.
@@ -107,17 +106,9 @@ impl ServerFilter {
         if !self.namespace.is_empty() {
             return None;
         }
-        let mut parts: Vec<String> = self
-            .object
-            .iter()
-            .map(|r| r.to_cel("object.metadata.labels"))
-            .collect();
+        let mut parts: Vec<String> = self.object.iter().map(|r| r.to_cel("object.metadata.labels")).collect();
         parts.extend(self.condition.clone());
-        Some(if parts.is_empty() {
-            "true".to_owned()
-        } else {
-            parts.join(" && ")
-        })
+        Some(if parts.is_empty() { "true".to_owned() } else { parts.join(" && ") })
     }
 }
 
@@ -185,10 +176,7 @@ impl Matcher for All {
     }
 
     fn server_filter(&self) -> ServerFilter {
-        let mut out = ServerFilter {
-            exact: true,
-            ..ServerFilter::none()
-        };
+        let mut out = ServerFilter { exact: true, ..ServerFilter::none() };
         let mut conditions = Vec::new();
         for m in &self.0 {
             let f = m.server_filter();
@@ -202,14 +190,7 @@ impl Matcher for All {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "all of ({})",
-            self.0
-                .iter()
-                .map(Matcher::describe)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("all of ({})", self.0.iter().map(Matcher::describe).collect::<Vec<_>>().join(", "))
     }
 }
 
@@ -229,36 +210,18 @@ impl Matcher for Any {
     fn server_filter(&self) -> ServerFilter {
         let filters: Vec<ServerFilter> = self.0.iter().map(Matcher::server_filter).collect();
         if filters.is_empty() {
-            return ServerFilter {
-                exact: true,
-                condition: Some("false".to_owned()),
-                ..ServerFilter::none()
-            };
+            return ServerFilter { exact: true, condition: Some("false".to_owned()), ..ServerFilter::none() };
         }
         // An OR can only be rendered in CEL, and only from children that CEL can express exactly.
-        let exprs: Option<Vec<String>> = filters
-            .iter()
-            .map(|f| if f.exact { f.as_cel() } else { None })
-            .collect();
+        let exprs: Option<Vec<String>> = filters.iter().map(|f| if f.exact { f.as_cel() } else { None }).collect();
         match exprs {
-            Some(exprs) => ServerFilter {
-                condition: join_cel(&exprs, " || "),
-                exact: true,
-                ..ServerFilter::none()
-            },
+            Some(exprs) => ServerFilter { condition: join_cel(&exprs, " || "), exact: true, ..ServerFilter::none() },
             None => ServerFilter::none(),
         }
     }
 
     fn describe(&self) -> String {
-        format!(
-            "any of ({})",
-            self.0
-                .iter()
-                .map(Matcher::describe)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("any of ({})", self.0.iter().map(Matcher::describe).collect::<Vec<_>>().join(", "))
     }
 }
 
@@ -274,11 +237,9 @@ impl Matcher for Not {
     fn server_filter(&self) -> ServerFilter {
         let inner = self.0.server_filter();
         match inner.as_cel() {
-            Some(expr) if inner.exact => ServerFilter {
-                condition: Some(format!("!({expr})")),
-                exact: true,
-                ..ServerFilter::none()
-            },
+            Some(expr) if inner.exact => {
+                ServerFilter { condition: Some(format!("!({expr})")), exact: true, ..ServerFilter::none() }
+            }
             _ => ServerFilter::none(),
         }
     }
@@ -292,12 +253,7 @@ fn join_cel(parts: &[String], op: &str) -> Option<String> {
     match parts {
         [] => None,
         [one] => Some(one.clone()),
-        many => Some(
-            many.iter()
-                .map(|p| format!("({p})"))
-                .collect::<Vec<_>>()
-                .join(op),
-        ),
+        many => Some(many.iter().map(|p| format!("({p})")).collect::<Vec<_>>().join(op)),
     }
 }
 
@@ -339,9 +295,7 @@ pub fn namespace_labels(requirement: LabelRequirement) -> NamespaceLabelMatcher 
 
 /// The request's namespace is not one of `names` (e.g. `kube-system`). Cluster-scoped objects match.
 #[must_use]
-pub fn namespace_not_in<S: Into<String>>(
-    names: impl IntoIterator<Item = S>,
-) -> NamespaceNameMatcher {
+pub fn namespace_not_in<S: Into<String>>(names: impl IntoIterator<Item = S>) -> NamespaceNameMatcher {
     NamespaceNameMatcher::not_in(names)
 }
 
@@ -362,9 +316,7 @@ pub fn annotation_in<S: Into<String>>(
 
 /// The object's labels meet every requirement (an `objectSelector`).
 #[must_use]
-pub fn object_labels(
-    requirements: impl IntoIterator<Item = LabelRequirement>,
-) -> ObjectLabelMatcher {
+pub fn object_labels(requirements: impl IntoIterator<Item = LabelRequirement>) -> ObjectLabelMatcher {
     ObjectLabelMatcher(requirements.into_iter().collect())
 }
 

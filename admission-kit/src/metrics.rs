@@ -14,9 +14,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Latency buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Labels of a review.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,9 +89,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("admission_kit");
         let requests = Family::<ReviewLabels, Counter>::default();
-        let duration = Family::<WebhookLabels, Histogram>::new_with_constructor(
-            new_latency_histogram as fn() -> Histogram,
-        );
+        let duration =
+            Family::<WebhookLabels, Histogram>::new_with_constructor(new_latency_histogram as fn() -> Histogram);
         let in_flight = Gauge::default();
         let panics = Family::<StepLabels, Counter>::default();
         let fail_open = Family::<StepLabels, Counter>::default();
@@ -104,36 +102,12 @@ impl Metrics {
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         let draining = Gauge::default();
         registry.register("requests", "Admission reviews answered", requests.clone());
-        registry.register(
-            "request_duration_seconds",
-            "Time to answer an admission review",
-            duration.clone(),
-        );
-        registry.register(
-            "requests_in_flight",
-            "Admission reviews being answered",
-            in_flight.clone(),
-        );
-        registry.register(
-            "mutator_panics",
-            "Mutator panics, answered as denials",
-            panics.clone(),
-        );
-        registry.register(
-            "step_fail_open",
-            "Step failures admitted without the step's change",
-            fail_open.clone(),
-        );
-        registry.register(
-            "step_failures",
-            "Step failures that denied the object",
-            failures.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "Open webhook connections",
-            connections.clone(),
-        );
+        registry.register("request_duration_seconds", "Time to answer an admission review", duration.clone());
+        registry.register("requests_in_flight", "Admission reviews being answered", in_flight.clone());
+        registry.register("mutator_panics", "Mutator panics, answered as denials", panics.clone());
+        registry.register("step_fail_open", "Step failures admitted without the step's change", fail_open.clone());
+        registry.register("step_failures", "Step failures that denied the object", failures.clone());
+        registry.register("connections_open", "Open webhook connections", connections.clone());
         registry.register(
             "connections_refused",
             "Connections refused at the connection cap",
@@ -144,21 +118,13 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             handshake_failures.clone(),
         );
-        registry.register(
-            "certificate_reloads",
-            "Serving certificate reloads",
-            cert_reloads.clone(),
-        );
+        registry.register("certificate_reloads", "Serving certificate reloads", cert_reloads.clone());
         registry.register(
             "certificate_expiry_timestamp_seconds",
             "notAfter of the serving certificate",
             cert_expiry.clone(),
         );
-        registry.register(
-            "draining",
-            "1 while the server drains before exit",
-            draining.clone(),
-        );
+        registry.register("draining", "1 while the server drains before exit", draining.clone());
         Self {
             requests,
             duration,

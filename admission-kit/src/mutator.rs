@@ -54,25 +54,17 @@ pub enum MutationError {
 impl MutationError {
     /// Denies the object with a message a person can act on.
     pub fn deny(message: impl Into<String>) -> Self {
-        Self::Denied {
-            message: message.into(),
-        }
+        Self::Denied { message: message.into() }
     }
 
     /// Reports a failure with a message.
     pub fn failed(message: impl Into<String>) -> Self {
-        Self::Failed {
-            message: message.into(),
-            source: None,
-        }
+        Self::Failed { message: message.into(), source: None }
     }
 
     /// Reports a failure caused by another error.
     pub fn caused_by(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        Self::Failed {
-            message: message.into(),
-            source: Some(source.into()),
-        }
+        Self::Failed { message: message.into(), source: Some(source.into()) }
     }
 }
 
@@ -86,16 +78,8 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(
-        request: &'a Request,
-        namespace_labels: Option<&'a BTreeMap<String, String>>,
-    ) -> Self {
-        Self {
-            request,
-            namespace_labels,
-            warnings: Vec::new(),
-            audit_annotations: BTreeMap::new(),
-        }
+    pub(crate) fn new(request: &'a Request, namespace_labels: Option<&'a BTreeMap<String, String>>) -> Self {
+        Self { request, namespace_labels, warnings: Vec::new(), audit_annotations: BTreeMap::new() }
     }
 
     /// The admission request (uid, operation, namespace, user, old object, dry run, …).

@@ -60,12 +60,7 @@ impl NamespaceSource {
         Self::Fixed(Arc::new(
             namespaces
                 .into_iter()
-                .map(|(n, l)| {
-                    (
-                        n.into(),
-                        Arc::new(l.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
-                    )
-                })
+                .map(|(n, l)| (n.into(), Arc::new(l.into_iter().map(|(k, v)| (k.into(), v.into())).collect())))
                 .collect(),
         ))
     }
@@ -77,9 +72,7 @@ impl NamespaceSource {
         match self {
             Self::Unknown => None,
             Self::Fixed(map) => map.get(namespace).cloned().map(NamespaceLabels::Fixed),
-            Self::Cache(store) => store
-                .get(&ObjectRef::new(namespace))
-                .map(NamespaceLabels::Cached),
+            Self::Cache(store) => store.get(&ObjectRef::new(namespace)).map(NamespaceLabels::Cached),
         }
     }
 
@@ -91,15 +84,12 @@ impl NamespaceSource {
 
     /// Starts a namespace metadata watch. Returns the source and a future that resolves once the
     /// first list has been loaded (wire it into readiness).
-    pub fn watch(
-        client: kube::Client,
-    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn watch(client: kube::Client) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (reader, writer) = reflector::store();
         // `Api<PartialObjectMeta<_>>` asks the API server for metadata only.
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
+        let stream =
+            reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().applied_objects();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {

@@ -27,9 +27,7 @@ pub fn carry_changes(raw: &Value, before: &Value, after: &Value) -> Value {
         (Value::Object(raw), Value::Object(before), Value::Object(after)) => {
             Value::Object(carry_object(raw, before, after))
         }
-        (Value::Array(raw), Value::Array(before), Value::Array(after))
-            if raw.len() == before.len() =>
-        {
+        (Value::Array(raw), Value::Array(before), Value::Array(after)) if raw.len() == before.len() => {
             Value::Array(carry_array(raw, before, after))
         }
         // A scalar changed, or the shape changed: the mutator's value wins.
@@ -42,9 +40,7 @@ const MERGE_KEYS: [&str; 4] = ["name", "mountPath", "devicePath", "containerPort
 
 fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
     let object = item.as_object()?;
-    MERGE_KEYS
-        .iter()
-        .find_map(|k| object.get(*k).map(|v| (*k, v)))
+    MERGE_KEYS.iter().find_map(|k| object.get(*k).map(|v| (*k, v)))
 }
 
 /// Carries a list change onto the raw list. Each item of `after` is traced back to the item of
@@ -58,11 +54,7 @@ fn carry_array(raw: &[Value], before: &[Value], after: &[Value]) -> Vec<Value> {
     // Unchanged items, preferring the same position.
     for (i, item) in after.iter().enumerate() {
         let same_place = before.get(i) == Some(item) && !used[i];
-        let j = if same_place {
-            Some(i)
-        } else {
-            (0..before.len()).find(|&j| !used[j] && &before[j] == item)
-        };
+        let j = if same_place { Some(i) } else { (0..before.len()).find(|&j| !used[j] && &before[j] == item) };
         if let Some(j) = j {
             origin[i] = Some(j);
             used[j] = true;
@@ -74,8 +66,7 @@ fn carry_array(raw: &[Value], before: &[Value], after: &[Value]) -> Vec<Value> {
             continue;
         }
         if let Some((key, value)) = merge_key(item)
-            && let Some(j) =
-                (0..before.len()).find(|&j| !used[j] && before[j].get(key) == Some(value))
+            && let Some(j) = (0..before.len()).find(|&j| !used[j] && before[j].get(key) == Some(value))
         {
             origin[i] = Some(j);
             used[j] = true;
@@ -147,8 +138,7 @@ mod tests {
     fn unknown_fields_survive_a_change_next_to_them() {
         let raw = json!({"spec": {"containers": [{"name": "app", "futureField": {"x": 1}}], "futureSpec": true}});
         let before = json!({"spec": {"containers": [{"name": "app"}]}});
-        let after =
-            json!({"spec": {"containers": [{"name": "app", "image": "i"}, {"name": "sidecar"}]}});
+        let after = json!({"spec": {"containers": [{"name": "app", "image": "i"}, {"name": "sidecar"}]}});
         let result = carry_changes(&raw, &before, &after);
         assert_eq!(
             result,
@@ -172,15 +162,8 @@ mod tests {
             json!([{"name": "b", "future": 2, "image": "new"}, {"name": "setup", "future": 1}])
         );
         // Same length, unnamed and changed in place: matched by position.
-        let (raw, before, after) = (
-            json!([{"k": 1, "future": 0}]),
-            json!([{"k": 1}]),
-            json!([{"k": 2}]),
-        );
-        assert_eq!(
-            carry_changes(&raw, &before, &after),
-            json!([{"k": 2, "future": 0}])
-        );
+        let (raw, before, after) = (json!([{"k": 1, "future": 0}]), json!([{"k": 1}]), json!([{"k": 2}]));
+        assert_eq!(carry_changes(&raw, &before, &after), json!([{"k": 2, "future": 0}]));
     }
 
     #[test]
@@ -189,10 +172,7 @@ mod tests {
         let raw = json!({"kind": "Pod"});
         let before = json!({"kind": "Pod", "metadata": {}});
         let after = json!({"kind": "Pod", "metadata": {"labels": {"a": "b"}}});
-        assert_eq!(
-            carry_changes(&raw, &before, &after),
-            json!({"kind": "Pod", "metadata": {"labels": {"a": "b"}}})
-        );
+        assert_eq!(carry_changes(&raw, &before, &after), json!({"kind": "Pod", "metadata": {"labels": {"a": "b"}}}));
         assert_eq!(carry_changes(&raw, &before, &before), raw);
     }
 
@@ -201,10 +181,7 @@ mod tests {
         let raw = json!({"a": 1, "b": null, "c": [1, 2, 3]});
         let before = json!({"a": 1, "c": [1, 2, 3]});
         let after = json!({"b": "set", "c": [1, 2]});
-        assert_eq!(
-            carry_changes(&raw, &before, &after),
-            json!({"b": "set", "c": [1, 2]})
-        );
+        assert_eq!(carry_changes(&raw, &before, &after), json!({"b": "set", "c": [1, 2]}));
     }
 
     #[test]
@@ -212,9 +189,6 @@ mod tests {
         let original = json!({"metadata": {"annotations": {"keep": "1"}}});
         let mutated = json!({"metadata": {"annotations": {"keep": "1", "a.io/b~c": "v"}}});
         let patch = serde_json::to_value(diff(&original, &mutated)).unwrap();
-        assert_eq!(
-            patch,
-            json!([{"op": "add", "path": "/metadata/annotations/a.io~1b~0c", "value": "v"}])
-        );
+        assert_eq!(patch, json!([{"op": "add", "path": "/metadata/annotations/a.io~1b~0c", "value": "v"}]));
     }
 }

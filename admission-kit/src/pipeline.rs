@@ -18,9 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::matcher::{
-    Decision, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter,
-};
+use crate::matcher::{Decision, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter};
 use crate::mutator::{Context, DynamicMutator, MutationError, MutationResult, Mutator};
 use crate::patch;
 use crate::review::{Answer, Review};
@@ -57,12 +55,7 @@ impl ResourceTarget {
         kind: impl Into<String>,
         plural: impl Into<String>,
     ) -> Self {
-        Self {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        }
+        Self { group: group.into(), version: version.into(), kind: kind.into(), plural: plural.into() }
     }
 
     /// The target of a k8s-openapi resource type.
@@ -113,9 +106,8 @@ where
             message: format!("object does not decode as {}: {e}", self.target),
         })?;
         let encode = |k: &K| {
-            serde_json::to_value(k).map_err(|e| {
-                MutationError::caused_by(format!("failed to encode {}", self.target), e)
-            })
+            serde_json::to_value(k)
+                .map_err(|e| MutationError::caused_by(format!("failed to encode {}", self.target), e))
         };
         let before = encode(&typed)?;
         self.mutator.mutate(&mut typed, ctx).await?;
@@ -147,23 +139,11 @@ impl Step {
         M: Mutator<K>,
     {
         let target = ResourceTarget::of::<K>();
-        Self::dynamic(
-            name,
-            target.clone(),
-            Typed {
-                mutator,
-                target,
-                _kind: PhantomData::<fn() -> K>,
-            },
-        )
+        Self::dynamic(name, target.clone(), Typed { mutator, target, _kind: PhantomData::<fn() -> K> })
     }
 
     /// A step running a mutator over the raw JSON of objects of `target`'s kind.
-    pub fn dynamic(
-        name: impl Into<String>,
-        target: ResourceTarget,
-        mutator: impl DynamicMutator,
-    ) -> Self {
+    pub fn dynamic(name: impl Into<String>, target: ResourceTarget, mutator: impl DynamicMutator) -> Self {
         Self {
             name: name.into(),
             target,
@@ -211,9 +191,7 @@ impl Step {
     }
 
     fn filter(&self) -> ServerFilter {
-        self.gate
-            .as_ref()
-            .map_or_else(ServerFilter::none, super::matcher::Matcher::server_filter)
+        self.gate.as_ref().map_or_else(ServerFilter::none, super::matcher::Matcher::server_filter)
     }
 }
 
@@ -321,10 +299,7 @@ impl PipelineBuilder {
     /// Checks and builds the pipeline.
     pub fn build(self) -> Result<Pipeline, PipelineError> {
         let qualified = self.name.split('.').filter(|s| !s.is_empty()).count() >= 3
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
         if !qualified {
             return Err(PipelineError::BadName(self.name));
         }
@@ -340,10 +315,7 @@ impl PipelineBuilder {
         let mut seen = std::collections::BTreeSet::new();
         for step in &self.steps {
             if !seen.insert(step.name.as_str()) {
-                return Err(PipelineError::DuplicateStep {
-                    pipeline: self.name.clone(),
-                    step: step.name.clone(),
-                });
+                return Err(PipelineError::DuplicateStep { pipeline: self.name.clone(), step: step.name.clone() });
             }
         }
         let filter = webhook_filter(&self.steps);
@@ -382,21 +354,9 @@ fn webhook_filter(steps: &[Step]) -> ServerFilter {
     let conditions: Option<Vec<String>> = filters.iter().map(|f| f.condition.clone()).collect();
     let condition = conditions.map(|mut c| {
         c.dedup();
-        if c.len() == 1 {
-            c.remove(0)
-        } else {
-            c.iter()
-                .map(|x| format!("({x})"))
-                .collect::<Vec<_>>()
-                .join(" || ")
-        }
+        if c.len() == 1 { c.remove(0) } else { c.iter().map(|x| format!("({x})")).collect::<Vec<_>>().join(" || ") }
     });
-    ServerFilter {
-        namespace: common(|f| &f.namespace),
-        object: common(|f| &f.object),
-        condition,
-        exact: false,
-    }
+    ServerFilter { namespace: common(|f| &f.namespace), object: common(|f| &f.object), condition, exact: false }
 }
 
 #[derive(Debug)]
@@ -531,10 +491,7 @@ impl Pipeline {
         let mut unchecked = Vec::new();
         for step in &self.inner.steps {
             for r in step.filter().namespace {
-                if !trusted.contains(&r)
-                    && !unchecked.contains(&r)
-                    && r.key != crate::matcher::NAMESPACE_NAME_LABEL
-                {
+                if !trusted.contains(&r) && !unchecked.contains(&r) && r.key != crate::matcher::NAMESPACE_NAME_LABEL {
                     unchecked.push(r);
                 }
             }
@@ -543,11 +500,7 @@ impl Pipeline {
     }
 
     /// Answers one review without a deadline.
-    pub async fn review(
-        &self,
-        review: &Review,
-        namespace_labels: Option<&BTreeMap<String, String>>,
-    ) -> Outcome {
+    pub async fn review(&self, review: &Review, namespace_labels: Option<&BTreeMap<String, String>>) -> Outcome {
         self.review_until(review, namespace_labels, None).await
     }
 
@@ -569,71 +522,29 @@ impl Pipeline {
                     result: StepResult::Skipped("request has no object".to_owned()),
                 });
             }
-            return Outcome {
-                answer,
-                steps: reports,
-                mutated: None,
-            };
+            return Outcome { answer, steps: reports, mutated: None };
         };
         let namespace = match namespace_labels {
             Some(labels) => NamespaceView::Known(labels),
-            None => NamespaceView::Unknown {
-                enforced: &self.inner.filter.namespace,
-            },
+            None => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
         };
         let mut current = original.clone();
         for step in &self.inner.steps {
-            let input = MatchInput {
-                request,
-                object: Some(&current),
-                namespace,
-            };
+            let input = MatchInput { request, object: Some(&current), namespace };
             let result = match applies(step, &input) {
                 Gate::Skip(reason) => StepResult::Skipped(reason),
-                Gate::Undecidable(why) => self.failed(
-                    step,
-                    format!("cannot decide whether it applies: {why}"),
-                    &mut answer,
-                ),
+                Gate::Undecidable(why) => {
+                    self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer)
+                }
                 Gate::Apply => {
-                    let mut candidate = current.clone();
-                    let mut ctx = Context::new(request, namespace_labels);
-                    let run = AssertUnwindSafe(step.mutator.mutate(&mut candidate, &mut ctx))
-                        .catch_unwind();
-                    let ran = match deadline {
-                        Some(deadline) => tokio::time::timeout_at(deadline, run).await.ok(),
-                        None => Some(run.await),
-                    };
-                    let (warnings, audit) = ctx.into_parts();
-                    match ran {
-                        None => self.failed(
-                            step,
-                            "did not finish before the API server's deadline".to_owned(),
-                            &mut answer,
-                        ),
-                        Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
-                        Some(Ok(Ok(()))) => {
-                            answer.warnings.extend(warnings);
-                            answer.audit_annotations.extend(audit);
-                            let changed = candidate != current;
-                            current = candidate;
-                            StepResult::Applied { changed }
-                        }
-                        Some(Ok(Err(MutationError::Denied { message }))) => {
-                            StepResult::Denied(message)
-                        }
-                        Some(Ok(Err(
-                            e @ (MutationError::Failed { .. } | MutationError::Invalid { .. }),
-                        ))) => self.failed(step, error_chain(&e), &mut answer),
-                    }
+                    self.run_step(step, &mut current, &mut answer, request, namespace_labels, deadline).await
                 }
             };
             let denial = match &result {
                 StepResult::Denied(message) => Some((403, message.clone())),
-                StepResult::Failed {
-                    message,
-                    mode: FailureMode::Deny,
-                } => Some((500, format!("{} failed: {message}", step.name))),
+                StepResult::Failed { message, mode: FailureMode::Deny } => {
+                    Some((500, format!("{} failed: {message}", step.name)))
+                }
                 StepResult::Panicked(message) => Some((
                     500,
                     format!(
@@ -643,42 +554,63 @@ impl Pipeline {
                 )),
                 _ => None,
             };
-            reports.push(StepReport {
-                step: step.name.clone(),
-                result,
-            });
+            reports.push(StepReport { step: step.name.clone(), result });
             if let Some((code, message)) = denial {
                 let mut denied = Answer::deny(&review.api_version, &request.uid, code, message);
                 denied.warnings = answer.warnings;
-                return Outcome {
-                    answer: denied,
-                    steps: reports,
-                    mutated: None,
-                };
+                return Outcome { answer: denied, steps: reports, mutated: None };
             }
         }
         let patch = patch::diff(original, &current);
         if !patch.0.is_empty() {
             answer.patch = Some(patch);
         }
-        Outcome {
-            answer,
-            steps: reports,
-            mutated: Some(current),
+        Outcome { answer, steps: reports, mutated: Some(current) }
+    }
+
+    /// Runs one step's mutator on a copy of `current`; on success the copy replaces `current`, on
+    /// any failure `current` is left as it was.
+    async fn run_step(
+        &self,
+        step: &Step,
+        current: &mut Value,
+        answer: &mut Answer,
+        request: &crate::review::Request,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+        deadline: Option<Instant>,
+    ) -> StepResult {
+        let mut candidate = current.clone();
+        let mut ctx = Context::new(request, namespace_labels);
+        let run = AssertUnwindSafe(step.mutator.mutate(&mut candidate, &mut ctx)).catch_unwind();
+        let ran = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, run).await.ok(),
+            None => Some(run.await),
+        };
+        let (warnings, audit) = ctx.into_parts();
+        match ran {
+            None => self.failed(step, "did not finish before the API server's deadline".to_owned(), answer),
+            Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
+            Some(Ok(Ok(()))) => {
+                answer.warnings.extend(warnings);
+                answer.audit_annotations.extend(audit);
+                let changed = candidate != *current;
+                *current = candidate;
+                StepResult::Applied { changed }
+            }
+            Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
+            Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
+                self.failed(step, error_chain(&e), answer)
+            }
         }
     }
 
     fn failed(&self, step: &Step, message: String, answer: &mut Answer) -> StepResult {
         if step.on_error == FailureMode::AllowWithWarning {
-            answer.warnings.push(format!(
-                "{}: {} failed, admitted without its change: {message}",
-                self.inner.name, step.name
-            ));
+            answer
+                .warnings
+                .push(format!("{}: {} failed, admitted without its change: {message}", self.inner.name, step.name));
         }
-        StepResult::Failed {
-            message,
-            mode: step.on_error,
-        }
+        StepResult::Failed { message, mode: step.on_error }
     }
 }
 
@@ -691,10 +623,7 @@ enum Gate {
 /// Whether a step applies, and why not when it does not.
 fn applies(step: &Step, input: &MatchInput<'_>) -> Gate {
     if !step.target.matches(input.request) {
-        return Gate::Skip(format!(
-            "serves {}, not this kind or subresource",
-            step.target
-        ));
+        return Gate::Skip(format!("serves {}, not this kind or subresource", step.target));
     }
     if !step.operations.contains(&input.request.operation) {
         return Gate::Skip(format!("does not serve {:?}", input.request.operation));

@@ -110,26 +110,17 @@ impl Review {
     /// Wraps a request as an `admission.k8s.io/v1` review.
     #[must_use]
     pub fn v1(request: Request) -> Self {
-        Self {
-            api_version: API_VERSION_V1.to_owned(),
-            request,
-        }
+        Self { api_version: API_VERSION_V1.to_owned(), request }
     }
 
     /// Decodes a request body. The fast path is a single typed parse; only when it fails is the body
     /// parsed again, loosely, to find a `uid` worth answering.
     pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
         match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope {
-                api_version,
-                request,
-            }) => {
+            Ok(Envelope { api_version, request }) => {
                 check_version(&api_version)?;
                 let request = request.ok_or(DecodeError::NoRequest)?;
-                Ok(Self {
-                    api_version,
-                    request,
-                })
+                Ok(Self { api_version, request })
             }
             Err(source) => Err(salvage(body, source)),
         }
@@ -148,22 +139,14 @@ fn salvage(body: &[u8], source: serde_json::Error) -> DecodeError {
     let Ok(Value::Object(review)) = serde_json::from_slice::<Value>(body) else {
         return DecodeError::Malformed(source);
     };
-    let api_version = review
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let api_version = review.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     if let Err(e) = check_version(&api_version) {
         return e;
     }
     match review.get("request") {
         None | Some(Value::Null) => DecodeError::NoRequest,
         Some(request) => match request.get("uid").and_then(Value::as_str) {
-            Some(uid) if !uid.is_empty() => DecodeError::MalformedRequest {
-                uid: uid.to_owned(),
-                api_version,
-                source,
-            },
+            Some(uid) if !uid.is_empty() => DecodeError::MalformedRequest { uid: uid.to_owned(), api_version, source },
             _ => DecodeError::Malformed(source),
         },
     }
@@ -214,12 +197,7 @@ impl Answer {
     /// Denies with a message a person can act on.
     #[must_use]
     pub fn deny(api_version: &str, uid: &str, code: u16, message: impl Into<String>) -> Self {
-        Self {
-            allowed: false,
-            message: message.into(),
-            code,
-            ..Self::allow(api_version, uid)
-        }
+        Self { allowed: false, message: message.into(), code, ..Self::allow(api_version, uid) }
     }
 
     /// Whether the answer carries a non-empty patch.
@@ -239,15 +217,9 @@ impl Answer {
     }
 
     /// Converts to kube-rs's response type, for code that already speaks it.
-    pub fn into_kube_response(
-        self,
-    ) -> Result<AdmissionResponse, kube::core::admission::SerializePatchError> {
+    pub fn into_kube_response(self) -> Result<AdmissionResponse, kube::core::admission::SerializePatchError> {
         let mut response = AdmissionResponse::invalid("");
-        response.result = if self.allowed {
-            Status::default()
-        } else {
-            self.status()
-        };
+        response.result = if self.allowed { Status::default() } else { self.status() };
         response.types.api_version = self.api_version;
         response.uid = self.uid;
         response.allowed = self.allowed;
@@ -331,10 +303,7 @@ mod tests {
     use super::*;
 
     fn body(request: &str) -> Vec<u8> {
-        format!(
-            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#
-        )
-        .into_bytes()
+        format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#).into_bytes()
     }
 
     #[test]
@@ -353,14 +322,8 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_told_apart() {
-        assert!(matches!(
-            Review::from_slice(b"{not json"),
-            Err(DecodeError::Malformed(_))
-        ));
-        assert!(matches!(
-            Review::from_slice(b"[1,2]"),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(Review::from_slice(b"{not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(Review::from_slice(b"[1,2]"), Err(DecodeError::Malformed(_))));
         assert!(matches!(
             Review::from_slice(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
             Err(DecodeError::NoRequest)
@@ -381,19 +344,14 @@ mod tests {
     #[test]
     fn answers_encode_as_v1_reviews() {
         let mut answer = Answer::allow(API_VERSION_V1, "u-2");
-        answer.patch = Some(
-            serde_json::from_str(r#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#)
-                .unwrap(),
-        );
+        answer.patch =
+            Some(serde_json::from_str(r#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#).unwrap());
         let json: Value = serde_json::from_slice(&answer.to_review_json().unwrap()).unwrap();
         assert_eq!(json["kind"], "AdmissionReview");
         assert_eq!(json["response"]["uid"], "u-2");
         assert_eq!(json["response"]["patchType"], "JSONPatch");
         let patch = json["response"]["patch"].as_str().unwrap();
-        assert_eq!(
-            patch,
-            base64_encode(br#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#)
-        );
+        assert_eq!(patch, base64_encode(br#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#));
         let denied = Answer::deny(API_VERSION_V1, "u-3", 403, "no");
         let json: Value = serde_json::from_slice(&denied.to_review_json().unwrap()).unwrap();
         assert_eq!(json["response"]["allowed"], false);

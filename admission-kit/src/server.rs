@@ -68,9 +68,7 @@ impl Default for ServerConfig {
         Self {
             webhook_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            tls: TlsSource::SelfSigned {
-                names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
-            },
+            tls: TlsSource::SelfSigned { names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()] },
             max_body_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
@@ -220,54 +218,19 @@ impl Server {
             seen.push(p);
         }
         let metrics = Arc::new(self.metrics);
-        let (store, reloader, ca_pem) = match &self.config.tls {
-            TlsSource::Files {
-                cert,
-                key,
-                reload_interval,
-            } => {
-                let (reloader, key) = FileReloader::load(cert, key)?;
-                (
-                    Arc::new(CertStore::new(key)),
-                    Some((reloader, *reload_interval)),
-                    None,
-                )
-            }
-            TlsSource::SelfSigned { names } => {
-                let generated = GeneratedCert::generate(names)?;
-                let key = crate::tls::parse_pair(
-                    generated.cert_pem.as_bytes(),
-                    generated.key_pem.as_bytes(),
-                    std::path::Path::new("<generated>"),
-                    std::path::Path::new("<generated>"),
-                )?;
-                (Arc::new(CertStore::new(key)), None, Some(generated.ca_pem))
-            }
-        };
-        if let Some(t) = crate::tls::not_after(&store.current()) {
-            #[allow(clippy::cast_precision_loss, reason = "Unix seconds fit f64 exactly")]
-            metrics.cert_expiry.set(t as f64);
-        }
+        let (store, reloader, ca_pem) = load_certificate(&self.config.tls)?;
+        crate::tls::record_expiry(&metrics, &store.current());
         let tls = Arc::new(crate::tls::server_config(store.clone())?);
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
         };
         let webhook_listener = bind(self.config.webhook_addr).await?;
         let admin_listener = bind(self.config.admin_addr).await?;
         let webhook_addr = webhook_listener
             .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: self.config.webhook_addr,
-                source,
-            })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: self.config.admin_addr,
-                source,
-            })?;
+            .map_err(|source| ServerError::Bind { addr: self.config.webhook_addr, source })?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| ServerError::Bind { addr: self.config.admin_addr, source })?;
 
         let shared = Arc::new(Shared {
             metrics: metrics.clone(),
@@ -282,31 +245,19 @@ impl Server {
             let shared = shared.clone();
             tokio::spawn(async move {
                 gate.await;
-                shared
-                    .readiness
-                    .pending_gates
-                    .fetch_sub(1, Ordering::AcqRel);
+                shared.readiness.pending_gates.fetch_sub(1, Ordering::AcqRel);
             });
         }
         let mut background = Vec::new();
         if let Some((reloader, interval)) = reloader {
-            background.push(tokio::spawn(reloader.run(
-                store.clone(),
-                interval,
-                metrics.clone(),
-            )));
+            background.push(tokio::spawn(reloader.run(store.clone(), interval, metrics.clone())));
         }
         log_namespace_trust(&self.pipelines, &shared.namespaces);
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let router = webhook_router(&self.pipelines, &shared);
         let admin = admin::serve(admin_listener, shared.clone(), stop_rx.clone());
-        let accept = conn::AcceptLoop {
-            listener: webhook_listener,
-            tls,
-            router,
-            shared: shared.clone(),
-        };
+        let accept = conn::AcceptLoop { listener: webhook_listener, tls, router, shared: shared.clone() };
         let (drain_tx, drain_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut drain_rx = drain_rx;
@@ -327,13 +278,7 @@ impl Server {
             tracing::info!("server stopped");
         });
         tracing::info!(%webhook_addr, %admin_addr, "serving");
-        Ok(RunningServer {
-            webhook_addr,
-            admin_addr,
-            ca_pem,
-            drain: drain_tx,
-            task,
-        })
+        Ok(RunningServer { webhook_addr, admin_addr, ca_pem, drain: drain_tx, task })
     }
 
     /// Starts, serves until `shutdown` resolves (e.g. [`shutdown_signal`]), then drains and stops.
@@ -341,6 +286,29 @@ impl Server {
         let running = self.start().await?;
         shutdown.await;
         running.shutdown_and_wait().await
+    }
+}
+
+/// The serving certificate: loaded from files (with their reloader) or generated (with its CA).
+type LoadedCertificate = (Arc<CertStore>, Option<(FileReloader, Duration)>, Option<String>);
+
+fn load_certificate(tls: &TlsSource) -> Result<LoadedCertificate, TlsError> {
+    match tls {
+        TlsSource::Files { cert, key, reload_interval } => {
+            let (reloader, key) = FileReloader::load(cert, key)?;
+            Ok((Arc::new(CertStore::new(key)), Some((reloader, *reload_interval)), None))
+        }
+        TlsSource::SelfSigned { names } => {
+            let generated = GeneratedCert::generate(names)?;
+            let generated_path = std::path::Path::new("<generated>");
+            let key = crate::tls::parse_pair(
+                generated.cert_pem.as_bytes(),
+                generated.key_pem.as_bytes(),
+                generated_path,
+                generated_path,
+            )?;
+            Ok((Arc::new(CertStore::new(key)), None, Some(generated.ca_pem)))
+        }
     }
 }
 
@@ -413,17 +381,9 @@ impl RunningServer {
 
 /// The webhook router alone, for driving pipelines in-process (`tower::ServiceExt::oneshot`)
 /// without sockets or TLS: same decoding, limits, status codes and answers as the server.
-pub fn router(
-    config: ServerConfig,
-    pipelines: &[Pipeline],
-    namespaces: NamespaceSource,
-) -> axum::Router {
-    let shared = Arc::new(Shared {
-        metrics: Arc::new(Metrics::new()),
-        namespaces,
-        readiness: Readiness::default(),
-        config,
-    });
+pub fn router(config: ServerConfig, pipelines: &[Pipeline], namespaces: NamespaceSource) -> axum::Router {
+    let shared =
+        Arc::new(Shared { metrics: Arc::new(Metrics::new()), namespaces, readiness: Readiness::default(), config });
     webhook_router(pipelines, &shared)
 }
 

@@ -22,9 +22,7 @@ impl FromStr for LogFormat {
         match s {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            other => Err(format!(
-                "unknown log format `{other}`; use `text` or `json`"
-            )),
+            other => Err(format!("unknown log format `{other}`; use `text` or `json`")),
         }
     }
 }
@@ -47,25 +45,14 @@ pub enum TelemetryError {
 /// Installs the global subscriber; `filter` defaults to `$RUST_LOG`, then `info`. A second call
 /// (tests) keeps the first subscriber.
 pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryError> {
-    let text = filter
-        .map(str::to_owned)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let env_filter = EnvFilter::try_new(&text).map_err(|source| TelemetryError::Filter {
-        filter: text.clone(),
-        source,
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
+    let text =
+        filter.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".to_owned());
+    let env_filter =
+        EnvFilter::try_new(&text).map_err(|source| TelemetryError::Filter { filter: text.clone(), source })?;
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
     };
     Ok(())
 }

@@ -40,22 +40,11 @@ pub fn review<K: k8s_openapi::Resource + Serialize>(object: &K) -> ReviewBuilder
 }
 
 /// A CREATE review of raw JSON of kind `target`.
-#[allow(
-    clippy::needless_pass_by_value,
-    reason = "callers build the object inline; taking it by value reads better"
-)]
+#[allow(clippy::needless_pass_by_value, reason = "callers build the object inline; taking it by value reads better")]
 pub fn review_json(object: Value, target: &ResourceTarget) -> ReviewBuilder {
     let metadata = object.get("metadata");
-    let name = metadata
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let namespace = metadata
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_owned();
+    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_owned();
     let request: Request = serde_json::from_value(serde_json::json!({
         "uid": "00000000-0000-0000-0000-000000000001",
         "kind": {"group": target.group, "version": target.version, "kind": target.kind},
@@ -116,8 +105,7 @@ impl ReviewBuilder {
     /// Sets the kind and resource, e.g. to test how a step treats other kinds.
     pub fn kind(mut self, target: &ResourceTarget) -> Self {
         self.request.kind = GroupVersionKind::gvk(&target.group, &target.version, &target.kind);
-        self.request.resource =
-            GroupVersionResource::gvr(&target.group, &target.version, &target.plural);
+        self.request.resource = GroupVersionResource::gvr(&target.group, &target.version, &target.plural);
         self
     }
 
@@ -184,16 +172,8 @@ impl Checked {
     /// # Panics
     /// When it was denied or patched.
     pub fn assert_unchanged(&self) {
-        assert!(
-            self.outcome.answer.allowed,
-            "expected admission, got denial: {}",
-            self.outcome.answer.message
-        );
-        assert!(
-            !self.outcome.answer.is_patched(),
-            "expected no patch, got {:?}",
-            self.outcome.answer.patch
-        );
+        assert!(self.outcome.answer.allowed, "expected admission, got denial: {}", self.outcome.answer.message);
+        assert!(!self.outcome.answer.is_patched(), "expected no patch, got {:?}", self.outcome.answer.patch);
     }
 
     /// Checks that the object was denied with a message containing `fragment`.
@@ -201,10 +181,7 @@ impl Checked {
     /// # Panics
     /// When it was admitted, or denied with another message.
     pub fn assert_denied(&self, fragment: &str) {
-        assert!(
-            !self.outcome.answer.allowed,
-            "expected a denial containing {fragment:?}, but it was admitted"
-        );
+        assert!(!self.outcome.answer.allowed, "expected a denial containing {fragment:?}, but it was admitted");
         assert!(
             self.outcome.answer.message.contains(fragment),
             "denial message {:?} does not contain {fragment:?}",
@@ -217,12 +194,7 @@ impl Harness {
     /// A harness for `pipeline`; namespace labels are unknown until [`Harness::namespace`] is called.
     #[must_use]
     pub fn new(pipeline: Pipeline) -> Self {
-        Self {
-            pipeline,
-            namespaces: BTreeMap::new(),
-            known_namespaces: false,
-            allow_removals: false,
-        }
+        Self { pipeline, namespaces: BTreeMap::new(), known_namespaces: false, allow_removals: false }
     }
 
     /// Declares a namespace and its labels (this makes namespace labels known).
@@ -233,13 +205,7 @@ impl Harness {
         labels: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
         self.known_namespaces = true;
-        self.namespaces.insert(
-            name.to_owned(),
-            labels
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        );
+        self.namespaces.insert(name.to_owned(), labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
         self
     }
 
@@ -262,16 +228,8 @@ impl Harness {
 
     /// Runs the pipeline once.
     pub async fn run(&self, review: &Review) -> Outcome {
-        let labels = review
-            .request
-            .namespace
-            .as_ref()
-            .and_then(|ns| self.namespaces.get(ns));
-        let labels = if self.known_namespaces {
-            Some(labels.cloned().unwrap_or_default())
-        } else {
-            None
-        };
+        let labels = review.request.namespace.as_ref().and_then(|ns| self.namespaces.get(ns));
+        let labels = if self.known_namespaces { Some(labels.cloned().unwrap_or_default()) } else { None };
         self.pipeline.review(review, labels.as_ref()).await
     }
 
@@ -285,21 +243,13 @@ impl Harness {
     pub async fn check(&self, review: &Review) -> Checked {
         let outcome = self.run(review).await;
         let answer = &outcome.answer;
-        assert_eq!(
-            answer.uid, review.request.uid,
-            "the answer must echo the request uid"
-        );
+        assert_eq!(answer.uid, review.request.uid, "the answer must echo the request uid");
         let encoded: Value =
-            serde_json::from_slice(&answer.to_review_json().expect("the answer encodes"))
-                .expect("the answer is JSON");
+            serde_json::from_slice(&answer.to_review_json().expect("the answer encodes")).expect("the answer is JSON");
         assert_eq!(encoded["response"]["uid"], review.request.uid.as_str());
         let original = review.request.object.clone().unwrap_or(Value::Null);
         if !answer.allowed {
-            return Checked {
-                result: original.clone(),
-                original,
-                outcome,
-            };
+            return Checked { result: original.clone(), original, outcome };
         }
         let result = match &answer.patch {
             Some(patch) => {
@@ -310,19 +260,12 @@ impl Harness {
             None => original.clone(),
         };
         if let Some(mutated) = &outcome.mutated {
-            assert_eq!(
-                &result, mutated,
-                "the patch applied to the original must give the pipeline's result"
-            );
+            assert_eq!(&result, mutated, "the patch applied to the original must give the pipeline's result");
         }
         let mut again = review.clone();
         again.request.object = Some(result.clone());
         let second = self.run(&again).await;
-        assert!(
-            second.answer.allowed,
-            "running again on the result was denied: {}",
-            second.answer.message
-        );
+        assert!(second.answer.allowed, "running again on the result was denied: {}", second.answer.message);
         assert!(
             !second.answer.is_patched(),
             "not idempotent: running again on the result patched it again: {}",
@@ -330,26 +273,15 @@ impl Harness {
         );
         if !self.allow_removals {
             let lost = lost_paths(&original, &result);
-            assert!(
-                lost.is_empty(),
-                "the mutation lost paths of the original: {lost:?}"
-            );
+            assert!(lost.is_empty(), "the mutation lost paths of the original: {lost:?}");
         }
-        Checked {
-            outcome,
-            original,
-            result,
-        }
+        Checked { outcome, original, result }
     }
 }
 
 /// Sends `body` to an in-process router at `path`, as the API server would, and returns the status
 /// and body. See [`crate::server::router`].
-pub async fn call_router(
-    router: &axum::Router,
-    path: &str,
-    body: Vec<u8>,
-) -> (http::StatusCode, Vec<u8>) {
+pub async fn call_router(router: &axum::Router, path: &str, body: Vec<u8>) -> (http::StatusCode, Vec<u8>) {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
     let request = http::Request::post(path)
@@ -358,12 +290,7 @@ pub async fn call_router(
         .unwrap_or_else(|e| unreachable!("a static request always builds: {e}"));
     let Ok(response) = router.clone().oneshot(request).await;
     let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     (status, bytes)
 }
 
@@ -388,33 +315,12 @@ pub fn apply_patch(document: &Value, patch: &Value) -> Result<Value, ApplyError>
         reason: "a patch is a JSON array".into(),
     })?;
     for (index, op) in ops.iter().enumerate() {
-        let name = op
-            .get("op")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let target = op
-            .get("path")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let fail = |reason: String| ApplyError {
-            index,
-            op: name.clone(),
-            path: target.clone(),
-            reason,
-        };
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| fail("missing `value`".into()))
-        };
-        let from = || {
-            op.get("from")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| fail("missing `from`".into()))
-        };
+        let name = op.get("op").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let target = op.get("path").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let fail = |reason: String| ApplyError { index, op: name.clone(), path: target.clone(), reason };
+        let value = || op.get("value").cloned().ok_or_else(|| fail("missing `value`".into()));
+        let from =
+            || op.get("from").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| fail("missing `from`".into()));
         match name.as_str() {
             "add" => add(&mut doc, &target, value()?).map_err(fail)?,
             "remove" => {
@@ -448,28 +354,18 @@ fn tokens(pointer: &str) -> Result<Vec<String>, String> {
     if pointer.is_empty() {
         return Ok(Vec::new());
     }
-    let rest = pointer
-        .strip_prefix('/')
-        .ok_or_else(|| format!("pointer `{pointer}` does not start with `/`"))?;
-    Ok(rest
-        .split('/')
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect())
+    let rest = pointer.strip_prefix('/').ok_or_else(|| format!("pointer `{pointer}` does not start with `/`"))?;
+    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
 }
 
 fn index(token: &str, len: usize, allow_end: bool) -> Result<usize, String> {
     if allow_end && token == "-" {
         return Ok(len);
     }
-    if token.is_empty()
-        || (token.len() > 1 && token.starts_with('0'))
-        || !token.bytes().all(|b| b.is_ascii_digit())
-    {
+    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || !token.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("`{token}` is not an array index"));
     }
-    let i: usize = token
-        .parse()
-        .map_err(|_| format!("`{token}` is not an array index"))?;
+    let i: usize = token.parse().map_err(|_| format!("`{token}` is not an array index"))?;
     if i > len || (!allow_end && i == len) {
         return Err(format!("index {i} is out of bounds (length {len})"));
     }
@@ -490,9 +386,7 @@ fn get<'a>(doc: &'a Value, pointer: &str) -> Result<&'a Value, String> {
 
 fn parent<'a>(doc: &'a mut Value, pointer: &str) -> Result<(&'a mut Value, String), String> {
     let mut toks = tokens(pointer)?;
-    let last = toks
-        .pop()
-        .ok_or_else(|| "the root has no parent".to_owned())?;
+    let last = toks.pop().ok_or_else(|| "the root has no parent".to_owned())?;
     let mut cur = doc;
     for t in toks {
         cur = match cur {
@@ -532,9 +426,7 @@ fn remove(doc: &mut Value, pointer: &str) -> Result<Value, String> {
     }
     let (container, last) = parent(doc, pointer)?;
     match container {
-        Value::Object(m) => m
-            .remove(&last)
-            .ok_or_else(|| format!("no member `{last}` to remove")),
+        Value::Object(m) => m.remove(&last).ok_or_else(|| format!("no member `{last}` to remove")),
         Value::Array(a) => {
             let i = index(&last, a.len(), false)?;
             Ok(a.remove(i))
@@ -597,11 +489,7 @@ mod tests {
                 json!([{"op": "add", "path": "/foo/1", "value": "qux"}]),
                 json!({"foo": ["bar", "qux", "baz"]}),
             ),
-            (
-                json!({"baz": "qux", "foo": "bar"}),
-                json!([{"op": "remove", "path": "/baz"}]),
-                json!({"foo": "bar"}),
-            ),
+            (json!({"baz": "qux", "foo": "bar"}), json!([{"op": "remove", "path": "/baz"}]), json!({"foo": "bar"})),
             (
                 json!({"foo": ["bar", "qux", "baz"]}),
                 json!([{"op": "remove", "path": "/foo/1"}]),
@@ -629,49 +517,25 @@ mod tests {
             ),
         ];
         for (doc, patch, expected) in cases {
-            assert_eq!(
-                apply_patch(&doc, &patch).unwrap(),
-                expected,
-                "patch {patch}"
-            );
+            assert_eq!(apply_patch(&doc, &patch).unwrap(), expected, "patch {patch}");
         }
         assert!(
-            apply_patch(
-                &json!({"foo": "bar"}),
-                &json!([{"op": "add", "path": "/baz/bat", "value": "qux"}])
-            )
-            .is_err()
+            apply_patch(&json!({"foo": "bar"}), &json!([{"op": "add", "path": "/baz/bat", "value": "qux"}])).is_err()
         );
-        assert!(
-            apply_patch(
-                &json!({"a": [1]}),
-                &json!([{"op": "add", "path": "/a/01", "value": 2}])
-            )
-            .is_err()
-        );
-        assert!(
-            apply_patch(
-                &json!({"a": [1]}),
-                &json!([{"op": "test", "path": "/a/0", "value": 2}])
-            )
-            .is_err()
-        );
+        assert!(apply_patch(&json!({"a": [1]}), &json!([{"op": "add", "path": "/a/01", "value": 2}])).is_err());
+        assert!(apply_patch(&json!({"a": [1]}), &json!([{"op": "test", "path": "/a/0", "value": 2}])).is_err());
     }
 
     #[test]
     fn lost_paths_reports_removed_leaves_only() {
-        let original =
-            json!({"metadata": {"annotations": {"a/b": "1", "c": "2"}}, "spec": {"x": [1, 2]}});
-        let kept = json!({"metadata": {"annotations": {"a/b": "changed", "c": "2", "new": "3"}}, "spec": {"x": [1, 2, 3]}});
+        let original = json!({"metadata": {"annotations": {"a/b": "1", "c": "2"}}, "spec": {"x": [1, 2]}});
+        let kept =
+            json!({"metadata": {"annotations": {"a/b": "changed", "c": "2", "new": "3"}}, "spec": {"x": [1, 2, 3]}});
         assert!(lost_paths(&original, &kept).is_empty());
         let wiped = json!({"metadata": {"annotations": {"new": "3"}}, "spec": {"x": [1]}});
         assert_eq!(
             lost_paths(&original, &wiped),
-            vec![
-                "/metadata/annotations/a~1b",
-                "/metadata/annotations/c",
-                "/spec/x/1"
-            ]
+            vec!["/metadata/annotations/a~1b", "/metadata/annotations/c", "/spec/x/1"]
         );
     }
 }

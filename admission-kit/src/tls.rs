@@ -94,30 +94,19 @@ pub struct GeneratedCert {
 impl GeneratedCert {
     /// Generates a CA and a leaf certificate valid for `names` (DNS names or IP addresses).
     pub fn generate(names: &[String]) -> Result<Self, TlsError> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        };
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "admission-kit development CA");
+        ca_params.distinguished_name.push(DnType::CommonName, "admission-kit development CA");
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate()?;
         let mut leaf_params = CertificateParams::new(names.to_vec())?;
-        leaf_params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().map_or("admission-kit", String::as_str),
-        );
+        leaf_params.distinguished_name.push(DnType::CommonName, names.first().map_or("admission-kit", String::as_str));
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
-        Ok(Self {
-            ca_pem: ca_cert.pem(),
-            cert_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
-        })
+        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() })
     }
 }
 
@@ -134,9 +123,8 @@ pub fn parse_pair(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<CertifiedKey, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .filter_map(Result::ok)
-        .collect();
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut &cert_pem[..]).filter_map(Result::ok).collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert_path.to_owned()));
     }
@@ -159,6 +147,14 @@ pub fn not_after(key: &CertifiedKey) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// Sets the certificate-expiry gauge from `key`'s `notAfter`.
+pub fn record_expiry(metrics: &Metrics, key: &CertifiedKey) {
+    if let Some(t) = not_after(key) {
+        #[allow(clippy::cast_precision_loss, reason = "Unix seconds fit f64 exactly until year 285 million")]
+        metrics.cert_expiry.set(t as f64);
+    }
+}
+
 /// The certificate being served, swapped atomically on reload.
 #[derive(Debug)]
 pub struct CertStore {
@@ -169,9 +165,7 @@ impl CertStore {
     /// A store serving `key`.
     #[must_use]
     pub fn new(key: CertifiedKey) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(key),
-        }
+        Self { current: ArcSwap::from_pointee(key) }
     }
 
     /// Replaces the served certificate; new handshakes use it.
@@ -207,10 +201,7 @@ pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsE
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
 /// Certificate files and the bytes last loaded from them.
@@ -226,14 +217,7 @@ impl FileReloader {
     pub fn load(cert: &Path, key: &Path) -> Result<(Self, CertifiedKey), TlsError> {
         let (cert_pem, key_pem) = (read(cert)?, read(key)?);
         let certified = parse_pair(&cert_pem, &key_pem, cert, key)?;
-        Ok((
-            Self {
-                cert: cert.to_owned(),
-                key: key.to_owned(),
-                loaded: (cert_pem, key_pem),
-            },
-            certified,
-        ))
+        Ok((Self { cert: cert.to_owned(), key: key.to_owned(), loaded: (cert_pem, key_pem) }, certified))
     }
 
     /// Reads the files again; returns a new key if their content changed and is valid. A read or
@@ -258,29 +242,13 @@ impl FileReloader {
             match self.poll() {
                 Ok(None) => {}
                 Ok(Some(key)) => {
-                    if let Some(t) = not_after(&key) {
-                        #[allow(
-                            clippy::cast_precision_loss,
-                            reason = "Unix seconds fit f64 exactly until year 285 million"
-                        )]
-                        metrics.cert_expiry.set(t as f64);
-                    }
+                    record_expiry(&metrics, &key);
                     store.replace(key);
-                    metrics
-                        .cert_reloads
-                        .get_or_create(&ReloadLabels {
-                            result: "success".into(),
-                        })
-                        .inc();
+                    metrics.cert_reloads.get_or_create(&ReloadLabels { result: "success".into() }).inc();
                     tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
                 }
                 Err(error) => {
-                    metrics
-                        .cert_reloads
-                        .get_or_create(&ReloadLabels {
-                            result: "failure".into(),
-                        })
-                        .inc();
+                    metrics.cert_reloads.get_or_create(&ReloadLabels { result: "failure".into() }).inc();
                     tracing::warn!(%error, "serving certificate not reloaded; keeping the last good one");
                 }
             }
@@ -303,14 +271,8 @@ mod tests {
             parse_pair(a.cert_pem.as_bytes(), b.key_pem.as_bytes(), p, p),
             Err(TlsError::Rejected { .. })
         ));
-        assert!(matches!(
-            parse_pair(b"", a.key_pem.as_bytes(), p, p),
-            Err(TlsError::NoCertificate(_))
-        ));
-        assert!(matches!(
-            parse_pair(a.cert_pem.as_bytes(), b"junk", p, p),
-            Err(TlsError::NoKey(_))
-        ));
+        assert!(matches!(parse_pair(b"", a.key_pem.as_bytes(), p, p), Err(TlsError::NoCertificate(_))));
+        assert!(matches!(parse_pair(a.cert_pem.as_bytes(), b"junk", p, p), Err(TlsError::NoKey(_))));
     }
 
     #[test]
@@ -321,17 +283,11 @@ mod tests {
         std::fs::write(&cert, &a.cert_pem).unwrap();
         std::fs::write(&key, &a.key_pem).unwrap();
         let (mut reloader, _) = FileReloader::load(&cert, &key).unwrap();
-        assert!(
-            reloader.poll().unwrap().is_none(),
-            "unchanged files are not reloaded"
-        );
+        assert!(reloader.poll().unwrap().is_none(), "unchanged files are not reloaded");
         let b = GeneratedCert::generate(&["localhost".into()]).unwrap();
         std::fs::write(&cert, &b.cert_pem).unwrap();
         assert!(reloader.poll().is_err(), "new cert with old key is refused");
         std::fs::write(&key, &b.key_pem).unwrap();
-        assert!(
-            reloader.poll().unwrap().is_some(),
-            "the complete new pair is loaded"
-        );
+        assert!(reloader.poll().unwrap().is_some(), "the complete new pair is loaded");
     }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-    ServiceReference, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::core::admission::Operation;
@@ -52,12 +52,7 @@ pub struct WebhookConfigOptions {
 impl WebhookConfigOptions {
     /// Options with no CA bundle and no exclusions.
     pub fn new(name: impl Into<String>, target: ClientTarget) -> Self {
-        Self {
-            name: name.into(),
-            target,
-            ca_bundle: None,
-            exclude_namespaces: Vec::new(),
-        }
+        Self { name: name.into(), target, ca_bundle: None, exclude_namespaces: Vec::new() }
     }
 
     /// Sets the CA bundle (PEM).
@@ -69,12 +64,8 @@ impl WebhookConfigOptions {
 
     /// Never call the webhook for these namespaces.
     #[must_use]
-    pub fn exclude_namespaces<S: Into<String>>(
-        mut self,
-        names: impl IntoIterator<Item = S>,
-    ) -> Self {
-        self.exclude_namespaces
-            .extend(names.into_iter().map(Into::into));
+    pub fn exclude_namespaces<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.exclude_namespaces.extend(names.into_iter().map(Into::into));
         self
     }
 }
@@ -140,11 +131,7 @@ pub fn render_webhook(pipeline: &Pipeline, options: &WebhookConfigOptions) -> Mu
     let client_config = WebhookClientConfig {
         ca_bundle: options.ca_bundle.clone().map(ByteString),
         service: match &options.target {
-            ClientTarget::Service {
-                namespace,
-                name,
-                port,
-            } => Some(ServiceReference {
+            ClientTarget::Service { namespace, name, port } => Some(ServiceReference {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 path: Some(path.clone()),
@@ -187,20 +174,9 @@ pub fn render_webhook(pipeline: &Pipeline, options: &WebhookConfigOptions) -> Mu
 
 /// Renders the `MutatingWebhookConfiguration` for `pipelines`, one webhook each, in order.
 #[must_use]
-pub fn render_webhook_config(
-    pipelines: &[Pipeline],
-    options: &WebhookConfigOptions,
-) -> MutatingWebhookConfiguration {
+pub fn render_webhook_config(pipelines: &[Pipeline], options: &WebhookConfigOptions) -> MutatingWebhookConfiguration {
     MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(options.name.clone()),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(
-            pipelines
-                .iter()
-                .map(|p| render_webhook(p, options))
-                .collect(),
-        ),
+        metadata: ObjectMeta { name: Some(options.name.clone()), ..ObjectMeta::default() },
+        webhooks: Some(pipelines.iter().map(|p| render_webhook(p, options)).collect()),
     }
 }

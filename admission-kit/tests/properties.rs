@@ -36,11 +36,7 @@ where
     S::Value: std::fmt::Debug,
 {
     let default = ProptestConfig::default(); // reads PROPTEST_CASES
-    let config = ProptestConfig {
-        cases: default.cases.max(MIN_CASES),
-        failure_persistence: None,
-        ..default
-    };
+    let config = ProptestConfig { cases: default.cases.max(MIN_CASES), failure_persistence: None, ..default };
     if let Err(e) = TestRunner::new(config).run(&strategy, test) {
         panic!("{e}");
     }
@@ -62,11 +58,7 @@ prop_compose! {
 
 /// Annotations or labels: absent, empty (`{}`) or a few entries with tricky keys.
 fn string_map() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
-    prop::option::of(prop::collection::btree_map(
-        tricky_key(),
-        "[a-z0-9]{0,2}",
-        0..4,
-    ))
+    prop::option::of(prop::collection::btree_map(tricky_key(), "[a-z0-9]{0,2}", 0..4))
 }
 
 /// A small JSON value, the content of a field k8s-openapi does not model.
@@ -80,8 +72,7 @@ fn unknown_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(2, 6, 3, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            prop::collection::btree_map(tricky_key(), inner, 0..3)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(tricky_key(), inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -102,11 +93,7 @@ prop_compose! {
 }
 
 /// `containers` (at least one), `initContainers` and `volumes` (absent, `[]` or some).
-type Lists = (
-    Vec<(String, Option<Value>)>,
-    Option<Vec<(String, Option<Value>)>>,
-    Option<Vec<(String, Option<Value>)>>,
-);
+type Lists = (Vec<(String, Option<Value>)>, Option<Vec<(String, Option<Value>)>>, Option<Vec<(String, Option<Value>)>>);
 
 fn lists() -> impl Strategy<Value = Lists> {
     (
@@ -150,18 +137,15 @@ fn set(object: &mut Value, key: &str, value: Option<Value>) {
 
 /// Containers named `c0`, `c1`… (`prefix` `c` or `i`), or volumes `v0`, `v1`… (`prefix` `v`).
 fn list(prefix: &str, elements: Vec<(String, Option<Value>)>) -> Value {
-    let elements = elements
-        .into_iter()
-        .enumerate()
-        .map(|(i, (image, unknown))| {
-            let mut element = if prefix == "v" {
-                json!({"name": format!("{prefix}{i}"), "emptyDir": {}})
-            } else {
-                json!({"name": format!("{prefix}{i}"), "image": image})
-            };
-            set(&mut element, "futureElementField", unknown);
-            element
-        });
+    let elements = elements.into_iter().enumerate().map(|(i, (image, unknown))| {
+        let mut element = if prefix == "v" {
+            json!({"name": format!("{prefix}{i}"), "emptyDir": {}})
+        } else {
+            json!({"name": format!("{prefix}{i}"), "image": image})
+        };
+        set(&mut element, "futureElementField", unknown);
+        element
+    });
     Value::Array(elements.collect())
 }
 
@@ -210,11 +194,7 @@ enum Mutation {
 }
 
 fn list_kind() -> impl Strategy<Value = ListKind> {
-    prop_oneof![
-        Just(ListKind::Containers),
-        Just(ListKind::InitContainers),
-        Just(ListKind::Volumes)
-    ]
+    prop_oneof![Just(ListKind::Containers), Just(ListKind::InitContainers), Just(ListKind::Volumes)]
 }
 
 /// The mutations the properties require: none of them moves an existing list element.
@@ -244,23 +224,14 @@ fn shifting_mutation() -> impl Strategy<Value = Mutation> {
 
 /// The object at `parent[key]`, created when absent.
 fn object_at<'a>(parent: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
-    let parent = parent
-        .as_object_mut()
-        .expect("generated parents are objects");
-    parent
-        .entry(key)
-        .or_insert_with(|| json!({}))
-        .as_object_mut()
-        .expect("generated maps are objects")
+    let parent = parent.as_object_mut().expect("generated parents are objects");
+    parent.entry(key).or_insert_with(|| json!({})).as_object_mut().expect("generated maps are objects")
 }
 
 /// The array at `spec[list]`, created when absent.
 fn list_at(pod: &mut Value, list: ListKind) -> &mut Vec<Value> {
     let spec = object_at(pod, "spec");
-    spec.entry(list.key())
-        .or_insert_with(|| json!([]))
-        .as_array_mut()
-        .expect("generated lists are arrays")
+    spec.entry(list.key()).or_insert_with(|| json!([])).as_array_mut().expect("generated lists are arrays")
 }
 
 /// Applies `mutation` to a Pod-like object, as a webhook working on the JSON would.
@@ -281,16 +252,10 @@ fn apply(pod: &mut Value, mutation: &Mutation) {
             }
         }
         Mutation::RemoveAnnotation(i) => {
-            if let Some(annotations) = pod["metadata"]
-                .get_mut("annotations")
-                .and_then(Value::as_object_mut)
+            if let Some(annotations) = pod["metadata"].get_mut("annotations").and_then(Value::as_object_mut)
                 && !annotations.is_empty()
             {
-                let key = annotations
-                    .keys()
-                    .nth(i.index(annotations.len()))
-                    .cloned()
-                    .expect("index is in range");
+                let key = annotations.keys().nth(i.index(annotations.len())).cloned().expect("index is in range");
                 annotations.remove(&key);
             }
         }
@@ -364,32 +329,20 @@ fn strip_unknown(value: &Value) -> Value {
 /// Applies `patch` to `document` with the independent implementation.
 fn applied(document: &Value, patch: &json_patch::Patch) -> Value {
     let patch = serde_json::to_value(patch).expect("a patch encodes");
-    apply_patch(document, &patch)
-        .unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
+    apply_patch(document, &patch).unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
 }
 
 /// Fails when an `add` or `replace` overwrites a whole map or array that `original` already has
 /// (the Expedia fault: adding `/metadata/annotations` as a map wiped the existing annotations). An
 /// `add` into an array inserts rather than overwrites, so it is not counted.
-fn no_whole_container_overwritten(
-    original: &Value,
-    patch: &json_patch::Patch,
-) -> Result<(), TestCaseError> {
+fn no_whole_container_overwritten(original: &Value, patch: &json_patch::Patch) -> Result<(), TestCaseError> {
     let ops = serde_json::to_value(patch).expect("a patch encodes");
     for op in ops.as_array().expect("a patch is an array") {
-        let (name, pointer) = (
-            op["op"].as_str().unwrap_or_default(),
-            op["path"].as_str().unwrap_or_default(),
-        );
+        let (name, pointer) = (op["op"].as_str().unwrap_or_default(), op["path"].as_str().unwrap_or_default());
         let inserts_into_array = name == "add"
-            && pointer
-                .rfind('/')
-                .and_then(|i| original.pointer(&pointer[..i]))
-                .is_some_and(Value::is_array);
+            && pointer.rfind('/').and_then(|i| original.pointer(&pointer[..i])).is_some_and(Value::is_array);
         let overwrites = name == "replace" || (name == "add" && !inserts_into_array);
-        let existing = original
-            .pointer(pointer)
-            .filter(|v| v.is_object() || v.is_array());
+        let existing = original.pointer(pointer).filter(|v| v.is_object() || v.is_array());
         prop_assert!(
             !(overwrites && existing.is_some()),
             "{op} overwrites the existing {}",
@@ -401,20 +354,11 @@ fn no_whole_container_overwritten(
 
 /// Fails unless every unknown field of `original` is in `result` at the same place with the same
 /// value, except those whose parent is gone from `expected_shape`.
-fn unknown_fields_kept(
-    original: &Value,
-    result: &Value,
-    expected_shape: &Value,
-) -> Result<(), TestCaseError> {
+fn unknown_fields_kept(original: &Value, result: &Value, expected_shape: &Value) -> Result<(), TestCaseError> {
     for (path, value) in unknown_fields(original) {
         let parent = &path[..path.rfind('/').expect("pointers start with /")];
         if expected_shape.pointer(parent).is_some() {
-            prop_assert_eq!(
-                result.pointer(&path),
-                Some(&value),
-                "unknown field {} changed or lost",
-                path
-            );
+            prop_assert_eq!(result.pointer(&path), Some(&value), "unknown field {} changed or lost", path);
         }
     }
     Ok(())
@@ -447,16 +391,8 @@ fn carry_changes_keeps_unknown_fields() {
         let after = mutated(&before, &mutations);
         let result = carry_changes(&raw, &before, &after);
         unknown_fields_kept(&raw, &result, &after)?;
-        prop_assert_eq!(
-            &strip_unknown(&result),
-            &after,
-            "the change was not carried exactly"
-        );
-        prop_assert_eq!(
-            &result,
-            &mutated(&raw, &mutations),
-            "not the mutation applied to raw"
-        );
+        prop_assert_eq!(&strip_unknown(&result), &after, "the change was not carried exactly");
+        prop_assert_eq!(&result, &mutated(&raw, &mutations), "not the mutation applied to raw");
         let patch = diff(&raw, &result);
         prop_assert_eq!(applied(&raw, &patch), result, "patch: {:?}", patch);
         no_whole_container_overwritten(&raw, &patch)?;
@@ -473,11 +409,7 @@ fn carry_changes_keeps_unknown_fields_when_lists_shift() {
         let before = strip_unknown(&raw);
         let after = mutated(&before, &mutations);
         let result = carry_changes(&raw, &before, &after);
-        prop_assert_eq!(
-            &result,
-            &mutated(&raw, &mutations),
-            "not the mutation applied to raw"
-        );
+        prop_assert_eq!(&result, &mutated(&raw, &mutations), "not the mutation applied to raw");
         Ok(())
     });
 }
@@ -493,10 +425,7 @@ struct SeenAndSidecar;
 #[async_trait]
 impl Mutator<Pod> for SeenAndSidecar {
     async fn mutate(&self, pod: &mut Pod, _ctx: &mut Context<'_>) -> MutationResult {
-        pod.metadata
-            .labels
-            .get_or_insert_default()
-            .insert(SEEN.to_owned(), "true".to_owned());
+        pod.metadata.labels.get_or_insert_default().insert(SEEN.to_owned(), "true".to_owned());
         let spec = pod.spec.get_or_insert_default();
         if !spec.containers.iter().any(|c| c.name == SIDECAR) {
             spec.containers.push(Container {
@@ -512,10 +441,7 @@ impl Mutator<Pod> for SeenAndSidecar {
 /// What `SeenAndSidecar` should do to the raw JSON.
 fn seen_and_sidecar(pod: &Value) -> Value {
     let mut out = pod.clone();
-    apply(
-        &mut out,
-        &Mutation::Label(SEEN.to_owned(), "true".to_owned()),
-    );
+    apply(&mut out, &Mutation::Label(SEEN.to_owned(), "true".to_owned()));
     let containers = list_at(&mut out, ListKind::Containers);
     if !containers.iter().any(|c| c["name"] == SIDECAR) {
         containers.push(json!({"name": SIDECAR, "image": SIDECAR_IMAGE}));
@@ -549,10 +475,7 @@ prop_compose! {
 /// object that needs nothing gets no patch.
 #[test]
 fn pipeline_with_a_typed_mutator_keeps_unknown_fields() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let pipeline = Pipeline::builder("props.example.com")
         .step(Step::new("m", SeenAndSidecar))
         .build()
@@ -562,21 +485,12 @@ fn pipeline_with_a_typed_mutator_keeps_unknown_fields() {
     check(pipeline_pod(), |pod| {
         let review = review_json(pod.clone(), &target).build();
         let checked = runtime.block_on(harness.check(&review));
-        prop_assert!(
-            checked.answer().allowed,
-            "denied: {}",
-            checked.answer().message
-        );
+        prop_assert!(checked.answer().allowed, "denied: {}", checked.answer().message);
         let expected = seen_and_sidecar(&pod);
         unknown_fields_kept(&pod, checked.patched(), &expected)?;
         prop_assert_eq!(checked.patched(), &expected);
         let patch = &checked.answer().patch;
-        prop_assert_eq!(
-            checked.answer().is_patched(),
-            pod != expected,
-            "patch: {:?}",
-            patch
-        );
+        prop_assert_eq!(checked.answer().is_patched(), pod != expected, "patch: {:?}", patch);
         if let Some(patch) = patch {
             no_whole_container_overwritten(&pod, patch)?;
         }

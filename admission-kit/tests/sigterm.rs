@@ -26,10 +26,7 @@ impl Mutator<Pod> for Label {
         if pod.metadata.name.as_deref() == Some("slow") {
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
-        pod.metadata
-            .labels
-            .get_or_insert_default()
-            .insert("seen".into(), "yes".into());
+        pod.metadata.labels.get_or_insert_default().insert("seen".into(), "yes".into());
         Ok(())
     }
 }
@@ -42,17 +39,10 @@ async fn child_server() {
     };
     let mut config = ServerConfig::local();
     config.drain_delay = Duration::from_millis(800);
-    let pipeline = Pipeline::builder("sigterm.test.example.com")
-        .step(Step::new("label", Label))
-        .build()
-        .unwrap();
+    let pipeline = Pipeline::builder("sigterm.test.example.com").step(Step::new("label", Label)).build().unwrap();
     let running = Server::new(config, [pipeline]).start().await.unwrap();
     std::fs::write(&ca_path, running.ca_pem().unwrap()).unwrap();
-    println!(
-        "READY {} {}",
-        running.webhook_addr().port(),
-        running.admin_addr().port()
-    );
+    println!("READY {} {}", running.webhook_addr().port(), running.admin_addr().port());
     // A failed parent must not leave this process behind: give up after a minute.
     tokio::select! {
         () = shutdown_signal() => {}
@@ -101,22 +91,13 @@ async fn sigterm_under_load_fails_no_request() {
         .unwrap();
     let url = format!("https://localhost:{webhook}/mutate");
 
-    let (failures, during_drain, total) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
+    let (failures, during_drain, total) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let unready = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (client, url, failures, during_drain, total, unready) = (
-            client.clone(),
-            url.clone(),
-            failures.clone(),
-            during_drain.clone(),
-            total.clone(),
-            unready.clone(),
-        );
+        let (client, url, failures, during_drain, total, unready) =
+            (client.clone(), url.clone(), failures.clone(), during_drain.clone(), total.clone(), unready.clone());
         workers.push(tokio::spawn(async move {
             let mut stop_at: Option<Instant> = None;
             for i in 0.. {
@@ -136,9 +117,7 @@ async fn sigterm_under_load_fails_no_request() {
                     .send()
                     .await
                 {
-                    Ok(r) if r.status() == 200 => {
-                        r.text().await.map(|t| t.contains("\"allowed\":true"))
-                    }
+                    Ok(r) if r.status() == 200 => r.text().await.map(|t| t.contains("\"allowed\":true")),
                     Ok(r) => Ok(false).inspect(|_| eprintln!("status {}", r.status())),
                     Err(e) => Err(e),
                 };
@@ -158,48 +137,24 @@ async fn sigterm_under_load_fails_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let started = Instant::now();
     loop {
-        let code = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
-            .await
-            .map_or(0, |r| r.status().as_u16());
+        let code = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await.map_or(0, |r| r.status().as_u16());
         if code == 503 {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "the server did not go unready after SIGTERM"
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "the server did not go unready after SIGTERM");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     unready.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        exit.success(),
-        "the server exits 0 after draining, got {exit}"
-    );
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("STOPPED"))),
-        "the server stopped through its drain path"
-    );
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "no request may fail (of {})",
-        total.load(Ordering::Relaxed)
-    );
-    assert!(
-        during_drain.load(Ordering::Relaxed) > 0,
-        "requests were served while draining"
-    );
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "the server exits 0 after draining, got {exit}");
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("STOPPED"))), "the server stopped through its drain path");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request may fail (of {})", total.load(Ordering::Relaxed));
+    assert!(during_drain.load(Ordering::Relaxed) > 0, "requests were served while draining");
 }

@@ -32,9 +32,7 @@ pub struct LabelRequirement {
 
 /// A `LabelSelector` that cannot be turned into requirements.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "failed to read label selector: operator `{operator}` on key `{key}` is not In, NotIn, Exists or DoesNotExist"
-)]
+#[error("failed to read label selector: operator `{operator}` on key `{key}` is not In, NotIn, Exists or DoesNotExist")]
 pub struct SelectorError {
     key: String,
     operator: String,
@@ -44,26 +42,18 @@ impl LabelRequirement {
     /// A requirement on `key`.
     #[must_use]
     pub fn new(key: impl Into<String>, op: LabelOp) -> Self {
-        Self {
-            key: key.into(),
-            op,
-        }
+        Self { key: key.into(), op }
     }
 
     /// Whether `labels` meet the requirement.
     #[must_use]
-    pub fn matches<'a, V: AsRef<str> + 'a>(
-        &self,
-        value_of: impl FnOnce(&str) -> Option<V>,
-    ) -> bool {
+    pub fn matches<'a, V: AsRef<str> + 'a>(&self, value_of: impl FnOnce(&str) -> Option<V>) -> bool {
         let value = value_of(&self.key);
         match &self.op {
             LabelOp::Exists => value.is_some(),
             LabelOp::DoesNotExist => value.is_none(),
             LabelOp::In(values) => value.is_some_and(|v| values.iter().any(|x| x == v.as_ref())),
-            LabelOp::NotIn(values) => {
-                !value.is_some_and(|v| values.iter().any(|x| x == v.as_ref()))
-            }
+            LabelOp::NotIn(values) => !value.is_some_and(|v| values.iter().any(|x| x == v.as_ref())),
         }
     }
 
@@ -82,11 +72,7 @@ impl LabelRequirement {
             LabelOp::Exists => ("Exists", None),
             LabelOp::DoesNotExist => ("DoesNotExist", None),
         };
-        LabelSelectorRequirement {
-            key: self.key.clone(),
-            operator: operator.to_owned(),
-            values,
-        }
+        LabelSelectorRequirement { key: self.key.clone(), operator: operator.to_owned(), values }
     }
 
     /// The requirement as CEL over a string map at `map` (e.g. `object.metadata.labels`).
@@ -94,16 +80,8 @@ impl LabelRequirement {
     pub fn to_cel(&self, map: &str) -> String {
         let key = cel_string(&self.key);
         let present = format!("has({map}) && {key} in {map}");
-        let list = |values: &[String]| {
-            format!(
-                "[{}]",
-                values
-                    .iter()
-                    .map(|v| cel_string(v))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
+        let list =
+            |values: &[String]| format!("[{}]", values.iter().map(|v| cel_string(v)).collect::<Vec<_>>().join(", "));
         match &self.op {
             LabelOp::Exists => present,
             LabelOp::DoesNotExist => format!("!({present})"),
@@ -148,9 +126,7 @@ pub fn cel_string(s: &str) -> String {
     out
 }
 
-pub(super) fn from_selector(
-    selector: &LabelSelector,
-) -> Result<Vec<LabelRequirement>, SelectorError> {
+pub(super) fn from_selector(selector: &LabelSelector) -> Result<Vec<LabelRequirement>, SelectorError> {
     let mut out: Vec<LabelRequirement> = selector
         .match_labels
         .iter()
@@ -165,10 +141,7 @@ pub(super) fn from_selector(
             "Exists" => LabelOp::Exists,
             "DoesNotExist" => LabelOp::DoesNotExist,
             other => {
-                return Err(SelectorError {
-                    key: expr.key.clone(),
-                    operator: other.to_owned(),
-                });
+                return Err(SelectorError { key: expr.key.clone(), operator: other.to_owned() });
             }
         };
         out.push(LabelRequirement::new(expr.key.clone(), op));

@@ -3,9 +3,7 @@
 use serde_json::Value;
 
 use super::label::cel_string;
-use super::{
-    Decision, LabelOp, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter,
-};
+use super::{Decision, LabelOp, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter};
 
 /// Label every namespace carries with its own name (Kubernetes ≥ 1.21), used to render
 /// namespace-name matchers as a `namespaceSelector`.
@@ -21,10 +19,7 @@ impl Matcher for NamespaceLabelMatcher {
             // A Namespace object is matched on its own labels, as the API server does.
             if input.request.kind.kind == "Namespace" && input.request.kind.group.is_empty() {
                 let labels = input.object_map("labels");
-                return Decision::from_bool(
-                    self.0
-                        .matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str)),
-                );
+                return Decision::from_bool(self.0.matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str)));
             }
             return Decision::NoMatch;
         }
@@ -39,11 +34,7 @@ impl Matcher for NamespaceLabelMatcher {
     }
 
     fn server_filter(&self) -> ServerFilter {
-        ServerFilter {
-            namespace: vec![self.0.clone()],
-            exact: true,
-            ..ServerFilter::none()
-        }
+        ServerFilter { namespace: vec![self.0.clone()], exact: true, ..ServerFilter::none() }
     }
 
     fn describe(&self) -> String {
@@ -61,18 +52,12 @@ pub struct NamespaceNameMatcher {
 impl NamespaceNameMatcher {
     /// Namespaces other than `names`; cluster-scoped objects match.
     pub fn not_in<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            names: names.into_iter().map(Into::into).collect(),
-            negate: true,
-        }
+        Self { names: names.into_iter().map(Into::into).collect(), negate: true }
     }
 
     /// Only namespaces in `names`.
     pub fn one_of<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            names: names.into_iter().map(Into::into).collect(),
-            negate: false,
-        }
+        Self { names: names.into_iter().map(Into::into).collect(), negate: false }
     }
 
     /// The listed names.
@@ -84,20 +69,12 @@ impl NamespaceNameMatcher {
 
 impl Matcher for NamespaceNameMatcher {
     fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
-        let listed = input
-            .request
-            .namespace
-            .as_ref()
-            .is_some_and(|ns| self.names.contains(ns));
+        let listed = input.request.namespace.as_ref().is_some_and(|ns| self.names.contains(ns));
         Decision::from_bool(listed != self.negate)
     }
 
     fn server_filter(&self) -> ServerFilter {
-        let op = if self.negate {
-            LabelOp::NotIn(self.names.clone())
-        } else {
-            LabelOp::In(self.names.clone())
-        };
+        let op = if self.negate { LabelOp::NotIn(self.names.clone()) } else { LabelOp::In(self.names.clone()) };
         // Exact for namespaced objects; cluster-scoped ones are never filtered by a namespaceSelector
         // and are decided in-process, so the filter stays a necessary condition.
         ServerFilter {
@@ -108,11 +85,7 @@ impl Matcher for NamespaceNameMatcher {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "namespace {} [{}]",
-            if self.negate { "not in" } else { "in" },
-            self.names.join(", ")
-        )
+        format!("namespace {} [{}]", if self.negate { "not in" } else { "in" }, self.names.join(", "))
     }
 }
 
@@ -126,29 +99,18 @@ pub struct AnnotationMatcher {
 impl AnnotationMatcher {
     /// Annotation `key` is present.
     pub fn present(key: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            values: None,
-        }
+        Self { key: key.into(), values: None }
     }
 
     /// Annotation `key` has one of `values`.
-    pub fn value_in<S: Into<String>>(
-        key: impl Into<String>,
-        values: impl IntoIterator<Item = S>,
-    ) -> Self {
-        Self {
-            key: key.into(),
-            values: Some(values.into_iter().map(Into::into).collect()),
-        }
+    pub fn value_in<S: Into<String>>(key: impl Into<String>, values: impl IntoIterator<Item = S>) -> Self {
+        Self { key: key.into(), values: Some(values.into_iter().map(Into::into).collect()) }
     }
 }
 
 impl Matcher for AnnotationMatcher {
     fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
-        let value = input
-            .object_map("annotations")
-            .and_then(|m| m.get(&self.key));
+        let value = input.object_map("annotations").and_then(|m| m.get(&self.key));
         Decision::from_bool(match (&self.values, value) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -163,19 +125,11 @@ impl Matcher for AnnotationMatcher {
         let condition = match &self.values {
             None => present,
             Some(values) => {
-                let list = values
-                    .iter()
-                    .map(|v| cel_string(v))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = values.iter().map(|v| cel_string(v)).collect::<Vec<_>>().join(", ");
                 format!("{present} && {map}[{key}] in [{list}]")
             }
         };
-        ServerFilter {
-            condition: Some(condition),
-            exact: true,
-            ..ServerFilter::none()
-        }
+        ServerFilter { condition: Some(condition), exact: true, ..ServerFilter::none() }
     }
 
     fn describe(&self) -> String {
@@ -193,29 +147,14 @@ pub struct ObjectLabelMatcher(pub Vec<LabelRequirement>);
 impl Matcher for ObjectLabelMatcher {
     fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
         let labels = input.object_map("labels");
-        Decision::from_bool(
-            self.0
-                .iter()
-                .all(|r| r.matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str))),
-        )
+        Decision::from_bool(self.0.iter().all(|r| r.matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str))))
     }
 
     fn server_filter(&self) -> ServerFilter {
-        ServerFilter {
-            object: self.0.clone(),
-            exact: true,
-            ..ServerFilter::none()
-        }
+        ServerFilter { object: self.0.clone(), exact: true, ..ServerFilter::none() }
     }
 
     fn describe(&self) -> String {
-        format!(
-            "object labels {}",
-            self.0
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        )
+        format!("object labels {}", self.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
     }
 }

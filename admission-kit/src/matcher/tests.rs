@@ -15,18 +15,11 @@ fn request(namespace: Option<&str>, kind: &str) -> Request {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn eval(m: &dyn Matcher, req: &Request, object: &Value, ns: NamespaceView<'_>) -> Decision {
-    m.evaluate(&MatchInput {
-        request: req,
-        object: Some(object),
-        namespace: ns,
-    })
+    m.evaluate(&MatchInput { request: req, object: Some(object), namespace: ns })
 }
 
 #[test]
@@ -36,43 +29,16 @@ fn namespace_label_known_unknown_and_trusted() {
     let pod = json!({});
     let on = labels(&[("inject", "enabled")]);
     let off = labels(&[("inject", "disabled")]);
-    assert_eq!(
-        eval(&m, &req, &pod, NamespaceView::Known(&on)),
-        Decision::Match
-    );
-    assert_eq!(
-        eval(&m, &req, &pod, NamespaceView::Known(&off)),
-        Decision::NoMatch
-    );
-    assert!(matches!(
-        eval(&m, &req, &pod, NamespaceView::Unknown { enforced: &[] }),
-        Decision::Unknown(_)
-    ));
+    assert_eq!(eval(&m, &req, &pod, NamespaceView::Known(&on)), Decision::Match);
+    assert_eq!(eval(&m, &req, &pod, NamespaceView::Known(&off)), Decision::NoMatch);
+    assert!(matches!(eval(&m, &req, &pod, NamespaceView::Unknown { enforced: &[] }), Decision::Unknown(_)));
     let enforced = [m.0.clone()];
-    assert_eq!(
-        eval(
-            &m,
-            &req,
-            &pod,
-            NamespaceView::Unknown {
-                enforced: &enforced
-            }
-        ),
-        Decision::Match
-    );
+    assert_eq!(eval(&m, &req, &pod, NamespaceView::Unknown { enforced: &enforced }), Decision::Match);
     // Cluster-scoped objects have no namespace; a Namespace is matched on its own labels.
-    assert_eq!(
-        eval(&m, &request(None, "Node"), &pod, NamespaceView::Known(&on)),
-        Decision::NoMatch
-    );
+    assert_eq!(eval(&m, &request(None, "Node"), &pod, NamespaceView::Known(&on)), Decision::NoMatch);
     let ns_obj = json!({"metadata": {"labels": {"inject": "enabled"}}});
     assert_eq!(
-        eval(
-            &m,
-            &request(None, "Namespace"),
-            &ns_obj,
-            NamespaceView::Unknown { enforced: &[] }
-        ),
+        eval(&m, &request(None, "Namespace"), &ns_obj, NamespaceView::Unknown { enforced: &[] }),
         Decision::Match
     );
 }
@@ -94,40 +60,14 @@ fn namespace_names_and_annotations() {
     let empty = BTreeMap::new();
     let known = NamespaceView::Known(&empty);
     let not_system = namespace_not_in(["kube-system", "kube-public"]);
-    assert_eq!(
-        eval(
-            &not_system,
-            &request(Some("kube-system"), "Pod"),
-            &pod,
-            known
-        ),
-        Decision::NoMatch
-    );
-    assert_eq!(
-        eval(&not_system, &request(Some("apps"), "Pod"), &pod, known),
-        Decision::Match
-    );
+    assert_eq!(eval(&not_system, &request(Some("kube-system"), "Pod"), &pod, known), Decision::NoMatch);
+    assert_eq!(eval(&not_system, &request(Some("apps"), "Pod"), &pod, known), Decision::Match);
     let req = request(Some("apps"), "Pod");
-    assert_eq!(
-        eval(&has_annotation("x.io/inject"), &req, &pod, known),
-        Decision::Match
-    );
-    assert_eq!(
-        eval(&has_annotation("missing"), &req, &pod, known),
-        Decision::NoMatch
-    );
-    assert_eq!(
-        eval(&annotation_in("flag", ["on", "yes"]), &req, &pod, known),
-        Decision::Match
-    );
-    assert_eq!(
-        eval(&annotation_in("flag", ["off"]), &req, &pod, known),
-        Decision::NoMatch
-    );
-    assert_eq!(
-        eval(&has_annotation("x"), &req, &json!({"metadata": {}}), known),
-        Decision::NoMatch
-    );
+    assert_eq!(eval(&has_annotation("x.io/inject"), &req, &pod, known), Decision::Match);
+    assert_eq!(eval(&has_annotation("missing"), &req, &pod, known), Decision::NoMatch);
+    assert_eq!(eval(&annotation_in("flag", ["on", "yes"]), &req, &pod, known), Decision::Match);
+    assert_eq!(eval(&annotation_in("flag", ["off"]), &req, &pod, known), Decision::NoMatch);
+    assert_eq!(eval(&has_annotation("x"), &req, &json!({"metadata": {}}), known), Decision::NoMatch);
 }
 
 #[test]
@@ -135,38 +75,15 @@ fn combinators_use_three_valued_logic() {
     let req = request(Some("apps"), "Pod");
     let pod = json!({"metadata": {"labels": {"app": "web"}}});
     let unknown_ns = NamespaceView::Unknown { enforced: &[] };
-    let yes = || {
-        Box::new(object_labels([LabelRequirement::new(
-            "app",
-            LabelOp::Exists,
-        )])) as Box<dyn Matcher>
-    };
+    let yes = || Box::new(object_labels([LabelRequirement::new("app", LabelOp::Exists)])) as Box<dyn Matcher>;
     let no = || Box::new(has_annotation("nope")) as Box<dyn Matcher>;
     let maybe = || Box::new(namespace_label("a", "b")) as Box<dyn Matcher>;
-    assert_eq!(
-        eval(&all([yes(), no(), maybe()]), &req, &pod, unknown_ns),
-        Decision::NoMatch
-    );
-    assert!(matches!(
-        eval(&all([yes(), maybe()]), &req, &pod, unknown_ns),
-        Decision::Unknown(_)
-    ));
-    assert_eq!(
-        eval(&any([no(), maybe(), yes()]), &req, &pod, unknown_ns),
-        Decision::Match
-    );
-    assert!(matches!(
-        eval(&any([no(), maybe()]), &req, &pod, unknown_ns),
-        Decision::Unknown(_)
-    ));
-    assert_eq!(
-        eval(&not(has_annotation("nope")), &req, &pod, unknown_ns),
-        Decision::Match
-    );
-    assert!(matches!(
-        eval(&not(namespace_label("a", "b")), &req, &pod, unknown_ns),
-        Decision::Unknown(_)
-    ));
+    assert_eq!(eval(&all([yes(), no(), maybe()]), &req, &pod, unknown_ns), Decision::NoMatch);
+    assert!(matches!(eval(&all([yes(), maybe()]), &req, &pod, unknown_ns), Decision::Unknown(_)));
+    assert_eq!(eval(&any([no(), maybe(), yes()]), &req, &pod, unknown_ns), Decision::Match);
+    assert!(matches!(eval(&any([no(), maybe()]), &req, &pod, unknown_ns), Decision::Unknown(_)));
+    assert_eq!(eval(&not(has_annotation("nope")), &req, &pod, unknown_ns), Decision::Match);
+    assert!(matches!(eval(&not(namespace_label("a", "b")), &req, &pod, unknown_ns), Decision::Unknown(_)));
 }
 
 #[test]
@@ -175,18 +92,12 @@ fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
         Box::new(namespace_label("inject", "enabled")) as Box<dyn Matcher>,
         Box::new(namespace_not_in(["kube-system"])),
         Box::new(has_annotation("x.io/inject")),
-        Box::new(object_labels([LabelRequirement::new(
-            "app",
-            LabelOp::Exists,
-        )])),
+        Box::new(object_labels([LabelRequirement::new("app", LabelOp::Exists)])),
     ])
     .server_filter();
     assert_eq!(f.namespace.len(), 2);
     assert_eq!(f.namespace[1].key, NAMESPACE_NAME_LABEL);
-    assert_eq!(
-        f.object,
-        vec![LabelRequirement::new("app", LabelOp::Exists)]
-    );
+    assert_eq!(f.object, vec![LabelRequirement::new("app", LabelOp::Exists)]);
     assert_eq!(
         f.condition.as_deref(),
         Some("has(object.metadata.annotations) && 'x.io/inject' in object.metadata.annotations")
@@ -196,10 +107,7 @@ fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
     // OR of annotation and object label: CEL only.
     let f = any([
         Box::new(has_annotation("a")) as Box<dyn Matcher>,
-        Box::new(object_labels([LabelRequirement::new(
-            "b",
-            LabelOp::In(vec!["c".into()]),
-        )])),
+        Box::new(object_labels([LabelRequirement::new("b", LabelOp::In(vec!["c".into()]))])),
     ])
     .server_filter();
     assert!(f.exact && f.namespace.is_empty() && f.object.is_empty());
@@ -210,24 +118,15 @@ fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
         )
     );
     // OR involving a namespace label cannot be rendered: no filter at all (still necessary).
-    let f = any([
-        Box::new(has_annotation("a")) as Box<dyn Matcher>,
-        Box::new(namespace_label("x", "y")),
-    ])
-    .server_filter();
+    let f =
+        any([Box::new(has_annotation("a")) as Box<dyn Matcher>, Box::new(namespace_label("x", "y"))]).server_filter();
     assert_eq!(f, ServerFilter::none());
     // NOT of an exact CEL filter negates it; NOT of a namespace label is not rendered.
     assert_eq!(
-        not(has_annotation("a"))
-            .server_filter()
-            .condition
-            .as_deref(),
+        not(has_annotation("a")).server_filter().condition.as_deref(),
         Some("!(has(object.metadata.annotations) && 'a' in object.metadata.annotations)")
     );
-    assert_eq!(
-        not(namespace_label("x", "y")).server_filter(),
-        ServerFilter::none()
-    );
+    assert_eq!(not(namespace_label("x", "y")).server_filter(), ServerFilter::none());
 }
 
 #[test]
@@ -256,10 +155,7 @@ fn selectors_convert_both_ways() {
             LabelRequirement::new("b", LabelOp::DoesNotExist)
         ]
     );
-    assert_eq!(
-        reqs[1].to_k8s(),
-        selector.match_expressions.as_ref().unwrap()[0]
-    );
+    assert_eq!(reqs[1].to_k8s(), selector.match_expressions.as_ref().unwrap()[0]);
     let bad = LabelSelector {
         match_labels: None,
         match_expressions: Some(vec![LabelSelectorRequirement {

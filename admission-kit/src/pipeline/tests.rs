@@ -25,10 +25,7 @@ impl Mutator<Pod> for AddSidecar {
             image: Some("busybox".into()),
             ..Container::default()
         });
-        pod.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert("injected.example.com/by".into(), "test".into());
+        pod.metadata.annotations.get_or_insert_default().insert("injected.example.com/by".into(), "test".into());
         ctx.warn("sidecar added");
         ctx.audit_annotation("sidecar", "added");
         Ok(())
@@ -41,10 +38,7 @@ struct Fails(&'static str);
 #[async_trait]
 impl Mutator<Pod> for Fails {
     async fn mutate(&self, pod: &mut Pod, _: &mut Context<'_>) -> MutationResult {
-        pod.metadata
-            .labels
-            .get_or_insert_default()
-            .insert("partial".into(), "change".into());
+        pod.metadata.labels.get_or_insert_default().insert("partial".into(), "change".into());
         match self.0 {
             "deny" => Err(MutationError::deny("pods here need an owner label")),
             "panic" => panic!("boom"),
@@ -52,18 +46,12 @@ impl Mutator<Pod> for Fails {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Ok(())
             }
-            _ => Err(MutationError::caused_by(
-                "catalog unavailable",
-                std::io::Error::other("connection refused"),
-            )),
+            _ => Err(MutationError::caused_by("catalog unavailable", std::io::Error::other("connection refused"))),
         }
     }
 }
 
-#[allow(
-    clippy::needless_pass_by_value,
-    reason = "test helper called with inline literals"
-)]
+#[allow(clippy::needless_pass_by_value, reason = "test helper called with inline literals")]
 fn pod_review(object: Value, namespace: &str, operation: &str) -> Review {
     Review::v1(
         serde_json::from_value::<Request>(json!({
@@ -84,11 +72,7 @@ fn pod() -> Value {
 }
 
 fn pipeline(steps: Vec<Step>) -> Pipeline {
-    steps
-        .into_iter()
-        .fold(Pipeline::builder("test.example.com"), PipelineBuilder::step)
-        .build()
-        .unwrap()
+    steps.into_iter().fold(Pipeline::builder("test.example.com"), PipelineBuilder::step).build().unwrap()
 }
 
 #[tokio::test]
@@ -105,18 +89,9 @@ async fn typed_mutation_patches_only_what_changed() {
         ])
     );
     assert_eq!(out.answer.warnings, vec!["sidecar added"]);
-    assert_eq!(
-        out.answer
-            .audit_annotations
-            .get("sidecar")
-            .map(String::as_str),
-        Some("added")
-    );
+    assert_eq!(out.answer.audit_annotations.get("sidecar").map(String::as_str), Some("added"));
     let mutated = out.mutated.unwrap();
-    assert_eq!(
-        mutated["spec"]["containers"][0]["futureField"],
-        json!({"x": [1]})
-    );
+    assert_eq!(mutated["spec"]["containers"][0]["futureField"], json!({"x": [1]}));
     assert_eq!(mutated["metadata"]["futureMeta"], 7);
     assert_eq!(mutated["metadata"]["creationTimestamp"], Value::Null);
 }
@@ -141,26 +116,16 @@ async fn operations_kinds_and_subresources_filter_steps() {
 #[tokio::test]
 async fn denial_failure_modes_and_panics() {
     let review = pod_review(pod(), "apps", "CREATE");
-    let denied = pipeline(vec![
-        Step::new("owner", Fails("deny")).on_error(FailureMode::AllowWithWarning),
-    ])
-    .review(&review, None)
-    .await;
-    assert!(
-        !denied.answer.allowed,
-        "a denial is a decision, whatever the failure mode"
-    );
+    let denied = pipeline(vec![Step::new("owner", Fails("deny")).on_error(FailureMode::AllowWithWarning)])
+        .review(&review, None)
+        .await;
+    assert!(!denied.answer.allowed, "a denial is a decision, whatever the failure mode");
     assert_eq!(denied.answer.message, "pods here need an owner label");
     assert_eq!(denied.answer.code, 403);
 
-    let failed = pipeline(vec![Step::new("catalog", Fails("fail"))])
-        .review(&review, None)
-        .await;
+    let failed = pipeline(vec![Step::new("catalog", Fails("fail"))]).review(&review, None).await;
     assert!(!failed.answer.allowed);
-    assert_eq!(
-        failed.answer.message,
-        "catalog failed: catalog unavailable: connection refused"
-    );
+    assert_eq!(failed.answer.message, "catalog failed: catalog unavailable: connection refused");
 
     let lenient = pipeline(vec![
         Step::new("catalog", Fails("fail")).on_error(FailureMode::AllowWithWarning),
@@ -175,24 +140,15 @@ async fn denial_failure_modes_and_panics() {
         lenient.answer.warnings
     );
     let mutated = lenient.mutated.unwrap();
-    assert!(
-        mutated["metadata"].get("labels").is_none(),
-        "a failed step leaves no partial change"
-    );
-    assert_eq!(
-        mutated["spec"]["containers"][1]["name"], "sidecar",
-        "later steps still run"
-    );
+    assert!(mutated["metadata"].get("labels").is_none(), "a failed step leaves no partial change");
+    assert_eq!(mutated["spec"]["containers"][1]["name"], "sidecar", "later steps still run");
 
-    let panicked = pipeline(vec![
-        Step::new("buggy", Fails("panic")).on_error(FailureMode::AllowWithWarning),
-    ])
-    .review(&review, None)
-    .await;
+    let panicked = pipeline(vec![Step::new("buggy", Fails("panic")).on_error(FailureMode::AllowWithWarning)])
+        .review(&review, None)
+        .await;
     assert!(!panicked.answer.allowed);
     assert!(
-        panicked.answer.message.contains("buggy panicked")
-            && panicked.answer.message.contains("boom"),
+        panicked.answer.message.contains("buggy panicked") && panicked.answer.message.contains("boom"),
         "{}",
         panicked.answer.message
     );
@@ -206,13 +162,7 @@ async fn deadline_fails_a_slow_step_in_time() {
         Step::new("sidecar", AddSidecar),
     ]);
     let started = std::time::Instant::now();
-    let out = p
-        .review_until(
-            &review,
-            None,
-            Some(Instant::now() + Duration::from_millis(100)),
-        )
-        .await;
+    let out = p.review_until(&review, None, Some(Instant::now() + Duration::from_millis(100))).await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(out.answer.allowed);
     assert!(out.answer.warnings[0].contains("deadline"));
@@ -220,20 +170,10 @@ async fn deadline_fails_a_slow_step_in_time() {
 
 #[tokio::test]
 async fn undecodable_object_is_a_clear_failure() {
-    let review = pod_review(
-        json!({"metadata": {"name": 5}, "spec": {"containers": "nope"}}),
-        "apps",
-        "CREATE",
-    );
-    let out = pipeline(vec![Step::new("sidecar", AddSidecar)])
-        .review(&review, None)
-        .await;
+    let review = pod_review(json!({"metadata": {"name": 5}, "spec": {"containers": "nope"}}), "apps", "CREATE");
+    let out = pipeline(vec![Step::new("sidecar", AddSidecar)]).review(&review, None).await;
     assert!(!out.answer.allowed);
-    assert!(
-        out.answer.message.contains("does not decode as v1 Pod"),
-        "{}",
-        out.answer.message
-    );
+    assert!(out.answer.message.contains("does not decode as v1 Pod"), "{}", out.answer.message);
 }
 
 #[tokio::test]
@@ -248,32 +188,21 @@ async fn matchers_gate_steps_and_unknowns_fail_per_mode() {
     // Labels unknown: the requirement is in the rendered namespaceSelector, so it is trusted.
     assert!(p.review(&review, None).await.answer.is_patched());
     // Two steps with different requirements: neither is enforced by the webhook as a whole.
-    let two = pipeline(vec![
-        gated(),
-        Step::new("other", AddSidecar).when(matcher::namespace_label("other", "on")),
-    ]);
+    let two = pipeline(vec![gated(), Step::new("other", AddSidecar).when(matcher::namespace_label("other", "on"))]);
     assert!(two.server_filter().namespace.is_empty());
     let out = two.review(&review, None).await;
     assert!(!out.answer.allowed);
-    assert!(
-        out.answer.message.contains("namespace labels are unknown"),
-        "{}",
-        out.answer.message
-    );
+    assert!(out.answer.message.contains("namespace labels are unknown"), "{}", out.answer.message);
 }
 
 #[test]
 fn webhook_filter_keeps_what_every_step_requires() {
     let ns = || matcher::namespace_label("inject", "on");
     let p = pipeline(vec![
-        Step::new("a", AddSidecar).when(matcher::all([
-            Box::new(ns()) as Box<dyn Matcher>,
-            Box::new(matcher::has_annotation("a")),
-        ])),
-        Step::new("b", AddSidecar).when(matcher::all([
-            Box::new(ns()) as Box<dyn Matcher>,
-            Box::new(matcher::has_annotation("b")),
-        ])),
+        Step::new("a", AddSidecar)
+            .when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("a"))])),
+        Step::new("b", AddSidecar)
+            .when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("b"))])),
     ]);
     let f = p.server_filter();
     assert_eq!(f.namespace, vec![ns().0]);
@@ -283,10 +212,7 @@ fn webhook_filter_keeps_what_every_step_requires() {
             "(has(object.metadata.annotations) && 'a' in object.metadata.annotations) || (has(object.metadata.annotations) && 'b' in object.metadata.annotations)"
         )
     );
-    let ungated = pipeline(vec![
-        Step::new("a", AddSidecar).when(ns()),
-        Step::new("b", AddSidecar),
-    ]);
+    let ungated = pipeline(vec![Step::new("a", AddSidecar).when(ns()), Step::new("b", AddSidecar)]);
     assert_eq!(ungated.server_filter().condition, None);
     assert!(ungated.server_filter().namespace.is_empty());
 }
@@ -294,35 +220,20 @@ fn webhook_filter_keeps_what_every_step_requires() {
 #[test]
 fn builder_rejects_bad_pipelines() {
     assert_eq!(
-        Pipeline::builder("short.name")
-            .step(Step::new("a", AddSidecar))
-            .build()
-            .unwrap_err(),
+        Pipeline::builder("short.name").step(Step::new("a", AddSidecar)).build().unwrap_err(),
         PipelineError::BadName("short.name".into())
     );
+    assert!(matches!(Pipeline::builder("a.b.c").build(), Err(PipelineError::NoSteps(_))));
     assert!(matches!(
-        Pipeline::builder("a.b.c").build(),
-        Err(PipelineError::NoSteps(_))
-    ));
-    assert!(matches!(
-        Pipeline::builder("a.b.c")
-            .step(Step::new("x", AddSidecar))
-            .step(Step::new("x", AddSidecar))
-            .build(),
+        Pipeline::builder("a.b.c").step(Step::new("x", AddSidecar)).step(Step::new("x", AddSidecar)).build(),
         Err(PipelineError::DuplicateStep { .. })
     ));
     assert!(matches!(
-        Pipeline::builder("a.b.c")
-            .step(Step::new("x", AddSidecar))
-            .timeout_seconds(31)
-            .build(),
+        Pipeline::builder("a.b.c").step(Step::new("x", AddSidecar)).timeout_seconds(31).build(),
         Err(PipelineError::BadTimeout(_, 31))
     ));
     assert!(matches!(
-        Pipeline::builder("a.b.c")
-            .step(Step::new("x", AddSidecar))
-            .path("mutate")
-            .build(),
+        Pipeline::builder("a.b.c").step(Step::new("x", AddSidecar)).path("mutate").build(),
         Err(PipelineError::BadPath(..))
     ));
 }
@@ -342,11 +253,7 @@ fn rendered_webhook_configuration() {
         .unwrap();
     let options = WebhookConfigOptions::new(
         "injector",
-        ClientTarget::Service {
-            namespace: "sys".into(),
-            name: "inj".into(),
-            port: 443,
-        },
+        ClientTarget::Service { namespace: "sys".into(), name: "inj".into(), port: 443 },
     )
     .ca_bundle(b"PEM".to_vec())
     .exclude_namespaces(["sys"]);

@@ -119,9 +119,7 @@ impl Activity {
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Acquire) == 0 {
-            let _ =
-                self.request_started
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+            let _ = self.request_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
     fn on_write(&self) {
@@ -133,9 +131,7 @@ impl Connection {
     async fn serve(mut self, stream: TcpStream) {
         let metrics = self.shared.metrics.clone();
         let config = &self.shared.config;
-        let tls = match tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream))
-            .await
-        {
+        let tls = match tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
                 metrics.handshake_failures.inc();
@@ -155,25 +151,15 @@ impl Connection {
             last: AtomicU64::new(1),
             request_started: AtomicU64::new(0),
         });
-        let io = TokioIo::new(Tracked {
-            inner: tls,
-            activity: activity.clone(),
-        });
-        let service = TrackedService {
-            router: self.router.clone(),
-            activity: activity.clone(),
-        };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(io, service);
+        let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
+        let service = TrackedService { router: self.router.clone(), activity: activity.clone() };
+        let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
         tokio::pin!(conn);
-        let tick = (config.header_read_timeout.min(config.idle_timeout) / 4)
-            .max(Duration::from_millis(10));
+        let tick = (config.header_read_timeout.min(config.idle_timeout) / 4).max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
-        let header_limit =
-            u64::try_from(config.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
+        let header_limit = u64::try_from(config.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
         let idle_limit = u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         loop {
             tokio::select! {
@@ -253,11 +239,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<T: AsyncRead> AsyncRead for Tracked<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.inner.poll_read(cx, buf);
@@ -269,11 +251,7 @@ impl<T: AsyncRead> AsyncRead for Tracked<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {

@@ -27,10 +27,7 @@ struct Hook {
 pub(crate) fn webhook_router(pipelines: &[Pipeline], shared: &Arc<Shared>) -> Router {
     let mut router = Router::new();
     for pipeline in pipelines {
-        let hook = Arc::new(Hook {
-            pipeline: pipeline.clone(),
-            shared: shared.clone(),
-        });
+        let hook = Arc::new(Hook { pipeline: pipeline.clone(), shared: shared.clone() });
         router = router.route(pipeline.path(), post(review).with_state(hook));
     }
     let paths: Vec<String> = pipelines.iter().map(|p| p.path().to_owned()).collect();
@@ -65,14 +62,10 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let value: f64 = rest[..number_len].parse().ok()?;
         rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -90,42 +83,25 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
 
 /// The time to answer by: the API server's `?timeout=` (or the pipeline's `timeoutSeconds`) less a
 /// margin for the answer's trip back, and never later than the server's request timeout.
-fn deadline(
-    start: Instant,
-    query: Option<&str>,
-    pipeline: &Pipeline,
-    request_timeout: Duration,
-) -> Instant {
+fn deadline(start: Instant, query: Option<&str>, pipeline: &Pipeline, request_timeout: Duration) -> Instant {
     let asked = query
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("timeout=")))
         .and_then(parse_go_duration)
-        .unwrap_or_else(|| {
-            Duration::from_secs(u64::try_from(pipeline.timeout_seconds()).unwrap_or(10))
-        });
+        .unwrap_or_else(|| Duration::from_secs(u64::try_from(pipeline.timeout_seconds()).unwrap_or(10)));
     let budget = asked.min(request_timeout);
     let margin = (budget / 10).min(Duration::from_millis(250));
     start + budget.saturating_sub(margin)
 }
 
 fn text(status: StatusCode, message: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        message + "\n",
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message + "\n").into_response()
 }
 
 fn json(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn review(
-    State(hook): State<Arc<Hook>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     let start = Instant::now();
     let shared = &hook.shared;
     let metrics = &shared.metrics;
@@ -133,11 +109,7 @@ async fn review(
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if !json_body {
         count_invalid(shared, webhook);
         return text(
@@ -147,11 +119,7 @@ async fn review(
     }
     let review = match Review::from_slice(&body) {
         Ok(review) => review,
-        Err(DecodeError::MalformedRequest {
-            uid,
-            api_version,
-            source,
-        }) => {
+        Err(DecodeError::MalformedRequest { uid, api_version, source }) => {
             count_invalid(shared, webhook);
             tracing::warn!(%uid, error = %source, "malformed admission request");
             let answer = Answer::deny(
@@ -179,23 +147,11 @@ async fn review(
         name = %request.name,
         operation = ?request.operation,
     );
-    let labels = request
-        .namespace
-        .as_deref()
-        .and_then(|ns| shared.namespaces.labels(ns));
-    let deadline = deadline(
-        start,
-        query.as_deref(),
-        &hook.pipeline,
-        shared.config.request_timeout,
-    );
+    let labels = request.namespace.as_deref().and_then(|ns| shared.namespaces.labels(ns));
+    let deadline = deadline(start, query.as_deref(), &hook.pipeline, shared.config.request_timeout);
     let outcome = hook
         .pipeline
-        .review_until(
-            &review,
-            labels.as_ref().map(crate::namespaces::NamespaceLabels::get),
-            Some(deadline),
-        )
+        .review_until(&review, labels.as_ref().map(crate::namespaces::NamespaceLabels::get), Some(deadline))
         .instrument(span.clone())
         .await;
     record(shared, webhook, &outcome, &span);
@@ -210,9 +166,7 @@ async fn review(
         .inc();
     metrics
         .duration
-        .get_or_create(&WebhookLabels {
-            webhook: webhook.to_owned(),
-        })
+        .get_or_create(&WebhookLabels { webhook: webhook.to_owned() })
         .observe(start.elapsed().as_secs_f64());
     metrics.in_flight.dec();
     response
@@ -245,10 +199,7 @@ fn encode(answer: &Answer) -> Response {
         Ok(body) => json(body),
         Err(error) => {
             tracing::error!(%error, "failed to encode the answer");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("failed to encode the answer: {error}"),
-            )
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to encode the answer: {error}"))
         }
     }
 }
@@ -256,19 +207,13 @@ fn encode(answer: &Answer) -> Response {
 fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Span) {
     let _entered = span.enter();
     for report in &outcome.steps {
-        let labels = || StepLabels {
-            webhook: webhook.to_owned(),
-            step: report.step.clone(),
-        };
+        let labels = || StepLabels { webhook: webhook.to_owned(), step: report.step.clone() };
         match &report.result {
             StepResult::Panicked(message) => {
                 shared.metrics.panics.get_or_create(&labels()).inc();
                 tracing::error!(step = %report.step, %message, "mutator panicked; denied");
             }
-            StepResult::Failed {
-                message,
-                mode: FailureMode::AllowWithWarning,
-            } => {
+            StepResult::Failed { message, mode: FailureMode::AllowWithWarning } => {
                 shared.metrics.fail_open.get_or_create(&labels()).inc();
                 tracing::warn!(step = %report.step, %message, "step failed; admitted without its change");
             }
@@ -278,7 +223,7 @@ fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Spa
             }
             StepResult::Denied(message) => tracing::info!(step = %report.step, %message, "denied"),
             StepResult::Applied { changed } => {
-                tracing::debug!(step = %report.step, changed, "applied")
+                tracing::debug!(step = %report.step, changed, "applied");
             }
             StepResult::Skipped(reason) => tracing::trace!(step = %report.step, %reason, "skipped"),
         }

@@ -13,19 +13,14 @@ struct DefaultLabels;
 impl Mutator<Pod> for DefaultLabels {
     async fn mutate(&self, pod: &mut Pod, _ctx: &mut Context<'_>) -> MutationResult {
         let labels = pod.metadata.labels.get_or_insert_default();
-        labels
-            .entry("team".into())
-            .or_insert_with(|| "unassigned".into());
+        labels.entry("team".into()).or_insert_with(|| "unassigned".into());
         Ok(())
     }
 }
 
 fn pipeline() -> Pipeline {
     Pipeline::builder("default-labels.admission-kit.dev")
-        .step(
-            Step::new("default-labels", DefaultLabels)
-                .when(matcher::namespace_label("default-labels", "enabled")),
-        )
+        .step(Step::new("default-labels", DefaultLabels).when(matcher::namespace_label("default-labels", "enabled")))
         .build()
         .expect("the pipeline is valid")
 }
@@ -41,33 +36,20 @@ mod tests {
     use admission_kit::testing::{Harness, review};
 
     fn harness() -> Harness {
-        Harness::new(pipeline())
-            .namespace("on", [("default-labels", "enabled")])
-            .namespace("off", [("other", "x")])
+        Harness::new(pipeline()).namespace("on", [("default-labels", "enabled")]).namespace("off", [("other", "x")])
     }
 
     #[tokio::test]
     async fn labels_pods_in_enabled_namespaces_only() {
-        let checked = harness()
-            .check(&review(&Pod::default()).namespace("on").build())
-            .await;
-        assert_eq!(
-            checked.patched()["metadata"]["labels"]["team"],
-            "unassigned"
-        );
-        harness()
-            .check(&review(&Pod::default()).namespace("off").build())
-            .await
-            .assert_unchanged();
+        let checked = harness().check(&review(&Pod::default()).namespace("on").build()).await;
+        assert_eq!(checked.patched()["metadata"]["labels"]["team"], "unassigned");
+        harness().check(&review(&Pod::default()).namespace("off").build()).await.assert_unchanged();
     }
 
     #[tokio::test]
     async fn keeps_the_team_a_pod_names() {
         let mut pod = Pod::default();
         pod.metadata.labels = Some([("team".into(), "payments".into())].into());
-        harness()
-            .check(&review(&pod).namespace("on").build())
-            .await
-            .assert_unchanged();
+        harness().check(&review(&pod).namespace("on").build()).await.assert_unchanged();
     }
 }
