@@ -79,8 +79,7 @@ pub struct Metrics {
     pub cert_expiry: Gauge<f64, AtomicU64>,
     /// Whether the server is draining (1) or not (0).
     pub draining: Gauge,
-    /// Errors in plugin-defined sources (catalogs, caches), by source; plugins register their own.
-    pub registry: Registry,
+    registry: Registry,
 }
 
 impl Metrics {
@@ -140,6 +139,12 @@ impl Metrics {
             draining,
             registry,
         }
+    }
+
+    /// The registry, for a plugin to register its own metrics (e.g. catalog reloads) under the
+    /// same prefix before the metrics are handed to the server.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// The Prometheus text exposition of every registered metric.

@@ -582,3 +582,111 @@ async fn connection_cap_refuses_extra_connections() {
     assert!(metrics.contains("admission_kit_connections_refused_total 1"), "{metrics}");
     server.shutdown_and_wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn unready_until_caches_sync() {
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::new(ServerConfig::local(), [pipeline()])
+        .ready_when(async move {
+            let _ = synced_rx.await;
+        })
+        .start()
+        .await
+        .unwrap();
+    let readyz = format!("http://{}/readyz", server.admin_addr());
+    let r = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("1 cache(s) not yet synced"));
+    assert_eq!(reqwest::get(format!("http://{}/livez", server.admin_addr())).await.unwrap().status(), 200);
+    synced_tx.send(()).unwrap();
+    let started = Instant::now();
+    while reqwest::get(&readyz).await.unwrap().status() != 200 {
+        assert!(started.elapsed() < Duration::from_secs(2), "never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.shutdown_and_wait().await.unwrap();
+}
+
+/// Reads one HTTP/1.1 response (headers and a `Content-Length` body) from a raw stream.
+async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed mid-response: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_and_slow_bodies_get_408() {
+    let mut config = ServerConfig::local();
+    config.idle_timeout = Duration::from_millis(300);
+    config.request_timeout = Duration::from_millis(300);
+    let server = start(config).await;
+    let ca = server.ca_pem().unwrap().to_owned();
+
+    // Keep-alive: two requests on one connection, then silence until the idle timeout.
+    let mut tls = tls_connect(server.webhook_addr(), &ca).await;
+    for uid in ["ka-1", "ka-2"] {
+        let body = pod_body("on", uid, None);
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&body).await.unwrap();
+        let response = read_response(&mut tls).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains(uid));
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection must be closed after the idle timeout");
+    assert!(rest.is_empty(), "nothing more is sent on an idle connection: {}", String::from_utf8_lossy(&rest));
+
+    // A body that stops arriving is answered with 408 after the request timeout.
+    let mut tls = tls_connect(server.webhook_addr(), &ca).await;
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\"")
+        .await
+        .unwrap();
+    let response = read_response(&mut tls).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    server.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_bodies_in_process_get_400_not_a_crash() {
+    let router = admission_kit::server::router(ServerConfig::local(), &[pipeline()], namespaces());
+    let deep = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"deep","object":{}{}}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let (status, body) = testing::call_router(&router, "/mutate", deep.into_bytes()).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("recursion limit"), "{}", String::from_utf8_lossy(&body));
+    let mut not_utf8 = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""#.to_vec();
+    not_utf8.extend_from_slice(&[0xff, 0xfe]);
+    not_utf8.extend_from_slice(br#""}}"#);
+    let (status, body) = testing::call_router(&router, "/mutate", not_utf8).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = testing::call_router(&router, "/mutate", pod_body("on", "in-process", None)).await;
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status.as_u16(), &review["response"]["uid"], &review["response"]["patchType"]),
+        (200, &json!("in-process"), &json!("JSONPatch"))
+    );
+}

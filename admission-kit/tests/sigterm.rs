@@ -37,6 +37,8 @@ async fn child_server() {
     let Ok(ca_path) = std::env::var(CHILD) else {
         return;
     };
+    admission_kit::telemetry::init(admission_kit::telemetry::LogFormat::Json, Some("info,admission_kit=debug"))
+        .unwrap();
     let mut config = ServerConfig::local();
     config.drain_delay = Duration::from_millis(800);
     let pipeline = Pipeline::builder("sigterm.test.example.com").step(Step::new("label", Label)).build().unwrap();
@@ -55,7 +57,7 @@ async fn child_server() {
 
 fn body(name: &str, uid: &str) -> String {
     format!(
-        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"{uid}","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"namespace":"default","operation":"CREATE","object":{{"metadata":{{"name":"{name}"}},"spec":{{"containers":[{{"name":"a"}}]}}}}}}}}"#
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"{uid}","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"name":"{name}","namespace":"default","operation":"CREATE","object":{{"metadata":{{"name":"{name}"}},"spec":{{"containers":[{{"name":"a"}}]}}}}}}}}"#
     )
 }
 
@@ -70,18 +72,10 @@ async fn sigterm_under_load_fails_no_request() {
         .args(["child_server", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, &ca_path)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = loop {
-        let line = lines.next().expect("the child prints READY").unwrap();
-        // libtest prints `test child_server ... ` on the same line first.
-        if let Some((_, rest)) = line.split_once("READY ") {
-            break rest.to_owned();
-        }
-    };
-    let mut ports = ready.split(' ').map(|p| p.parse::<u16>().unwrap());
-    let (webhook, admin) = (ports.next().unwrap(), ports.next().unwrap());
+    let (logs, mut lines, webhook, admin) = watch_child(&mut child);
     let ca = std::fs::read(&ca_path).unwrap();
     let client = reqwest::Client::builder()
         .http1_only()
@@ -157,4 +151,47 @@ async fn sigterm_under_load_fails_no_request() {
     assert!(lines.any(|l| l.is_ok_and(|l| l.contains("STOPPED"))), "the server stopped through its drain path");
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no request may fail (of {})", total.load(Ordering::Relaxed));
     assert!(during_drain.load(Ordering::Relaxed) > 0, "requests were served while draining");
+
+    assert_structured_logs(&logs.join().unwrap());
+}
+
+/// One JSON object per line, each review's line carrying its span's fields.
+fn assert_structured_logs(logs: &str) {
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let answered = lines
+        .iter()
+        .find(|l| l["message"] == "answered" && l["span"]["uid"] == "0-3")
+        .unwrap_or_else(|| panic!("no `answered` line for uid 0-3 in:\n{logs}"));
+    assert_eq!(answered["span"]["kind"], "Pod");
+    assert_eq!(answered["span"]["namespace"], "default");
+    assert_eq!(answered["span"]["object_name"], "slow");
+    assert_eq!(answered["span"]["operation"], "Create");
+    assert_eq!(answered["span"]["webhook"], "sigterm.test.example.com");
+    assert_eq!(answered["result"], "patched");
+    assert!(lines.iter().any(|l| l["message"] == "SIGTERM received"), "{logs}");
+}
+
+type ChildLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Collects the child's logs on a thread (a full pipe must never block it) and waits for its
+/// `READY <webhook port> <admin port>` line.
+fn watch_child(child: &mut std::process::Child) -> (std::thread::JoinHandle<String>, ChildLines, u16, u16) {
+    // Drain the child's logs as they come so a full pipe never blocks it.
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines.next().expect("the child prints READY").unwrap();
+        // libtest prints `test child_server ... ` on the same line first.
+        if let Some((_, rest)) = line.split_once("READY ") {
+            break rest.to_owned();
+        }
+    };
+    let mut ports = ready.split(' ').map(|p| p.parse::<u16>().unwrap());
+    (logs, lines, ports.next().unwrap(), ports.next().unwrap())
 }

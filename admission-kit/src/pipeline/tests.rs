@@ -289,3 +289,22 @@ fn rendered_webhook_configuration() {
     );
     assert_eq!(hook["clientConfig"]["caBundle"], "UEVN");
 }
+
+#[test]
+fn namespace_requirements_are_split_into_trusted_and_undecidable() {
+    let shared = || matcher::namespace_label("inject", "on");
+    let p = pipeline(vec![
+        Step::new("a", AddSidecar).when(matcher::all([
+            Box::new(shared()) as Box<dyn Matcher>,
+            Box::new(matcher::namespace_not_in(["kube-system"])),
+        ])),
+        Step::new("b", AddSidecar).when(matcher::all([
+            Box::new(shared()) as Box<dyn Matcher>,
+            Box::new(matcher::namespace_label("tier", "gold")),
+        ])),
+    ]);
+    let (trusted, unchecked) = p.namespace_label_needs();
+    assert_eq!(trusted, vec![shared().0]);
+    // The name requirement is decided from the request's namespace, never from labels.
+    assert_eq!(unchecked, vec![matcher::namespace_label("tier", "gold").0]);
+}

@@ -144,7 +144,7 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
         uid = %request.uid,
         kind = %request.kind.kind,
         namespace = request.namespace.as_deref().unwrap_or(""),
-        name = %request.name,
+        object_name = %request.name,
         operation = ?request.operation,
     );
     let labels = request.namespace.as_deref().and_then(|ns| shared.namespaces.labels(ns));
