@@ -12,7 +12,8 @@
 //!
 //! [`server`] serves pipelines over HTTPS (rustls, HTTP/1.1 keep-alive, certificate hot reload) with
 //! admin endpoints, Prometheus metrics, limits, deadlines and graceful drain; [`cli`] wraps it in a
-//! ready-made command line. The `testing` feature adds [`testing`], a kit for plugin authors' tests.
+//! ready-made command line. The `testing` feature adds the `testing` module, a kit for plugin
+//! authors' tests.
 //!
 //! ```no_run
 //! use admission_kit::prelude::*;

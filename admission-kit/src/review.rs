@@ -97,6 +97,17 @@ pub struct Request {
     pub options: Option<Value>,
 }
 
+/// The wire name of an operation (`CREATE`, …), as used in webhook rules and metrics.
+#[must_use]
+pub fn operation_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
 /// A decoded review: the request and the API version to answer in.
 #[derive(Clone, Debug)]
 pub struct Review {

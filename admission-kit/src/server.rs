@@ -1,12 +1,24 @@
 //! The webhook server runtime: HTTPS for reviews, plain HTTP for probes and metrics.
 //!
-//! Built directly on tokio, tokio-rustls, hyper and axum rather than on `kubert` or `axum-server`.
-//! `kubert` ties its server to its own CLI arguments and kube client set-up and offers no body cap,
-//! connection cap or per-connection idle/header timeouts; `axum-server` reloads certificates but
-//! does not expose connection-level draining and limits. What a webhook needs here is a small
-//! accept loop we own: a connection cap, a handshake timeout, a header-read timeout separate from
-//! the keep-alive idle timeout (hyper's own header timer also closes idle keep-alive connections),
-//! certificate swaps per handshake, and a drain that closes keep-alive connections one by one.
+//! # Why not `kubert` or `axum-server`
+//!
+//! Built directly on tokio, tokio-rustls, hyper and axum. The two ready-made options were read
+//! (kubert 0.25's `server` module, axum-server 0.9) and set aside:
+//!
+//! - **kubert** re-reads and re-parses the certificate and key files for *every* connection (a
+//!   disk read per handshake, and a rotation caught between the two writes fails that connection
+//!   instead of keeping the last good pair); its header-read timeout is a fixed 2 s, which in hyper
+//!   also closes idle keep-alive connections after 2 s and so forces the API server to re-handshake;
+//!   it has no connection cap, no handshake timeout and no body cap; and it pins kube 1.1, while this
+//!   crate builds on kube 5.
+//! - **axum-server** reloads certificates and shuts down gracefully, but keeps the accept loop to
+//!   itself: no connection cap, and for keep-alive connections only hyper's header timer or a
+//!   first-request timeout, no idle timeout of their own.
+//!
+//! What a webhook needs is a small accept loop we own (`server/conn.rs`): a connection cap, a
+//! handshake timeout, a header-read timeout separate from the keep-alive idle timeout, a certificate
+//! swapped atomically for new handshakes after a background poll validated it, and a drain that asks
+//! each keep-alive connection to close after its in-flight request.
 //!
 //! Behaviour follows the webhook contract in
 //! <https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/>:

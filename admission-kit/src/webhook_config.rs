@@ -12,7 +12,6 @@ use k8s_openapi::api::admissionregistration::v1::{
     WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::core::admission::Operation;
 
 use crate::matcher::LabelRequirement;
 use crate::pipeline::{FailurePolicy, Pipeline, ReinvocationPolicy, ResourceTarget};
@@ -70,15 +69,6 @@ impl WebhookConfigOptions {
     }
 }
 
-fn operation_name(op: &Operation) -> &'static str {
-    match op {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
-}
-
 fn selector(requirements: &[LabelRequirement]) -> LabelSelector {
     LabelSelector {
         match_expressions: (!requirements.is_empty())
@@ -94,7 +84,7 @@ pub fn render_webhook(pipeline: &Pipeline, options: &WebhookConfigOptions) -> Mu
     for step in pipeline.steps() {
         let ops = rules.entry(step.target().clone()).or_default();
         for op in step.served_operations() {
-            let name = operation_name(op);
+            let name = crate::review::operation_name(op);
             if !ops.contains(&name) {
                 ops.push(name);
             }

@@ -160,7 +160,7 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
         .requests
         .get_or_create(&ReviewLabels {
             webhook: webhook.to_owned(),
-            operation: operation_name(&request.operation).to_owned(),
+            operation: crate::review::operation_name(&request.operation).to_owned(),
             result: outcome.answer.result_label().to_owned(),
         })
         .inc();
@@ -170,16 +170,6 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
         .observe(start.elapsed().as_secs_f64());
     metrics.in_flight.dec();
     response
-}
-
-fn operation_name(op: &kube::core::admission::Operation) -> &'static str {
-    use kube::core::admission::Operation;
-    match op {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
 }
 
 fn count_invalid(shared: &Shared, webhook: &str) {
