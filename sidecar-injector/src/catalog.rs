@@ -1,0 +1,287 @@
+//! The sidecar catalog: named entries of containers, init containers, volumes, image pull secrets,
+//! annotations and labels, read from either Expedia format.
+//!
+//! - 2019 (`sidecarconfig.yaml`): `sidecars: [{name, sidecar: {containers, volumes, …}}]`
+//! - 2022 (`sidecars.yaml` key of a ConfigMap): a plain list `[{name, containers, …}]`
+//!
+//! Containers, volumes and the rest are kept as raw JSON, so every field an entry carries reaches
+//! the pod — including fields newer than any typed struct (for example `restartPolicy: Always` on an
+//! init container). Entry-level keys are checked: a misspelt `contianers` is an error, not a silently
+//! empty sidecar.
+
+mod source;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+pub use source::{CatalogSource, CatalogStore, SourceKind, load as load_sources};
+
+/// One sidecar of the catalog.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SidecarEntry {
+    /// The name pods ask for in their `inject` annotation.
+    pub name: String,
+    /// Containers appended to `spec.containers` (or, for a native sidecar, prepended to
+    /// `spec.initContainers` with `restartPolicy: Always`).
+    pub containers: Vec<Value>,
+    /// Containers appended to `spec.initContainers`.
+    pub init_containers: Vec<Value>,
+    /// Volumes appended to `spec.volumes`.
+    pub volumes: Vec<Value>,
+    /// Entries appended to `spec.imagePullSecrets`.
+    pub image_pull_secrets: Vec<Value>,
+    /// Annotations added to the pod.
+    pub annotations: BTreeMap<String, String>,
+    /// Labels added to the pod.
+    pub labels: BTreeMap<String, String>,
+    /// Inject `containers` as native sidecars (init containers with `restartPolicy: Always`).
+    pub native_sidecar: bool,
+    /// Namespaces where this sidecar may be injected; `None` means everywhere.
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl SidecarEntry {
+    /// Names of every container this entry adds (containers and init containers).
+    pub fn container_names(&self) -> impl Iterator<Item = &str> {
+        self.containers.iter().chain(&self.init_containers).filter_map(|c| c.get("name").and_then(Value::as_str))
+    }
+
+    /// Names of the volumes this entry adds.
+    pub fn volume_names(&self) -> impl Iterator<Item = &str> {
+        self.volumes.iter().filter_map(|v| v.get("name").and_then(Value::as_str))
+    }
+}
+
+/// Why a catalog could not be read. Messages name the source and, for syntax errors, the line.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// A file or directory could not be read.
+    #[error("failed to read catalog {source_name}: {message}")]
+    Io {
+        /// The file or directory.
+        source_name: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The text is not YAML/JSON.
+    #[error("failed to parse catalog {source_name}: {message}")]
+    Syntax {
+        /// The file (or config key).
+        source_name: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The document is YAML but not a catalog.
+    #[error("invalid catalog {source_name}: {message}")]
+    Invalid {
+        /// The file (or config key).
+        source_name: String,
+        /// What is wrong, naming the entry and field.
+        message: String,
+    },
+    /// Two sources define the same sidecar.
+    #[error("sidecar `{name}` is defined twice: in {first} and in {second}")]
+    Duplicate {
+        /// The sidecar name.
+        name: String,
+        /// Where it was first defined.
+        first: String,
+        /// Where it was defined again.
+        second: String,
+    },
+}
+
+/// A set of sidecars by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Catalog {
+    entries: BTreeMap<String, (Arc<SidecarEntry>, String)>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds entries read from `source_name`; a name already present is an error.
+    pub fn extend(&mut self, entries: Vec<SidecarEntry>, source_name: &str) -> Result<(), CatalogError> {
+        for entry in entries {
+            if let Some((_, first)) = self.entries.get(&entry.name) {
+                return Err(CatalogError::Duplicate {
+                    name: entry.name.clone(),
+                    first: first.clone(),
+                    second: source_name.to_owned(),
+                });
+            }
+            self.entries.insert(entry.name.clone(), (Arc::new(entry), source_name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The entry called `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&Arc<SidecarEntry>> {
+        self.entries.get(name).map(|(e, _)| e)
+    }
+
+    /// The known names, sorted.
+    #[must_use]
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    /// How many sidecars the catalog holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the catalog is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Display for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.names();
+        if names.is_empty() { f.write_str("(empty catalog)") } else { f.write_str(&names.join(", ")) }
+    }
+}
+
+/// Reads YAML or JSON text into JSON, with the parser's line and column on error.
+pub fn parse_yaml(text: &str, source_name: &str) -> Result<Value, CatalogError> {
+    serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| CatalogError::Syntax { source_name: source_name.to_owned(), message: e.to_string() })
+}
+
+/// Parses a catalog document in either Expedia format (detected from its shape).
+pub fn parse_catalog(text: &str, source_name: &str) -> Result<Vec<SidecarEntry>, CatalogError> {
+    let document = parse_yaml(text, source_name)?;
+    entries_from_value(&document, source_name)
+}
+
+/// Reads catalog entries from an already-parsed document (either format, or `null` for none).
+pub fn entries_from_value(document: &Value, source_name: &str) -> Result<Vec<SidecarEntry>, CatalogError> {
+    let invalid = |message: String| CatalogError::Invalid { source_name: source_name.to_owned(), message };
+    match document {
+        Value::Null => Ok(Vec::new()),
+        // 2022: a plain list of entries.
+        Value::Array(items) => items.iter().enumerate().map(|(i, item)| entry(item, i, false).map_err(invalid)).collect(),
+        // 2019: `sidecars: [{name, sidecar: {...}}]`.
+        Value::Object(map) => {
+            if let Some(extra) = map.keys().find(|k| k.as_str() != "sidecars") {
+                return Err(invalid(format!(
+                    "unknown top-level key `{extra}`; a catalog is a list of sidecars (2022 format) or `sidecars:` (2019 format)"
+                )));
+            }
+            match map.get("sidecars") {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(items)) => {
+                    items.iter().enumerate().map(|(i, item)| entry(item, i, true).map_err(invalid)).collect()
+                }
+                Some(_) => Err(invalid("`sidecars` must be a list".to_owned())),
+            }
+        }
+        _ => Err(invalid("a catalog is a list of sidecars (2022 format) or a map with `sidecars:` (2019 format)".into())),
+    }
+}
+
+const ENTRY_FIELDS: [&str; 8] =
+    ["containers", "initContainers", "volumes", "imagePullSecrets", "annotations", "labels", "nativeSidecar", "namespaces"];
+
+fn entry(item: &Value, index: usize, nested_2019: bool) -> Result<SidecarEntry, String> {
+    let Value::Object(map) = item else { return Err(format!("entry {index} is not a map")) };
+    let name = match map.get("name") {
+        Some(Value::String(n)) if !n.trim().is_empty() => n.trim().to_owned(),
+        _ => return Err(format!("entry {index} has no `name`")),
+    };
+    let fields: &Map<String, Value> = if nested_2019 {
+        if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "name" | "sidecar")) {
+            return Err(format!("sidecar `{name}`: unknown key `{extra}` (2019 entries have `name` and `sidecar`)"));
+        }
+        match map.get("sidecar") {
+            Some(Value::Object(inner)) => inner,
+            None | Some(Value::Null) => &Map::new(),
+            Some(_) => return Err(format!("sidecar `{name}`: `sidecar` must be a map")),
+        }
+    } else {
+        map
+    };
+    if let Some(extra) = fields.keys().find(|k| k.as_str() != "name" && !ENTRY_FIELDS.contains(&k.as_str())) {
+        return Err(format!("sidecar `{name}`: unknown key `{extra}`; known keys: {}", ENTRY_FIELDS.join(", ")));
+    }
+    let list = |key: &str, needs_name: bool| -> Result<Vec<Value>, String> {
+        match fields.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if !item.is_object() {
+                        return Err(format!("sidecar `{name}`: {key}[{i}] is not a map"));
+                    }
+                    if needs_name && !item.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                        return Err(format!("sidecar `{name}`: {key}[{i}] has no `name`"));
+                    }
+                }
+                Ok(items.clone())
+            }
+            Some(_) => Err(format!("sidecar `{name}`: `{key}` must be a list")),
+        }
+    };
+    let strings = |key: &str| -> Result<BTreeMap<String, String>, String> {
+        match fields.get(key) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Err(format!("sidecar `{name}`: {key}.{k} must be a string, got {other}")),
+                })
+                .collect(),
+            Some(_) => Err(format!("sidecar `{name}`: `{key}` must be a map of strings")),
+        }
+    };
+    let native_sidecar = match fields.get("nativeSidecar") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(format!("sidecar `{name}`: `nativeSidecar` must be true or false")),
+    };
+    let namespaces = match fields.get("namespaces") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|n| n.as_str().map(str::to_owned).ok_or_else(|| format!("sidecar `{name}`: `namespaces` must list names")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err(format!("sidecar `{name}`: `namespaces` must be a list")),
+    };
+    let entry = SidecarEntry {
+        containers: list("containers", true)?,
+        init_containers: list("initContainers", true)?,
+        volumes: list("volumes", true)?,
+        image_pull_secrets: list("imagePullSecrets", true)?,
+        annotations: strings("annotations")?,
+        labels: strings("labels")?,
+        native_sidecar,
+        namespaces,
+        name,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for n in entry.container_names() {
+        if !seen.insert(n) {
+            return Err(format!("sidecar `{}`: container name `{n}` is used twice", entry.name));
+        }
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests;

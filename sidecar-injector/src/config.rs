@@ -1,0 +1,304 @@
+//! Configuration, layered with figment: built-in defaults < YAML file (`--config`) < environment
+//! (`SIDECAR_INJECTOR_…`) < flags (`--set key=value`, `--catalog`). Keys are camelCase as in
+//! Kubernetes; environment variables are the keys in SCREAMING_SNAKE_CASE, with `__` between a
+//! section and its key (`SIDECAR_INJECTOR_SERVER__WEBHOOK_ADDR`). Every error names the key and
+//! where its value came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use admission_kit::pipeline::{FailurePolicy, ReinvocationPolicy};
+use admission_kit::server::ServerConfig;
+use admission_kit::tls::TlsSource;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Yaml};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, NativePlacement, UnknownSidecarPolicy};
+
+/// The prefix of environment variables.
+pub const ENV_PREFIX: &str = "SIDECAR_INJECTOR_";
+
+/// The server part of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ServerSettings {
+    /// HTTPS webhook address.
+    pub webhook_addr: SocketAddr,
+    /// Plain-HTTP admin address (`/livez`, `/readyz`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// Serving certificate (PEM); without it a self-signed one is generated.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Serving key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// How often certificate files are checked for a change.
+    pub cert_reload_interval: String,
+    /// Names for a generated certificate.
+    pub self_signed_names: Vec<String>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// On SIGTERM, keep serving this long while unready.
+    pub drain_delay: String,
+    /// Then wait at most this long for in-flight requests.
+    pub shutdown_timeout: String,
+    /// Watch namespaces for their labels: `auto`, `always` or `never`.
+    pub namespace_cache: String,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            webhook_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_cert_file: None,
+            tls_key_file: None,
+            cert_reload_interval: "10s".to_owned(),
+            self_signed_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            max_body_bytes: 4 * 1024 * 1024,
+            max_connections: 1024,
+            drain_delay: "5s".to_owned(),
+            shutdown_timeout: "30s".to_owned(),
+            namespace_cache: "auto".to_owned(),
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+/// The whole configuration. Defaults reproduce the Expedia injector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Config {
+    /// Annotation prefix: `<prefix>/inject`, `<prefix>/status`, `<prefix>/<key>` env vars.
+    pub annotation_prefix: String,
+    /// The namespace label that opts a namespace in (key).
+    pub namespace_label_key: String,
+    /// The namespace label that opts a namespace in (value).
+    pub namespace_label_value: String,
+    /// Namespaces never mutated, whatever their labels.
+    pub excluded_namespaces: Vec<String>,
+    /// `deny` or `warn` when a pod asks for a sidecar the catalog lacks.
+    pub unknown_sidecar: UnknownSidecarPolicy,
+    /// `deny` or `skip` when a sidecar's container or volume name is taken.
+    pub on_collision: CollisionPolicy,
+    /// Whether catalog annotations and labels replace the pod's own.
+    pub override_pod_metadata: bool,
+    /// `asIs` or `cIdentifier` env var names.
+    pub env_names: EnvNames,
+    /// `first` or `last`: native sidecars among the pod's init containers.
+    pub native_sidecar_placement: NativePlacement,
+    /// Inline catalog entries (2022 list or 2019 `sidecars:` map).
+    pub sidecars: Value,
+    /// Catalog files or directories (mounted ConfigMaps), hot-reloaded.
+    pub catalog_paths: Vec<PathBuf>,
+    /// How often catalog files are checked for a change.
+    pub catalog_reload_interval: String,
+    /// The webhook's name in the MutatingWebhookConfiguration.
+    pub webhook_name: String,
+    /// `Fail` or `Ignore`: what the API server does when the webhook cannot be reached.
+    pub failure_policy: String,
+    /// The webhook's `timeoutSeconds` (1–30).
+    pub timeout_seconds: i32,
+    /// `Never` or `IfNeeded`.
+    pub reinvocation_policy: String,
+    /// Whether to render `matchConditions` (Kubernetes ≥ 1.30).
+    pub match_conditions: bool,
+    /// The server.
+    pub server: ServerSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let injection = InjectionSettings::default();
+        Self {
+            annotation_prefix: injection.annotation_prefix,
+            namespace_label_key: "kubernetes-sidecar-injector".to_owned(),
+            namespace_label_value: "enabled".to_owned(),
+            excluded_namespaces: vec!["kube-system".to_owned(), "kube-public".to_owned()],
+            unknown_sidecar: injection.unknown_sidecar,
+            on_collision: injection.on_collision,
+            override_pod_metadata: injection.override_pod_metadata,
+            env_names: injection.env_names,
+            native_sidecar_placement: injection.native_sidecar_placement,
+            sidecars: Value::Null,
+            catalog_paths: Vec::new(),
+            catalog_reload_interval: "10s".to_owned(),
+            webhook_name: "sidecar-injector.expedia.com".to_owned(),
+            failure_policy: "Fail".to_owned(),
+            timeout_seconds: 10,
+            reinvocation_policy: "IfNeeded".to_owned(),
+            match_conditions: true,
+            server: ServerSettings::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// figment could not read or type a value; its message names the key and the source.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value has the right type but is not acceptable.
+    #[error("invalid configuration: `{key}` {problem}")]
+    Value {
+        /// The camelCase key.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// `snake_case` (figment's view of an environment variable) to camelCase, per `__`-separated part.
+fn env_key_to_camel(key: &str) -> String {
+    key.split("__")
+        .map(|part| {
+            let mut out = String::new();
+            let mut upper = false;
+            for c in part.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.push(c.to_ascii_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c.to_ascii_lowercase());
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The layered sources, before extraction: defaults, the file (or, without one, the embedded
+/// [`crate::DEFAULT_CONFIG`]), the environment, then `overrides`
+/// (from flags, as `key=value` with dotted keys and YAML values).
+pub fn figment(file: Option<&Path>, overrides: &[(String, Value)]) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    figment = match file {
+        Some(file) => figment.merge(Yaml::file_exact(file)),
+        // No file: the embedded default configuration, with its example sidecar.
+        None => figment.merge(Yaml::string(crate::DEFAULT_CONFIG)),
+    };
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).map(|k| env_key_to_camel(k.as_str()).into()));
+    for (key, value) in overrides {
+        figment = figment.merge(Serialized::global(key, value.clone()));
+    }
+    figment
+}
+
+fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    admission_kit::cli::parse_duration(text).map_err(|problem| ConfigError::Value { key, problem })
+}
+
+impl Config {
+    /// Reads and checks the configuration.
+    pub fn load(file: Option<&Path>, overrides: &[(String, Value)]) -> Result<Self, ConfigError> {
+        let config: Self = figment(file, overrides).extract().map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| Err(ConfigError::Value { key, problem: problem.to_owned() });
+        if self.annotation_prefix.trim_matches('/').is_empty() || self.annotation_prefix.contains(char::is_whitespace) {
+            return bad("annotationPrefix", "must be a DNS-style prefix such as sidecar-injector.expedia.com");
+        }
+        if self.namespace_label_key.is_empty() {
+            return bad("namespaceLabelKey", "must not be empty");
+        }
+        if !(1..=30).contains(&self.timeout_seconds) {
+            return bad("timeoutSeconds", &format!("must be between 1 and 30, got {}", self.timeout_seconds));
+        }
+        self.failure_policy()?;
+        self.reinvocation_policy()?;
+        duration("catalogReloadInterval", &self.catalog_reload_interval)?;
+        self.server_config()?;
+        Ok(())
+    }
+
+    /// The injection settings.
+    #[must_use]
+    pub fn injection(&self) -> InjectionSettings {
+        let mut s = InjectionSettings::default();
+        s.annotation_prefix = self.annotation_prefix.trim_end_matches('/').to_owned();
+        s.unknown_sidecar = self.unknown_sidecar;
+        s.on_collision = self.on_collision;
+        s.override_pod_metadata = self.override_pod_metadata;
+        s.env_names = self.env_names;
+        s.native_sidecar_placement = self.native_sidecar_placement;
+        s
+    }
+
+    /// `failurePolicy`.
+    pub fn failure_policy(&self) -> Result<FailurePolicy, ConfigError> {
+        match self.failure_policy.as_str() {
+            "Fail" => Ok(FailurePolicy::Fail),
+            "Ignore" => Ok(FailurePolicy::Ignore),
+            other => Err(ConfigError::Value { key: "failurePolicy", problem: format!("must be Fail or Ignore, got `{other}`") }),
+        }
+    }
+
+    /// `reinvocationPolicy`.
+    pub fn reinvocation_policy(&self) -> Result<ReinvocationPolicy, ConfigError> {
+        match self.reinvocation_policy.as_str() {
+            "Never" => Ok(ReinvocationPolicy::Never),
+            "IfNeeded" => Ok(ReinvocationPolicy::IfNeeded),
+            other => {
+                Err(ConfigError::Value { key: "reinvocationPolicy", problem: format!("must be Never or IfNeeded, got `{other}`") })
+            }
+        }
+    }
+
+    /// How often catalog files are polled.
+    pub fn catalog_reload_interval(&self) -> Result<Duration, ConfigError> {
+        duration("catalogReloadInterval", &self.catalog_reload_interval)
+    }
+
+    /// The admission-kit server configuration.
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
+        let s = &self.server;
+        let tls = match (&s.tls_cert_file, &s.tls_key_file) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                reload_interval: duration("server.certReloadInterval", &s.cert_reload_interval)?,
+            },
+            (None, None) => TlsSource::SelfSigned { names: s.self_signed_names.clone() },
+            _ => {
+                return Err(ConfigError::Value {
+                    key: "server.tlsCertFile",
+                    problem: "and server.tlsKeyFile must be set together".to_owned(),
+                });
+            }
+        };
+        if !matches!(s.namespace_cache.as_str(), "auto" | "always" | "never") {
+            return Err(ConfigError::Value { key: "server.namespaceCache", problem: format!("must be auto, always or never, got `{}`", s.namespace_cache) });
+        }
+        if !matches!(s.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Value { key: "server.logFormat", problem: format!("must be text or json, got `{}`", s.log_format) });
+        }
+        let mut config = ServerConfig::default();
+        config.webhook_addr = s.webhook_addr;
+        config.admin_addr = s.admin_addr;
+        config.tls = tls;
+        config.max_body_bytes = s.max_body_bytes;
+        config.max_connections = s.max_connections;
+        config.drain_delay = duration("server.drainDelay", &s.drain_delay)?;
+        config.shutdown_timeout = duration("server.shutdownTimeout", &s.shutdown_timeout)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,380 @@
+//! The two mutators: sidecars from the catalog, then env vars from the pod's annotations.
+//!
+//! Both work on the pod's raw JSON ([`admission_kit::DynamicMutator`]) so that catalog containers
+//! reach the pod with every field they carry and the pod keeps every field it has; admission-kit
+//! turns the change into the patch. Nothing is shared between requests except the read-only
+//! catalog: one pod's annotations can never reach another pod.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use admission_kit::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::catalog::{CatalogStore, SidecarEntry};
+use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, NativePlacement, UnknownSidecarPolicy};
+
+/// The annotation names derived from the prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Annotations {
+    /// `<prefix>/` — every annotation under it is either a control annotation or an env var.
+    pub prefix: String,
+    /// `<prefix>/inject`: the comma-separated sidecar names.
+    pub inject: String,
+    /// `<prefix>/status`: what was injected (the idempotence marker).
+    pub status: String,
+}
+
+impl Annotations {
+    /// Names under `prefix` (e.g. `sidecar-injector.expedia.com`).
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        Self { prefix: format!("{prefix}/"), inject: format!("{prefix}/inject"), status: format!("{prefix}/status") }
+    }
+
+    /// The env var annotations of a pod: every `<prefix>/<key>` but the control annotations.
+    pub fn env_pairs<'a>(&'a self, annotations: &'a Map<String, Value>) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        annotations.iter().filter_map(move |(k, v)| {
+            let key = k.strip_prefix(&self.prefix)?;
+            (k != &self.inject && k != &self.status && !key.is_empty()).then_some((key, v.as_str().unwrap_or_default()))
+        })
+    }
+}
+
+/// The sidecar names a pod asks for: comma-separated, spaces trimmed, empty items ignored, the
+/// first of any repeated name kept.
+#[must_use]
+pub fn requested(value: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// What the status annotation records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The sidecars injected, in order.
+    pub sidecars: Vec<String>,
+    /// The containers (of any kind) that were added, which receive env from annotations.
+    pub containers: Vec<String>,
+}
+
+fn annotations_of(pod: &Value) -> Map<String, Value> {
+    pod.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
+fn object_at<'a>(root: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !root.get(key).is_some_and(Value::is_object) {
+        root[key] = Value::Object(Map::new());
+    }
+    root[key].as_object_mut().unwrap_or_else(|| unreachable!("just made an object"))
+}
+
+fn array_at<'a>(spec: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    if !spec.get(key).is_some_and(Value::is_array) {
+        spec.insert(key.to_owned(), Value::Array(Vec::new()));
+    }
+    spec.get_mut(key).and_then(Value::as_array_mut).unwrap_or_else(|| unreachable!("just made an array"))
+}
+
+fn names(items: Option<&Value>) -> impl Iterator<Item = String> + '_ {
+    items.and_then(Value::as_array).into_iter().flatten().filter_map(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
+}
+
+/// Counts injection outcomes by sidecar; the server's metrics registry holds it.
+pub type InjectionCounter = Arc<dyn Fn(&str, &'static str) + Send + Sync>;
+
+/// Injects the sidecars a pod asks for.
+pub struct SidecarMutator {
+    catalog: Arc<CatalogStore>,
+    settings: Arc<InjectionSettings>,
+    annotations: Annotations,
+    count: Option<InjectionCounter>,
+}
+
+impl std::fmt::Debug for SidecarMutator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarMutator").field("annotations", &self.annotations).finish_non_exhaustive()
+    }
+}
+
+impl SidecarMutator {
+    /// A mutator over `catalog` with `settings`.
+    #[must_use]
+    pub fn new(catalog: Arc<CatalogStore>, settings: Arc<InjectionSettings>) -> Self {
+        let annotations = Annotations::new(&settings.annotation_prefix);
+        Self { catalog, settings, annotations, count: None }
+    }
+
+    /// Reports each sidecar's outcome (`injected`, `unknown`, `not_allowed`, `collision`, `skipped`).
+    #[must_use]
+    pub fn counting(mut self, count: InjectionCounter) -> Self {
+        self.count = Some(count);
+        self
+    }
+
+    fn count(&self, sidecar: &str, outcome: &'static str) {
+        if let Some(count) = &self.count {
+            count(sidecar, outcome);
+        }
+    }
+}
+
+/// Names already taken in the pod, for collision checks.
+struct Taken {
+    containers: BTreeSet<String>,
+    volumes: BTreeSet<String>,
+    pull_secrets: BTreeSet<String>,
+}
+
+impl Taken {
+    fn of(spec: &Map<String, Value>) -> Self {
+        Self {
+            containers: names(spec.get("containers")).chain(names(spec.get("initContainers"))).collect(),
+            volumes: names(spec.get("volumes")).collect(),
+            pull_secrets: names(spec.get("imagePullSecrets")).collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl DynamicMutator for SidecarMutator {
+    async fn mutate(&self, pod: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
+        let annotations = annotations_of(pod);
+        if annotations.contains_key(&self.annotations.status) {
+            return Ok(());
+        }
+        let Some(request) = annotations.get(&self.annotations.inject).and_then(Value::as_str) else { return Ok(()) };
+        let catalog = self.catalog.current();
+        let namespace = ctx.request().namespace.clone().unwrap_or_default();
+        let mut entries: Vec<&Arc<SidecarEntry>> = Vec::new();
+        for name in requested(request) {
+            let Some(entry) = catalog.get(name) else {
+                // Requested names are user input: never a metric label.
+                self.count("(unknown)", "unknown");
+                let message = format!("sidecar `{name}` is not in the catalog; known: {catalog}");
+                if self.settings.unknown_sidecar == UnknownSidecarPolicy::Deny {
+                    return Err(MutationError::deny(message));
+                }
+                ctx.warn(format!("{message}; pod admitted without it"));
+                continue;
+            };
+            if let Some(allowed) = &entry.namespaces {
+                if !allowed.contains(&namespace) {
+                    self.count(name, "not_allowed");
+                    return Err(MutationError::deny(format!(
+                        "sidecar `{name}` may not be injected in namespace `{namespace}`; it is allowed in: {}",
+                        allowed.join(", ")
+                    )));
+                }
+            }
+            entries.push(entry);
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let status = self.inject(pod, &entries, ctx)?;
+        let metadata = object_at(pod, "metadata");
+        let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+        if !annotations.is_object() {
+            *annotations = Value::Object(Map::new());
+        }
+        let status_json = serde_json::to_string(&status).map_err(|e| MutationError::caused_by("failed to encode the status", e))?;
+        annotations[&self.annotations.status] = Value::String(status_json);
+        Ok(())
+    }
+}
+
+impl SidecarMutator {
+    fn inject(&self, pod: &mut Value, entries: &[&Arc<SidecarEntry>], ctx: &mut Context<'_>) -> Result<Status, MutationError> {
+        let spec = object_at(pod, "spec");
+        let mut taken = Taken::of(spec);
+        let mut status = Status::default();
+        let mut native: Vec<Value> = Vec::new();
+        for entry in entries {
+            let name = entry.name.as_str();
+            // Containers first: a collision either denies the pod or skips the item.
+            let add = |item: &Value, set: &mut BTreeSet<String>, what: &str, ctx: &mut Context<'_>| -> Result<bool, MutationError> {
+                let item_name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+                if set.insert(item_name.to_owned()) {
+                    return Ok(true);
+                }
+                self.count(name, "collision");
+                let message = format!("sidecar `{name}` adds {what} `{item_name}`, but the pod already has one with that name");
+                match self.settings.on_collision {
+                    CollisionPolicy::Deny => Err(MutationError::deny(message)),
+                    CollisionPolicy::Skip => {
+                        ctx.warn(format!("{message}; skipped"));
+                        Ok(false)
+                    }
+                }
+            };
+            for container in &entry.containers {
+                if add(container, &mut taken.containers, "container", ctx)? {
+                    status.containers.push(container["name"].as_str().unwrap_or_default().to_owned());
+                    if entry.native_sidecar {
+                        let mut c = container.clone();
+                        c["restartPolicy"] = json!("Always");
+                        native.push(c);
+                    } else {
+                        array_at(spec, "containers").push(container.clone());
+                    }
+                }
+            }
+            for container in &entry.init_containers {
+                if add(container, &mut taken.containers, "init container", ctx)? {
+                    status.containers.push(container["name"].as_str().unwrap_or_default().to_owned());
+                    array_at(spec, "initContainers").push(container.clone());
+                }
+            }
+            for volume in &entry.volumes {
+                if add(volume, &mut taken.volumes, "volume", ctx)? {
+                    array_at(spec, "volumes").push(volume.clone());
+                }
+            }
+            for secret in &entry.image_pull_secrets {
+                // The same pull secret twice is harmless: add it once.
+                let secret_name = secret.get("name").and_then(Value::as_str).unwrap_or_default();
+                if taken.pull_secrets.insert(secret_name.to_owned()) {
+                    array_at(spec, "imagePullSecrets").push(secret.clone());
+                }
+            }
+            status.sidecars.push(name.to_owned());
+            self.count(name, "injected");
+        }
+        if !native.is_empty() {
+            let init = array_at(spec, "initContainers");
+            match self.settings.native_sidecar_placement {
+                NativePlacement::First => {
+                    init.splice(0..0, native);
+                }
+                NativePlacement::Last => init.extend(native),
+            }
+        }
+        let metadata = object_at(pod, "metadata");
+        for entry in entries {
+            for (field, values) in [("annotations", &entry.annotations), ("labels", &entry.labels)] {
+                if values.is_empty() {
+                    continue;
+                }
+                let map = metadata.entry(field).or_insert_with(|| Value::Object(Map::new()));
+                if !map.is_object() {
+                    *map = Value::Object(Map::new());
+                }
+                let map = map.as_object_mut().unwrap_or_else(|| unreachable!("just made an object"));
+                for (k, v) in values {
+                    if self.settings.override_pod_metadata || !map.contains_key(k) {
+                        map.insert(k.clone(), Value::String(v.clone()));
+                    }
+                }
+            }
+        }
+        Ok(status)
+    }
+}
+
+/// Sets env vars from `<prefix>/<key>` annotations in every injected container.
+#[derive(Debug)]
+pub struct EnvFromAnnotations {
+    annotations: Annotations,
+    names: EnvNames,
+}
+
+impl EnvFromAnnotations {
+    /// A mutator for annotations under `settings.annotation_prefix`.
+    #[must_use]
+    pub fn new(settings: &InjectionSettings) -> Self {
+        Self { annotations: Annotations::new(&settings.annotation_prefix), names: settings.env_names }
+    }
+}
+
+/// `some-api-key` → `SOME_API_KEY`: upper case, every other character `_`, no leading digit.
+#[must_use]
+pub fn c_identifier(name: &str) -> String {
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Whether every Kubernetes release accepts `name` as an env var name (`[-._a-zA-Z][-._a-zA-Z0-9]*`).
+#[must_use]
+pub fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+#[async_trait]
+impl DynamicMutator for EnvFromAnnotations {
+    async fn mutate(&self, pod: &mut Value, _ctx: &mut Context<'_>) -> MutationResult {
+        let annotations = annotations_of(pod);
+        let Some(status) = annotations.get(&self.annotations.status).and_then(Value::as_str) else { return Ok(()) };
+        let Ok(status) = serde_json::from_str::<Status>(status) else {
+            return Err(MutationError::deny(format!(
+                "annotation `{}` is not a status this injector wrote; remove it to have the pod injected",
+                self.annotations.status
+            )));
+        };
+        let mut env: BTreeMap<String, &str> = BTreeMap::new();
+        for (key, value) in self.annotations.env_pairs(&annotations) {
+            let name = match self.names {
+                EnvNames::AsIs => key.to_owned(),
+                EnvNames::CIdentifier => c_identifier(key),
+            };
+            if !is_env_var_name(&name) {
+                return Err(MutationError::deny(format!(
+                    "annotation `{}{key}` would become env var `{name}`, which Kubernetes rejects; rename it, or set envNames: cIdentifier",
+                    self.annotations.prefix
+                )));
+            }
+            if let Some(previous) = env.insert(name.clone(), value) {
+                if previous != value {
+                    return Err(MutationError::deny(format!(
+                        "two annotations under `{}` become env var `{name}` with different values",
+                        self.annotations.prefix
+                    )));
+                }
+            }
+        }
+        if env.is_empty() {
+            return Ok(());
+        }
+        let targets: BTreeSet<&str> = status.containers.iter().map(String::as_str).collect();
+        let spec = object_at(pod, "spec");
+        for key in ["initContainers", "containers"] {
+            let Some(containers) = spec.get_mut(key).and_then(Value::as_array_mut) else { continue };
+            for container in containers {
+                if !container.get("name").and_then(Value::as_str).is_some_and(|n| targets.contains(n)) {
+                    continue;
+                }
+                let Some(container) = container.as_object_mut() else { continue };
+                let list = container.entry("env").or_insert_with(|| Value::Array(Vec::new()));
+                if !list.is_array() {
+                    *list = Value::Array(Vec::new());
+                }
+                let list = list.as_array_mut().unwrap_or_else(|| unreachable!("just made an array"));
+                for (name, value) in &env {
+                    let var = json!({"name": name, "value": value});
+                    match list.iter_mut().find(|e| e.get("name").and_then(Value::as_str) == Some(name)) {
+                        // An annotation overrides the catalog's var of the same name (and its valueFrom).
+                        Some(existing) => *existing = var,
+                        None => list.push(var),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

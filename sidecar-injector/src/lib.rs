@@ -1,0 +1,72 @@
+//! sidecar-injector: inject sidecars into pods, as ExpediaGroup's kubernetes-sidecar-injector does,
+//! without its faults — built only on admission-kit's public API.
+//!
+//! A pod in a namespace labelled `kubernetes-sidecar-injector: enabled` with the annotation
+//! `sidecar-injector.expedia.com/inject: "a, b"` gets the catalog's sidecars `a` and `b`, in that
+//! order, and every other `sidecar-injector.expedia.com/<key>` annotation becomes env var `<key>` in
+//! the injected containers. See [`config::Config`] for every knob.
+
+pub mod catalog;
+pub mod config;
+pub mod inject;
+pub mod metrics;
+pub mod offline;
+pub mod settings;
+
+use std::sync::Arc;
+
+use admission_kit::matcher::{self, Matcher};
+use admission_kit::pipeline::{PipelineError, ResourceTarget};
+use admission_kit::{Pipeline, Step};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::catalog::CatalogStore;
+use crate::config::Config;
+use crate::inject::{Annotations, EnvFromAnnotations, SidecarMutator};
+
+/// The embedded default configuration: the Expedia defaults plus one example sidecar, so that
+/// `sidecar-injector serve` with no arguments has something to inject.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
+
+/// The matcher both steps share: opted-in namespace, not an excluded one, and the `inject`
+/// annotation present. The namespace label and the exclusions render as the webhook's
+/// `namespaceSelector`, the annotation as its `matchConditions`.
+#[must_use]
+pub fn selection(config: &Config) -> matcher::All {
+    let annotations = Annotations::new(&config.annotation_prefix);
+    matcher::all([
+        Box::new(matcher::namespace_label(&config.namespace_label_key, &config.namespace_label_value)) as Box<dyn Matcher>,
+        Box::new(matcher::namespace_not_in(config.excluded_namespaces.iter().cloned())),
+        Box::new(matcher::has_annotation(annotations.inject)),
+    ])
+}
+
+/// The admission pipeline: sidecars, then env from annotations; pod CREATE only.
+pub fn pipeline(config: &Config, catalog: Arc<CatalogStore>, metrics: Option<&metrics::InjectorMetrics>) -> Result<Pipeline, PipelineBuildError> {
+    let settings = Arc::new(config.injection());
+    let mut sidecars = SidecarMutator::new(catalog, settings.clone());
+    if let Some(metrics) = metrics {
+        sidecars = sidecars.counting(metrics.counter());
+    }
+    let pod = ResourceTarget::of::<Pod>();
+    Ok(Pipeline::builder(&config.webhook_name)
+        .step(Step::dynamic("sidecars", pod.clone(), sidecars).when(selection(config)))
+        .step(Step::dynamic("env-from-annotations", pod, EnvFromAnnotations::new(&settings)).when(selection(config)))
+        .failure_policy(config.failure_policy()?)
+        .reinvocation(config.reinvocation_policy()?)
+        .timeout_seconds(config.timeout_seconds)
+        .match_conditions(config.match_conditions)
+        .build()?)
+}
+
+/// Why the pipeline could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineBuildError {
+    /// A configuration value.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The pipeline itself (e.g. a webhook name that is not fully qualified).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}

@@ -1,0 +1,79 @@
+//! The knobs of injection, as the mutators see them (read from [`crate::config::Config`]).
+
+use serde::{Deserialize, Serialize};
+
+/// What to do when a pod asks for a sidecar the catalog does not have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UnknownSidecarPolicy {
+    /// Deny the pod, naming the unknown sidecar and the known ones (default: a typo fails loudly).
+    #[default]
+    Deny,
+    /// Admit the pod without it, with a warning.
+    Warn,
+}
+
+/// What to do when a sidecar's container or volume name is already used in the pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CollisionPolicy {
+    /// Deny the pod, naming the collision (default).
+    #[default]
+    Deny,
+    /// Leave the pod's own item and skip the sidecar's, with a warning.
+    Skip,
+}
+
+/// How annotation keys become env var names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvNames {
+    /// The key as is (`some-api-key`), as the Expedia injector does.
+    #[default]
+    AsIs,
+    /// C-identifier form (`SOME_API_KEY`), for clusters with strict env-name validation.
+    CIdentifier,
+}
+
+/// Where native sidecars go among the pod's init containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NativePlacement {
+    /// Before the pod's own init containers, so those can use them (default).
+    #[default]
+    First,
+    /// After the pod's own init containers.
+    Last,
+}
+
+/// Everything the mutators need to know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct InjectionSettings {
+    /// Annotation prefix: `<prefix>/inject`, `<prefix>/status`, and `<prefix>/<key>` env vars.
+    pub annotation_prefix: String,
+    /// Unknown sidecar names.
+    pub unknown_sidecar: UnknownSidecarPolicy,
+    /// Name collisions.
+    pub on_collision: CollisionPolicy,
+    /// Whether catalog annotations and labels replace the pod's own of the same key.
+    pub override_pod_metadata: bool,
+    /// Env var names from annotation keys.
+    pub env_names: EnvNames,
+    /// Native sidecar placement.
+    pub native_sidecar_placement: NativePlacement,
+}
+
+impl Default for InjectionSettings {
+    fn default() -> Self {
+        Self {
+            annotation_prefix: "sidecar-injector.expedia.com".to_owned(),
+            unknown_sidecar: UnknownSidecarPolicy::Deny,
+            on_collision: CollisionPolicy::Deny,
+            override_pod_metadata: false,
+            env_names: EnvNames::AsIs,
+            native_sidecar_placement: NativePlacement::First,
+        }
+    }
+}
