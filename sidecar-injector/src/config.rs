@@ -145,7 +145,7 @@ impl Default for Config {
 #[non_exhaustive]
 pub enum ConfigError {
     /// figment could not read or type a value; its message names the key and the source.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Load(#[from] Box<figment::Error>),
     /// A value has the right type but is not acceptable.
     #[error("invalid configuration: `{key}` {problem}")]
@@ -189,7 +189,9 @@ pub fn figment(file: Option<&Path>, overrides: &[(String, Value)]) -> Figment {
         // No file: the embedded default configuration, with its example sidecar.
         None => figment.merge(Yaml::string(crate::DEFAULT_CONFIG)),
     };
-    figment = figment.merge(Env::prefixed(ENV_PREFIX).map(|k| env_key_to_camel(k.as_str()).into()));
+    // Keys keep the case the camelCase mapping gives them; dots nest (`server.webhookAddr`).
+    // `lowercase(false)` must come after `map`: figment's `map` resets it.
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).map(|k| env_key_to_camel(k.as_str()).into()).lowercase(false));
     for (key, value) in overrides {
         figment = figment.merge(Serialized::global(key, value.clone()));
     }

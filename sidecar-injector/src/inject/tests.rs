@@ -1,0 +1,308 @@
+use std::sync::Arc;
+
+use admission_kit::pipeline::ResourceTarget;
+use admission_kit::prelude::Operation;
+use admission_kit::review::Review;
+use admission_kit::testing::{Checked, Harness, review_json};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::catalog::{Catalog, parse_catalog};
+use crate::config::Config;
+
+const INJECT: &str = "sidecar-injector.expedia.com/inject";
+const STATUS: &str = "sidecar-injector.expedia.com/status";
+
+fn catalog() -> Catalog {
+    let mut catalog = Catalog::new();
+    let text = r#"
+- name: agent
+  containers:
+    - name: agent
+      image: agent:1
+      env: [{name: MODE, value: catalog}, {name: keep, value: "1"}]
+      futureContainerField: {x: 1}
+  volumes: [{name: agent-data, emptyDir: {}}]
+  imagePullSecrets: [{name: regcred}]
+  annotations: {agent.example.com/scrape: "true", shared: catalog}
+  labels: {agent: "yes", app: catalog}
+- name: logger
+  containers: [{name: logger, image: logger:1}]
+  initContainers: [{name: logger-init, image: logger:1}]
+  volumes: [{name: logs, emptyDir: {}}]
+  imagePullSecrets: [{name: regcred}]
+- name: proxy
+  nativeSidecar: true
+  containers: [{name: proxy, image: proxy:1}]
+- name: privileged
+  namespaces: [trusted]
+  containers: [{name: privileged, image: p:1}]
+- name: clash
+  containers: [{name: app, image: clash:1}]
+"#;
+    catalog.extend(parse_catalog(text, "test").unwrap(), "test").unwrap();
+    catalog
+}
+
+fn harness_with(config: &Config) -> Harness {
+    let pipeline = crate::pipeline(config, Arc::new(CatalogStore::fixed(catalog())), None).unwrap();
+    Harness::new(pipeline)
+        .namespace("apps", [("kubernetes-sidecar-injector", "enabled")])
+        .namespace("trusted", [("kubernetes-sidecar-injector", "enabled")])
+        .namespace("kube-system", [("kubernetes-sidecar-injector", "enabled")])
+        .namespace("plain", [("team", "x")])
+}
+
+fn harness() -> Harness {
+    harness_with(&Config::default())
+}
+
+fn pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "annotations": annotations, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    })
+}
+
+fn review(pod: Value, namespace: &str) -> Review {
+    review_json(pod, &ResourceTarget::of::<Pod>()).namespace(namespace).build()
+}
+
+async fn check(pod: Value, namespace: &str) -> Checked {
+    harness().check(&review(pod, namespace)).await
+}
+
+fn containers(result: &Value) -> Vec<&str> {
+    result["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect()
+}
+
+fn env_of<'a>(result: &'a Value, container: &str) -> &'a Value {
+    for key in ["containers", "initContainers"] {
+        for c in result["spec"][key].as_array().into_iter().flatten() {
+            if c["name"] == container {
+                return &c["env"];
+            }
+        }
+    }
+    panic!("no container {container}")
+}
+
+#[test]
+fn requested_names_are_trimmed_and_deduplicated() {
+    assert_eq!(requested(" a, b ,,a , c"), vec!["a", "b", "c"]);
+    assert!(requested(" , ").is_empty());
+}
+
+#[test]
+fn env_name_rules() {
+    assert_eq!(c_identifier("some-api-key"), "SOME_API_KEY");
+    assert_eq!(c_identifier("1st.value"), "_1ST_VALUE");
+    assert!(is_env_var_name("some-api-key") && is_env_var_name("a.b_c") && is_env_var_name("_x"));
+    assert!(!is_env_var_name("1abc") && !is_env_var_name("") && !is_env_var_name("a=b") && !is_env_var_name("a b"));
+}
+
+#[tokio::test]
+async fn the_captured_2019_review_gets_its_sidecar_and_env() {
+    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2019-admission-review-v1beta1.json")).unwrap();
+    let review = Review::from_slice(&body).unwrap();
+    let mut config = Config::default();
+    config.sidecars = json!([{"name": "haystack-agent", "containers": [{"name": "haystack-agent", "image": "expediadotcom/haystack-agent"}]}]);
+    let store = CatalogStore::load(vec![crate::catalog::CatalogSource::inline(config.sidecars.clone())]).unwrap();
+    let harness = Harness::new(crate::pipeline(&config, Arc::new(store), None).unwrap())
+        .namespace("default", [("kubernetes-sidecar-injector", "enabled")]);
+    let checked = harness.check(&review).await;
+    let result = checked.patched();
+    assert_eq!(checked.answer().api_version, "admission.k8s.io/v1beta1");
+    assert_eq!(containers(result), vec!["echo-server", "haystack-agent"]);
+    assert_eq!(env_of(result, "haystack-agent"), &json!([{"name": "api-key", "value": "bd8a1dd2-735d-466e-ba30-201660185e64"}]));
+    assert_eq!(env_of(result, "echo-server"), &Value::Null, "the app's containers get no env");
+    // The pod's own annotations are all still there, and the status records the injection.
+    assert_eq!(result["metadata"]["annotations"]["sidecar-injector.expedia.com/inject"], "haystack-agent");
+    assert_eq!(result["metadata"]["annotations"][STATUS], r#"{"sidecars":["haystack-agent"],"containers":["haystack-agent"]}"#);
+}
+
+#[tokio::test]
+async fn the_captured_2022_pod_keeps_its_projected_volume() {
+    let pod: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2022-pod.json")).unwrap()).unwrap();
+    let mut pod = pod;
+    pod["metadata"]["annotations"][INJECT] = json!("agent");
+    let checked = check(pod.clone(), "apps").await;
+    let result = checked.patched();
+    assert_eq!(result["spec"]["volumes"][0], pod["spec"]["volumes"][0], "the projected service-account volume is untouched");
+    assert_eq!(result["spec"]["volumes"].as_array().unwrap().last().unwrap()["name"], "agent-data");
+    assert_eq!(env_of(result, "agent").as_array().unwrap().last().unwrap(), &json!({"name": "some-api-key", "value": "6feab492-fc9b-4c38-b50d-3791718c8203"}));
+    assert_eq!(result["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"], "2022-03-25T13:36:51-05:00");
+}
+
+#[tokio::test]
+async fn a_pod_without_volumes_gets_two_sidecars_in_the_order_asked() {
+    let mut p = pod(json!({INJECT: "logger, agent"}));
+    p["metadata"].as_object_mut().unwrap().remove("labels");
+    let checked = check(p, "apps").await;
+    let result = checked.patched();
+    assert_eq!(containers(result), vec!["app", "logger", "agent"]);
+    assert_eq!(result["spec"]["initContainers"], json!([{"name": "logger-init", "image": "logger:1"}]));
+    let volumes: Vec<&str> = result["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(volumes, vec!["logs", "agent-data"]);
+    assert_eq!(result["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]), "the same pull secret is added once");
+    assert_eq!(result["metadata"]["labels"], json!({"agent": "yes", "app": "catalog"}), "labels created when absent");
+}
+
+#[tokio::test]
+async fn keys_with_slash_and_tilde_and_unknown_fields_survive() {
+    let mut p = pod(json!({INJECT: "agent", "a.io/x~y": "1", "team/owner": "me"}));
+    p["metadata"]["labels"]["b.io/p~q"] = json!("2");
+    p["spec"]["futureSpecField"] = json!({"deep": [1, 2]});
+    p["spec"]["containers"][0]["futureContainerField"] = json!(true);
+    let checked = check(p, "apps").await;
+    let result = checked.patched();
+    assert_eq!(result["metadata"]["annotations"]["a.io/x~y"], "1");
+    assert_eq!(result["metadata"]["labels"]["b.io/p~q"], "2");
+    assert_eq!(result["spec"]["futureSpecField"], json!({"deep": [1, 2]}));
+    assert_eq!(result["spec"]["containers"][0]["futureContainerField"], true);
+    assert_eq!(result["spec"]["containers"][1]["futureContainerField"], json!({"x": 1}), "catalog fields survive too");
+    // Catalog metadata never overrides the pod's own by default.
+    assert_eq!(result["metadata"]["labels"]["app"], "web");
+    assert_eq!(result["metadata"]["labels"]["agent"], "yes");
+    let patch = serde_json::to_string(&checked.answer().patch).unwrap();
+    assert!(patch.contains("/metadata/annotations/agent.example.com~1scrape"), "{patch}");
+    assert!(!patch.contains(r#""path":"/metadata/annotations","#), "never the whole map: {patch}");
+}
+
+#[tokio::test]
+async fn env_annotations_override_catalog_vars_and_stay_data() {
+    let hostile = "quote\" {{ .Values.x }} $(rm -rf /) \n newline";
+    let p = pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/MODE": "annotation", "sidecar-injector.expedia.com/weird": hostile}));
+    let checked = check(p, "apps").await;
+    let env = env_of(checked.patched(), "agent");
+    assert_eq!(env, &json!([{"name": "MODE", "value": "annotation"}, {"name": "keep", "value": "1"}, {"name": "weird", "value": hostile}]));
+}
+
+#[tokio::test]
+async fn env_names_the_cluster_would_reject_are_denied_or_converted() {
+    let p = pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/1password": "x"}));
+    let denied = check(p.clone(), "apps").await;
+    denied.assert_denied("would become env var `1password`, which Kubernetes rejects");
+    let mut config = Config::default();
+    config.env_names = crate::settings::EnvNames::CIdentifier;
+    let converted = harness_with(&config).check(&review(p, "apps")).await;
+    assert_eq!(env_of(converted.patched(), "agent").as_array().unwrap().last().unwrap(), &json!({"name": "_1PASSWORD", "value": "x"}));
+}
+
+#[tokio::test]
+async fn no_env_leaks_between_requests_even_concurrently() {
+    let store = Arc::new(CatalogStore::fixed(catalog()));
+    let before = store.current().get("agent").unwrap().containers.clone();
+    let h = Harness::new(crate::pipeline(&Config::default(), store.clone(), None).unwrap())
+        .namespace("apps", [("kubernetes-sidecar-injector", "enabled")]);
+    let make = |i: usize| review(pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/api-key": format!("key-{i}")})), "apps");
+    let reviews: Vec<Review> = (0..64).map(make).collect();
+    let outcomes = futures_join(&h, &reviews).await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let env = env_of(outcome.mutated.as_ref().unwrap(), "agent");
+        let keys: Vec<&Value> = env.as_array().unwrap().iter().filter(|e| e["name"] == "api-key").map(|e| &e["value"]).collect();
+        assert_eq!(keys, vec![&json!(format!("key-{i}"))], "pod {i} sees only its own value");
+    }
+    // And the catalog in service was never written to.
+    assert_eq!(store.current().get("agent").unwrap().containers, before);
+}
+
+async fn futures_join(h: &Harness, reviews: &[Review]) -> Vec<admission_kit::pipeline::Outcome> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, r) in reviews.iter().enumerate() {
+        let (h, r) = (h.clone(), r.clone());
+        set.spawn(async move { (i, h.run(&r).await) });
+    }
+    let mut out: Vec<_> = set.join_all().await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, o)| o).collect()
+}
+
+#[tokio::test]
+async fn reinvocation_of_an_injected_pod_changes_nothing() {
+    let checked = check(pod(json!({INJECT: "agent, proxy", "sidecar-injector.expedia.com/k": "v"})), "apps").await;
+    // `check` already ran the pipeline again on its own output; do it once more by hand to be explicit.
+    harness().check(&review(checked.patched().clone(), "apps")).await.assert_unchanged();
+}
+
+#[tokio::test]
+async fn unknown_sidecars_are_denied_with_the_known_names_or_warned() {
+    let denied = check(pod(json!({INJECT: "agent, agnet"})), "apps").await;
+    denied.assert_denied("sidecar `agnet` is not in the catalog; known: agent, clash, logger, privileged, proxy");
+    let mut config = Config::default();
+    config.unknown_sidecar = crate::settings::UnknownSidecarPolicy::Warn;
+    let warned = harness_with(&config).check(&review(pod(json!({INJECT: "agent, agnet"})), "apps")).await;
+    assert_eq!(containers(warned.patched()), vec!["app", "agent"]);
+    assert!(warned.answer().warnings.iter().any(|w| w.contains("`agnet` is not in the catalog")), "{:?}", warned.answer().warnings);
+}
+
+#[tokio::test]
+async fn name_collisions_are_denied_or_skipped() {
+    let denied = check(pod(json!({INJECT: "clash"})), "apps").await;
+    denied.assert_denied("sidecar `clash` adds container `app`, but the pod already has one with that name");
+    let mut config = Config::default();
+    config.on_collision = crate::settings::CollisionPolicy::Skip;
+    let skipped = harness_with(&config).check(&review(pod(json!({INJECT: "clash, agent"})), "apps")).await;
+    assert_eq!(containers(skipped.patched()), vec!["app", "agent"]);
+    assert_eq!(skipped.patched()["spec"]["containers"][0]["image"], "app:1", "the pod's own container is kept");
+    assert!(skipped.answer().warnings[0].contains("skipped"));
+}
+
+#[tokio::test]
+async fn native_sidecars_go_first_among_init_containers() {
+    let mut p = pod(json!({INJECT: "proxy, logger"}));
+    p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m:1"}]);
+    let checked = check(p.clone(), "apps").await;
+    let init: Vec<&str> = checked.patched()["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(init, vec!["proxy", "migrate", "logger-init"]);
+    assert_eq!(checked.patched()["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    let mut config = Config::default();
+    config.native_sidecar_placement = crate::settings::NativePlacement::Last;
+    let last = harness_with(&config).check(&review(p, "apps")).await;
+    let init: Vec<&str> = last.patched()["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(init, vec!["migrate", "logger-init", "proxy"]);
+}
+
+#[tokio::test]
+async fn namespace_allow_list() {
+    check(pod(json!({INJECT: "privileged"})), "apps")
+        .await
+        .assert_denied("sidecar `privileged` may not be injected in namespace `apps`; it is allowed in: trusted");
+    assert_eq!(containers(check(pod(json!({INJECT: "privileged"})), "trusted").await.patched()), vec!["app", "privileged"]);
+}
+
+#[tokio::test]
+async fn selection_follows_the_seed() {
+    // kube-system is never mutated, even when labelled; unlabelled namespaces are not either.
+    check(pod(json!({INJECT: "agent"})), "kube-system").await.assert_unchanged();
+    check(pod(json!({INJECT: "agent"})), "plain").await.assert_unchanged();
+    // No annotation: untouched.
+    check(pod(json!({"other": "x"})), "apps").await.assert_unchanged();
+    // Only CREATE.
+    let update = review_json(pod(json!({INJECT: "agent"})), &ResourceTarget::of::<Pod>()).namespace("apps").operation(Operation::Update).build();
+    harness().check(&update).await.assert_unchanged();
+    // Only pods.
+    let deployment = ResourceTarget::new("apps", "v1", "Deployment", "deployments");
+    let other_kind = review_json(pod(json!({INJECT: "agent"})), &deployment).namespace("apps").build();
+    harness().check(&other_kind).await.assert_unchanged();
+}
+
+#[tokio::test]
+async fn catalog_metadata_can_be_told_to_override() {
+    let mut config = Config::default();
+    config.override_pod_metadata = true;
+    let mut p = pod(json!({INJECT: "agent", "shared": "pod"}));
+    p["metadata"]["labels"]["app"] = json!("web");
+    let checked = harness_with(&config).check(&review(p, "apps")).await;
+    assert_eq!(checked.patched()["metadata"]["labels"]["app"], "catalog");
+    assert_eq!(checked.patched()["metadata"]["annotations"]["shared"], "catalog");
+}
+
+#[tokio::test]
+async fn a_forged_status_is_refused() {
+    check(pod(json!({INJECT: "agent", STATUS: "not json"})), "apps")
+        .await
+        .assert_denied("annotation `sidecar-injector.expedia.com/status` is not a status this injector wrote");
+}

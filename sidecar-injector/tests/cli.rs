@@ -1,0 +1,263 @@
+//! The `sidecar-injector` binary as a user runs it: every subcommand, configuration layering and
+//! errors, offline injection of the Expedia sample, and `serve` answering real reviews over TLS
+//! while its catalog is hot-reloaded.
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidecar-injector");
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).envs(env.iter().copied()).env_remove("SIDECAR_INJECTOR_CONFIG").output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["serve", "inject", "explain", "webhook-config", "check"] {
+        let (ok, out, _) = run(&[sub, "--help"], &[]);
+        assert!(ok && out.contains("Usage: sidecar-injector"), "{sub} --help:\n{out}");
+    }
+    let (ok, out, _) = run(&["--help"], &[]);
+    assert!(ok && out.contains("--config") && out.contains("--set") && out.contains("--catalog"), "{out}");
+}
+
+#[test]
+fn check_validates_config_and_catalogs() {
+    let (ok, out, _) = run(&["check"], &[]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "configuration OK; 1 sidecar(s): haystack-agent");
+    let (ok, out, _) = run(&["--catalog", &data("catalog-2022.yaml"), "--set", "sidecars=null", "check"], &[]);
+    assert!(ok);
+    assert_eq!(out.trim(), "configuration OK; 2 sidecar(s): busybox, haystack-agent");
+    let (ok, _, err) = run(&["--catalog", &data("catalog-2022.yaml"), "check"], &[]);
+    assert!(!ok && err.contains("sidecar `haystack-agent` is defined twice"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_source_and_exit_non_zero() {
+    let (ok, _, err) = run(&["check"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "soon")]);
+    assert!(!ok);
+    assert!(err.contains("TIMEOUTSECONDS") && err.contains("SIDECAR_INJECTOR_") && err.contains("soon"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, "annotationPrefix: x.io\nnamespaceLabel: oops\n").unwrap();
+    let (ok, _, err) = run(&["--config", file.to_str().unwrap(), "check"], &[]);
+    assert!(!ok && err.contains("namespaceLabel") && err.contains(file.to_str().unwrap()), "{err}");
+    let (ok, _, err) = run(&["check"], &[("SIDECAR_INJECTOR_SERVER__LOG_FORMAT", "xml")]);
+    assert!(!ok && err.contains("`server.logFormat` must be text or json, got `xml`"), "{err}");
+}
+
+#[test]
+fn layers_defaults_file_environment_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, "timeoutSeconds: 3\nfailurePolicy: Ignore\n").unwrap();
+    let config = file.to_str().unwrap();
+    let timeout = |args: &[&str], env: &[(&str, &str)]| -> Value {
+        let (ok, out, err) = run(args, env);
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["webhooks"][0]["timeoutSeconds"].clone()
+    };
+    assert_eq!(timeout(&["webhook-config"], &[]), json!(10), "default");
+    assert_eq!(timeout(&["--config", config, "webhook-config"], &[]), json!(3), "file over defaults");
+    assert_eq!(timeout(&["--config", config, "webhook-config"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]), json!(7), "env over file");
+    assert_eq!(
+        timeout(&["--config", config, "--set", "timeoutSeconds=4", "webhook-config"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]),
+        json!(4),
+        "flags over env"
+    );
+    let (_, out, _) = run(&["--config", config, "webhook-config", "--url", "https://127.0.0.1:8443"], &[]);
+    let hook = &serde_json::from_str::<Value>(&out).unwrap()["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["clientConfig"]["url"], "https://127.0.0.1:8443/mutate");
+    assert_eq!(hook["namespaceSelector"]["matchExpressions"][0], json!({"key": "kubernetes-sidecar-injector", "operator": "In", "values": ["enabled"]}));
+    assert_eq!(
+        hook["namespaceSelector"]["matchExpressions"][1],
+        json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public"]})
+    );
+}
+
+#[test]
+fn inject_the_expedia_sample_deployment() {
+    let (ok, out, err) = run(&["inject", "-f", &data("echo-server-deployment.yaml")], &[]);
+    assert!(ok, "{err}");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
+    assert_eq!(docs.len(), 2);
+    let template = &docs[0]["spec"]["template"];
+    let names: Vec<&str> = template["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["echo-server", "haystack-agent"]);
+    let env = &template["spec"]["containers"][1]["env"];
+    assert!(env.as_array().unwrap().contains(&json!({"name": "some-api-key", "value": "6feab492-fc9b-4c38-b50d-3791718c8203"})), "{env}");
+    assert_eq!(template["spec"]["containers"][0].get("env"), None, "the app's container gets no env");
+    assert_eq!(docs[1]["kind"], "Service");
+    assert_eq!(docs[1].get("spec").and_then(|s| s.get("template")), None, "other kinds pass through");
+}
+
+#[test]
+fn explain_says_why() {
+    let (ok, out, _) = run(&["explain", "-f", &data("echo-server-deployment.yaml")], &[]);
+    assert!(ok);
+    assert!(out.contains("Deployment echo-server-deployment: would be injected"), "{out}");
+    assert!(out.contains("Service echo-server: no pod template"), "{out}");
+    let (ok, out, _) = run(&["explain", "-f", &data("echo-server-deployment.yaml"), "--namespace-labels", "team=a"], &[]);
+    assert!(ok);
+    assert!(out.contains("would NOT be injected") && out.contains("namespace label kubernetes-sidecar-injector=enabled"), "{out}");
+    let (ok, out, _) = run(&["explain", "-f", &data("echo-server-deployment.yaml"), "-n", "kube-system"], &[]);
+    assert!(ok && out.contains("namespace not in [kube-system, kube-public]"), "{out}");
+}
+
+struct Served {
+    child: std::process::Child,
+    port: u16,
+    admin: u16,
+    ca: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `serve` with the given arguments on loopback ports chosen by the OS.
+fn serve(args: &[&str]) -> Served {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("serve")
+        .env("SIDECAR_INJECTOR_SERVER__WEBHOOK_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_INJECTOR_SERVER__ADMIN_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_INJECTOR_SERVER__NAMESPACE_CACHE", "never")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port_of = |marker: &str| -> u16 {
+        let rest = &first[first.find(marker).unwrap_or_else(|| panic!("no {marker} in {first}")) + marker.len()..];
+        let addr = rest.split([' ', ')']).next().unwrap();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let (port, admin) = (port_of("on https://"), port_of("(admin http://"));
+    let mut ca = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("-----BEGIN") || !ca.is_empty() {
+            ca.push_str(&line);
+            ca.push('\n');
+        }
+        if line.starts_with("-----END") {
+            break;
+        }
+    }
+    Served { child, port, admin, ca }
+}
+
+async fn review(served: &Served, body: &[u8]) -> Value {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(served.ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("https://localhost:{}/mutate?timeout=10s", served.port))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn patch_of(review: &Value) -> Value {
+    use base64::Engine as _;
+    let Some(patch) = review["response"]["patch"].as_str() else { return json!([]) };
+    serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(patch).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn serve_with_the_embedded_configuration_answers_the_captured_review() {
+    let served = serve(&[]);
+    let body = std::fs::read(data("expedia-2019-admission-review-v1beta1.json")).unwrap();
+    let answer = review(&served, &body).await;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
+    assert_eq!(answer["response"]["uid"], "6e397dab-317d-11e9-b50f-080027bbd2ff");
+    assert_eq!(answer["response"]["allowed"], true);
+    let patch = patch_of(&answer);
+    let added = patch.as_array().unwrap().iter().find(|op| op["path"] == "/spec/containers/1").expect("the sidecar is added");
+    assert_eq!(added["value"]["name"], "haystack-agent");
+    assert!(added["value"]["env"].as_array().unwrap().contains(&json!({"name": "api-key", "value": "bd8a1dd2-735d-466e-ba30-201660185e64"})));
+}
+
+fn mount(dir: &Path, generation: u32, text: &str) {
+    let ts = dir.join(format!("..gen_{generation}"));
+    std::fs::create_dir_all(&ts).unwrap();
+    std::fs::write(ts.join("sidecars.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(ts.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if std::fs::symlink_metadata(dir.join("sidecars.yaml")).is_err() {
+        std::os::unix::fs::symlink("..data/sidecars.yaml", dir.join("sidecars.yaml")).unwrap();
+    }
+}
+
+fn pod_review(inject: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "hot", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "apps", "operation": "CREATE",
+            "object": {"metadata": {"name": "p", "annotations": {"sidecar-injector.expedia.com/inject": inject}},
+                       "spec": {"containers": [{"name": "app", "image": "app"}]}},
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn catalog_hot_reload_from_a_mounted_configmap() {
+    let dir = tempfile::tempdir().unwrap();
+    mount(dir.path(), 1, "- name: one\n  containers: [{name: one, image: one}]\n");
+    let path = dir.path().to_str().unwrap();
+    let served = serve(&["--catalog", path, "--set", "sidecars=null", "--set", "catalogReloadInterval=100ms"]);
+    let first = review(&served, &pod_review("one")).await;
+    assert_eq!(first["response"]["allowed"], true);
+    let denied = review(&served, &pod_review("two")).await;
+    assert!(denied["response"]["status"]["message"].as_str().unwrap().contains("sidecar `two` is not in the catalog; known: one"));
+
+    mount(dir.path(), 2, "- name: one\n  containers: [{name: one, image: one}]\n- name: two\n  containers: [{name: two, image: two}]\n");
+    let started = Instant::now();
+    loop {
+        let answer = review(&served, &pod_review("two")).await;
+        if answer["response"]["allowed"] == true {
+            assert!(patch_of(&answer).to_string().contains("\"two\""));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the new sidecar never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A broken update keeps the last good catalog and is counted.
+    mount(dir.path(), 3, "- name: [broken\n");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(review(&served, &pod_review("two")).await["response"]["allowed"], true);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", served.admin)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"admission_kit_sidecar_injector_catalog_reloads_total{result="failure"} 1"#), "{metrics}");
+    assert!(metrics.contains("admission_kit_sidecar_injector_catalog_stale 1"), "{metrics}");
+    assert!(metrics.contains("admission_kit_sidecar_injector_catalog_sidecars 2"), "{metrics}");
+    assert!(metrics.contains(r#"admission_kit_sidecar_injector_injections_total{sidecar="two",outcome="injected"}"#), "{metrics}");
+}
