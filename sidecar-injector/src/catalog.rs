@@ -2,7 +2,7 @@
 //! annotations and labels, read from either Expedia format.
 //!
 //! - 2019 (`sidecarconfig.yaml`): `sidecars: [{name, sidecar: {containers, volumes, …}}]`
-//! - 2022 (`sidecars.yaml` key of a ConfigMap): a plain list `[{name, containers, …}]`
+//! - 2022 (`sidecars.yaml` key of a `ConfigMap`): a plain list `[{name, containers, …}]`
 //!
 //! Containers, volumes and the rest are kept as raw JSON, so every field an entry carries reaches
 //! the pod — including fields newer than any typed struct (for example `restartPolicy: Always` on an
@@ -174,7 +174,9 @@ pub fn entries_from_value(document: &Value, source_name: &str) -> Result<Vec<Sid
     match document {
         Value::Null => Ok(Vec::new()),
         // 2022: a plain list of entries.
-        Value::Array(items) => items.iter().enumerate().map(|(i, item)| entry(item, i, false).map_err(invalid)).collect(),
+        Value::Array(items) => {
+            items.iter().enumerate().map(|(i, item)| entry(item, i, false).map_err(invalid)).collect()
+        }
         // 2019: `sidecars: [{name, sidecar: {...}}]`.
         Value::Object(map) => {
             if let Some(extra) = map.keys().find(|k| k.as_str() != "sidecars") {
@@ -190,12 +192,22 @@ pub fn entries_from_value(document: &Value, source_name: &str) -> Result<Vec<Sid
                 Some(_) => Err(invalid("`sidecars` must be a list".to_owned())),
             }
         }
-        _ => Err(invalid("a catalog is a list of sidecars (2022 format) or a map with `sidecars:` (2019 format)".into())),
+        _ => {
+            Err(invalid("a catalog is a list of sidecars (2022 format) or a map with `sidecars:` (2019 format)".into()))
+        }
     }
 }
 
-const ENTRY_FIELDS: [&str; 8] =
-    ["containers", "initContainers", "volumes", "imagePullSecrets", "annotations", "labels", "nativeSidecar", "namespaces"];
+const ENTRY_FIELDS: [&str; 8] = [
+    "containers",
+    "initContainers",
+    "volumes",
+    "imagePullSecrets",
+    "annotations",
+    "labels",
+    "nativeSidecar",
+    "namespaces",
+];
 
 fn entry(item: &Value, index: usize, nested_2019: bool) -> Result<SidecarEntry, String> {
     let Value::Object(map) = item else { return Err(format!("entry {index} is not a map")) };
@@ -226,7 +238,7 @@ fn entry(item: &Value, index: usize, nested_2019: bool) -> Result<SidecarEntry, 
                     if !item.is_object() {
                         return Err(format!("sidecar `{name}`: {key}[{i}] is not a map"));
                     }
-                    if needs_name && !item.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                    if needs_name && item.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
                         return Err(format!("sidecar `{name}`: {key}[{i}] has no `name`"));
                     }
                 }
@@ -258,7 +270,11 @@ fn entry(item: &Value, index: usize, nested_2019: bool) -> Result<SidecarEntry, 
         Some(Value::Array(items)) => Some(
             items
                 .iter()
-                .map(|n| n.as_str().map(str::to_owned).ok_or_else(|| format!("sidecar `{name}`: `namespaces` must list names")))
+                .map(|n| {
+                    n.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("sidecar `{name}`: `namespaces` must list names"))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
         Some(_) => return Err(format!("sidecar `{name}`: `namespaces` must be a list")),

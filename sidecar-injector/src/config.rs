@@ -1,6 +1,6 @@
 //! Configuration, layered with figment: built-in defaults < YAML file (`--config`) < environment
 //! (`SIDECAR_INJECTOR_…`) < flags (`--set key=value`, `--catalog`). Keys are camelCase as in
-//! Kubernetes; environment variables are the keys in SCREAMING_SNAKE_CASE, with `__` between a
+//! Kubernetes; environment variables are the keys in `SCREAMING_SNAKE_CASE`, with `__` between a
 //! section and its key (`SIDECAR_INJECTOR_SERVER__WEBHOOK_ADDR`). Every error names the key and
 //! where its value came from.
 
@@ -96,11 +96,11 @@ pub struct Config {
     pub native_sidecar_placement: NativePlacement,
     /// Inline catalog entries (2022 list or 2019 `sidecars:` map).
     pub sidecars: Value,
-    /// Catalog files or directories (mounted ConfigMaps), hot-reloaded.
+    /// Catalog files or directories (mounted `ConfigMaps`), hot-reloaded.
     pub catalog_paths: Vec<PathBuf>,
     /// How often catalog files are checked for a change.
     pub catalog_reload_interval: String,
-    /// The webhook's name in the MutatingWebhookConfiguration.
+    /// The webhook's name in the `MutatingWebhookConfiguration`.
     pub webhook_name: String,
     /// `Fail` or `Ignore`: what the API server does when the webhook cannot be reached.
     pub failure_policy: String,
@@ -182,6 +182,7 @@ fn env_key_to_camel(key: &str) -> String {
 /// The layered sources, before extraction: defaults, the file (or, without one, the embedded
 /// [`crate::DEFAULT_CONFIG`]), the environment, then `overrides`
 /// (from flags, as `key=value` with dotted keys and YAML values).
+#[must_use]
 pub fn figment(file: Option<&Path>, overrides: &[(String, Value)]) -> Figment {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     figment = match file {
@@ -232,14 +233,14 @@ impl Config {
     /// The injection settings.
     #[must_use]
     pub fn injection(&self) -> InjectionSettings {
-        let mut s = InjectionSettings::default();
-        s.annotation_prefix = self.annotation_prefix.trim_end_matches('/').to_owned();
-        s.unknown_sidecar = self.unknown_sidecar;
-        s.on_collision = self.on_collision;
-        s.override_pod_metadata = self.override_pod_metadata;
-        s.env_names = self.env_names;
-        s.native_sidecar_placement = self.native_sidecar_placement;
-        s
+        InjectionSettings {
+            annotation_prefix: self.annotation_prefix.trim_end_matches('/').to_owned(),
+            unknown_sidecar: self.unknown_sidecar,
+            on_collision: self.on_collision,
+            override_pod_metadata: self.override_pod_metadata,
+            env_names: self.env_names,
+            native_sidecar_placement: self.native_sidecar_placement,
+        }
     }
 
     /// `failurePolicy`.
@@ -247,7 +248,10 @@ impl Config {
         match self.failure_policy.as_str() {
             "Fail" => Ok(FailurePolicy::Fail),
             "Ignore" => Ok(FailurePolicy::Ignore),
-            other => Err(ConfigError::Value { key: "failurePolicy", problem: format!("must be Fail or Ignore, got `{other}`") }),
+            other => Err(ConfigError::Value {
+                key: "failurePolicy",
+                problem: format!("must be Fail or Ignore, got `{other}`"),
+            }),
         }
     }
 
@@ -256,9 +260,10 @@ impl Config {
         match self.reinvocation_policy.as_str() {
             "Never" => Ok(ReinvocationPolicy::Never),
             "IfNeeded" => Ok(ReinvocationPolicy::IfNeeded),
-            other => {
-                Err(ConfigError::Value { key: "reinvocationPolicy", problem: format!("must be Never or IfNeeded, got `{other}`") })
-            }
+            other => Err(ConfigError::Value {
+                key: "reinvocationPolicy",
+                problem: format!("must be Never or IfNeeded, got `{other}`"),
+            }),
         }
     }
 
@@ -285,10 +290,16 @@ impl Config {
             }
         };
         if !matches!(s.namespace_cache.as_str(), "auto" | "always" | "never") {
-            return Err(ConfigError::Value { key: "server.namespaceCache", problem: format!("must be auto, always or never, got `{}`", s.namespace_cache) });
+            return Err(ConfigError::Value {
+                key: "server.namespaceCache",
+                problem: format!("must be auto, always or never, got `{}`", s.namespace_cache),
+            });
         }
         if !matches!(s.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Value { key: "server.logFormat", problem: format!("must be text or json, got `{}`", s.log_format) });
+            return Err(ConfigError::Value {
+                key: "server.logFormat",
+                problem: format!("must be text or json, got `{}`", s.log_format),
+            });
         }
         let mut config = ServerConfig::default();
         config.webhook_addr = s.webhook_addr;

@@ -34,7 +34,10 @@ impl Annotations {
     }
 
     /// The env var annotations of a pod: every `<prefix>/<key>` but the control annotations.
-    pub fn env_pairs<'a>(&'a self, annotations: &'a Map<String, Value>) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    pub fn env_pairs<'a>(
+        &'a self,
+        annotations: &'a Map<String, Value>,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         annotations.iter().filter_map(move |(k, v)| {
             let key = k.strip_prefix(&self.prefix)?;
             (k != &self.inject && k != &self.status && !key.is_empty()).then_some((key, v.as_str().unwrap_or_default()))
@@ -84,7 +87,11 @@ fn array_at<'a>(spec: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Valu
 }
 
 fn names(items: Option<&Value>) -> impl Iterator<Item = String> + '_ {
-    items.and_then(Value::as_array).into_iter().flatten().filter_map(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
+    items
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
 }
 
 /// Counts injection outcomes by sidecar; the server's metrics registry holds it.
@@ -165,14 +172,14 @@ impl DynamicMutator for SidecarMutator {
                 ctx.warn(format!("{message}; pod admitted without it"));
                 continue;
             };
-            if let Some(allowed) = &entry.namespaces {
-                if !allowed.contains(&namespace) {
-                    self.count(name, "not_allowed");
-                    return Err(MutationError::deny(format!(
-                        "sidecar `{name}` may not be injected in namespace `{namespace}`; it is allowed in: {}",
-                        allowed.join(", ")
-                    )));
-                }
+            if let Some(allowed) = &entry.namespaces
+                && !allowed.contains(&namespace)
+            {
+                self.count(name, "not_allowed");
+                return Err(MutationError::deny(format!(
+                    "sidecar `{name}` may not be injected in namespace `{namespace}`; it is allowed in: {}",
+                    allowed.join(", ")
+                )));
             }
             entries.push(entry);
         }
@@ -185,14 +192,20 @@ impl DynamicMutator for SidecarMutator {
         if !annotations.is_object() {
             *annotations = Value::Object(Map::new());
         }
-        let status_json = serde_json::to_string(&status).map_err(|e| MutationError::caused_by("failed to encode the status", e))?;
+        let status_json =
+            serde_json::to_string(&status).map_err(|e| MutationError::caused_by("failed to encode the status", e))?;
         annotations[&self.annotations.status] = Value::String(status_json);
         Ok(())
     }
 }
 
 impl SidecarMutator {
-    fn inject(&self, pod: &mut Value, entries: &[&Arc<SidecarEntry>], ctx: &mut Context<'_>) -> Result<Status, MutationError> {
+    fn inject(
+        &self,
+        pod: &mut Value,
+        entries: &[&Arc<SidecarEntry>],
+        ctx: &mut Context<'_>,
+    ) -> Result<Status, MutationError> {
         let spec = object_at(pod, "spec");
         let mut taken = Taken::of(spec);
         let mut status = Status::default();
@@ -200,13 +213,18 @@ impl SidecarMutator {
         for entry in entries {
             let name = entry.name.as_str();
             // Containers first: a collision either denies the pod or skips the item.
-            let add = |item: &Value, set: &mut BTreeSet<String>, what: &str, ctx: &mut Context<'_>| -> Result<bool, MutationError> {
+            let add = |item: &Value,
+                       set: &mut BTreeSet<String>,
+                       what: &str,
+                       ctx: &mut Context<'_>|
+             -> Result<bool, MutationError> {
                 let item_name = item.get("name").and_then(Value::as_str).unwrap_or_default();
                 if set.insert(item_name.to_owned()) {
                     return Ok(true);
                 }
                 self.count(name, "collision");
-                let message = format!("sidecar `{name}` adds {what} `{item_name}`, but the pod already has one with that name");
+                let message =
+                    format!("sidecar `{name}` adds {what} `{item_name}`, but the pod already has one with that name");
                 match self.settings.on_collision {
                     CollisionPolicy::Deny => Err(MutationError::deny(message)),
                     CollisionPolicy::Skip => {
@@ -336,13 +354,13 @@ impl DynamicMutator for EnvFromAnnotations {
                     self.annotations.prefix
                 )));
             }
-            if let Some(previous) = env.insert(name.clone(), value) {
-                if previous != value {
-                    return Err(MutationError::deny(format!(
-                        "two annotations under `{}` become env var `{name}` with different values",
-                        self.annotations.prefix
-                    )));
-                }
+            if let Some(previous) = env.insert(name.clone(), value)
+                && previous != value
+            {
+                return Err(MutationError::deny(format!(
+                    "two annotations under `{}` become env var `{name}` with different values",
+                    self.annotations.prefix
+                )));
             }
         }
         if env.is_empty() {

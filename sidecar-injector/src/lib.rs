@@ -1,4 +1,4 @@
-//! sidecar-injector: inject sidecars into pods, as ExpediaGroup's kubernetes-sidecar-injector does,
+//! sidecar-injector: inject sidecars into pods, as `ExpediaGroup`'s kubernetes-sidecar-injector does,
 //! without its faults — built only on admission-kit's public API.
 //!
 //! A pod in a namespace labelled `kubernetes-sidecar-injector: enabled` with the annotation
@@ -35,14 +35,19 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
 pub fn selection(config: &Config) -> matcher::All {
     let annotations = Annotations::new(&config.annotation_prefix);
     matcher::all([
-        Box::new(matcher::namespace_label(&config.namespace_label_key, &config.namespace_label_value)) as Box<dyn Matcher>,
+        Box::new(matcher::namespace_label(&config.namespace_label_key, &config.namespace_label_value))
+            as Box<dyn Matcher>,
         Box::new(matcher::namespace_not_in(config.excluded_namespaces.iter().cloned())),
         Box::new(matcher::has_annotation(annotations.inject)),
     ])
 }
 
 /// The admission pipeline: sidecars, then env from annotations; pod CREATE only.
-pub fn pipeline(config: &Config, catalog: Arc<CatalogStore>, metrics: Option<&metrics::InjectorMetrics>) -> Result<Pipeline, PipelineBuildError> {
+pub fn pipeline(
+    config: &Config,
+    catalog: Arc<CatalogStore>,
+    metrics: Option<&metrics::InjectorMetrics>,
+) -> Result<Pipeline, PipelineBuildError> {
     let settings = Arc::new(config.injection());
     let mut sidecars = SidecarMutator::new(catalog, settings.clone());
     if let Some(metrics) = metrics {

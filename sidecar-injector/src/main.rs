@@ -20,7 +20,11 @@ use sidecar_injector::metrics::InjectorMetrics;
 use sidecar_injector::{offline, pipeline};
 
 #[derive(Debug, Parser)]
-#[command(name = "sidecar-injector", version, about = "Inject sidecars into Kubernetes pods (a drop-in for ExpediaGroup's kubernetes-sidecar-injector)")]
+#[command(
+    name = "sidecar-injector",
+    version,
+    about = "Inject sidecars into Kubernetes pods (a drop-in for ExpediaGroup's kubernetes-sidecar-injector)"
+)]
 struct Cli {
     /// YAML configuration file (without it: the embedded default configuration, with an example sidecar).
     #[arg(long, global = true, env = "SIDECAR_INJECTOR_CONFIG")]
@@ -43,7 +47,7 @@ enum Command {
     Inject(OfflineArgs),
     /// Say, for each pod template, whether and why it would or would not be injected.
     Explain(OfflineArgs),
-    /// Print the MutatingWebhookConfiguration (JSON, which is valid YAML).
+    /// Print the `MutatingWebhookConfiguration` (JSON, which is valid YAML).
     WebhookConfig(WebhookConfigArgs),
     /// Validate the configuration and its catalogs, then print the catalog's sidecar names.
     Check,
@@ -51,7 +55,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct OfflineArgs {
-    /// Manifest file (`-` for stdin): Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob.
+    /// Manifest file (`-` for stdin): Pod, Deployment, `StatefulSet`, `DaemonSet`, `ReplicaSet`, Job, `CronJob`.
     #[arg(short = 'f', long = "filename")]
     file: PathBuf,
     /// Namespace for objects that do not name one.
@@ -140,7 +144,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut options = WebhookConfigOptions::new("sidecar-injector", target);
             if let Some(path) = &args.ca_file {
-                options = options.ca_bundle(std::fs::read(path).with_context(|| format!("failed to read --ca-file {}", path.display()))?);
+                options = options.ca_bundle(
+                    std::fs::read(path).with_context(|| format!("failed to read --ca-file {}", path.display()))?,
+                );
             }
             let mut value = serde_json::to_value(render_webhook_config(&[pipeline], &options))?;
             value["apiVersion"] = "admissionregistration.k8s.io/v1".into();
@@ -152,7 +158,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn parse_service(service: &str) -> anyhow::Result<ClientTarget> {
-    let (namespace, rest) = service.split_once('/').with_context(|| format!("--service must be namespace/name[:port], got `{service}`"))?;
+    let (namespace, rest) =
+        service.split_once('/').with_context(|| format!("--service must be namespace/name[:port], got `{service}`"))?;
     let (name, port) = match rest.split_once(':') {
         Some((name, port)) => (name, port.parse().with_context(|| format!("--service port `{port}` is not a number"))?),
         None => (rest, 443),
@@ -173,7 +180,11 @@ fn offline_setup(config: &Config, args: &OfflineArgs) -> anyhow::Result<Offline>
     let labels = match &args.namespace_labels {
         Some(pairs) => pairs
             .iter()
-            .map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).with_context(|| format!("--namespace-labels `{p}`: expected key=value")))
+            .map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .with_context(|| format!("--namespace-labels `{p}`: expected key=value"))
+            })
             .collect::<anyhow::Result<_>>()?,
         None => BTreeMap::from([(config.namespace_label_key.clone(), config.namespace_label_value.clone())]),
     };
@@ -235,7 +246,9 @@ fn spawn_catalog_reload(store: Arc<CatalogStore>, interval: std::time::Duration,
     });
 }
 
-async fn namespace_source(mode: &str) -> anyhow::Result<(NamespaceSource, Option<impl std::future::Future<Output = ()> + Send + 'static>)> {
+async fn namespace_source(
+    mode: &str,
+) -> anyhow::Result<(NamespaceSource, Option<impl std::future::Future<Output = ()> + Send + 'static>)> {
     if mode == "never" {
         return Ok((NamespaceSource::Unknown, None));
     }

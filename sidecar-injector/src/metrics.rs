@@ -60,7 +60,9 @@ impl InjectorMetrics {
     pub fn counter(&self) -> InjectionCounter {
         let injections = self.injections.clone();
         Arc::new(move |sidecar: &str, outcome: &'static str| {
-            injections.get_or_create(&InjectionLabels { sidecar: sidecar.to_owned(), outcome: outcome.to_owned() }).inc();
+            injections
+                .get_or_create(&InjectionLabels { sidecar: sidecar.to_owned(), outcome: outcome.to_owned() })
+                .inc();
         })
     }
 

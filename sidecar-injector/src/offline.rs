@@ -1,7 +1,7 @@
 //! Offline use: inject sidecars into manifests (`inject`, like `istioctl kube-inject`) and explain
 //! decisions (`explain`), running exactly the pipeline the webhook serves.
 //!
-//! Reads Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob manifests (and `List`s
+//! Reads Pod, Deployment, `StatefulSet`, `DaemonSet`, `ReplicaSet`, Job and `CronJob` manifests (and `List`s
 //! of them) from multi-document YAML or JSON; other kinds pass through unchanged.
 
 use std::collections::BTreeMap;
@@ -59,7 +59,9 @@ pub fn parse_manifests(text: &str, source_name: &str) -> Result<Vec<Value>, Mani
 pub fn template_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => Some("/spec/template"),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
+            Some("/spec/template")
+        }
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         _ => None,
     }
@@ -116,7 +118,9 @@ pub async fn inject(
             if !outcome.answer.allowed {
                 return Err(ManifestError::Denied { object: describe(&object), message: outcome.answer.message });
             }
-            if let (Some(mutated), Some(kind)) = (outcome.mutated, object.get("kind").and_then(Value::as_str).map(str::to_owned)) {
+            if let (Some(mutated), Some(kind)) =
+                (outcome.mutated, object.get("kind").and_then(Value::as_str).map(str::to_owned))
+            {
                 let pointer = template_pointer(&kind).unwrap_or_default();
                 if let Some(template) = object.pointer_mut(pointer) {
                     if let Some(metadata) = mutated.get("metadata") {

@@ -3,7 +3,7 @@
 //! Sources are read again every reload interval; when their bytes changed the whole catalog is
 //! rebuilt and swapped in atomically. A broken update (bad YAML, an invalid entry, a duplicate name)
 //! keeps the last good catalog in service, and the error — naming the file and line — is returned
-//! to the caller, which logs it and counts it. Directories are read the way a mounted ConfigMap
+//! to the caller, which logs it and counts it. Directories are read the way a mounted `ConfigMap`
 //! looks: every regular file not starting with `.`, following kubelet's `..data` symlinks.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use super::{Catalog, CatalogError, entries_from_value, parse_catalog};
 pub enum SourceKind {
     /// Entries written inline in the configuration file (already parsed).
     Inline(Value),
-    /// A catalog file, or a directory of them (a mounted ConfigMap).
+    /// A catalog file, or a directory of them (a mounted `ConfigMap`).
     Path(PathBuf),
 }
 
@@ -88,7 +88,10 @@ fn build(sources: &[CatalogSource], files: &Snapshot) -> Result<Catalog, Catalog
     let mut catalog = Catalog::new();
     for source in sources {
         if let SourceKind::Inline(value) = &source.kind {
-            catalog.extend(entries_from_value(value, "the configuration's `sidecars`")?, "the configuration's `sidecars`")?;
+            catalog.extend(
+                entries_from_value(value, "the configuration's `sidecars`")?,
+                "the configuration's `sidecars`",
+            )?;
         }
     }
     for (name, bytes) in files {

@@ -33,14 +33,20 @@ fn entries_keep_every_field_they_carry() {
 #[test]
 fn mistakes_are_named() {
     let err = |text: &str| parse_catalog(text, "cat.yaml").unwrap_err().to_string();
-    assert!(err("- name: a\n  contianers: []\n").contains("sidecar `a`: unknown key `contianers`"), "{}", err("- name: a\n  contianers: []\n"));
+    assert!(
+        err("- name: a\n  contianers: []\n").contains("sidecar `a`: unknown key `contianers`"),
+        "{}",
+        err("- name: a\n  contianers: []\n")
+    );
     assert!(err("- containers: []\n").contains("entry 0 has no `name`"));
     assert!(err("- name: a\n  containers:\n    - image: x\n").contains("containers[0] has no `name`"));
     assert!(err("- name: a\n  containers: {}\n").contains("`containers` must be a list"));
     assert!(err("- name: a\n  labels: {x: 1}\n").contains("labels.x must be a string"));
     assert!(err("sidecars:\n  - name: a\n    extra: 1\n").contains("unknown key `extra`"));
     assert!(err("hello: world\n").contains("unknown top-level key `hello`"));
-    assert!(err("- name: a\n  containers:\n    - name: c\n    - name: c\n").contains("container name `c` is used twice"));
+    assert!(
+        err("- name: a\n  containers:\n    - name: c\n    - name: c\n").contains("container name `c` is used twice")
+    );
     // Syntax errors name the file and the line.
     let syntax = err("- name: a\n  containers: [\n    - name: b\n");
     assert!(syntax.starts_with("failed to parse catalog cat.yaml:"), "{syntax}");
@@ -55,7 +61,7 @@ fn a_name_defined_in_two_sources_is_an_error() {
     assert_eq!(err.to_string(), "sidecar `a` is defined twice: in one.yaml and in two.yaml");
 }
 
-/// Lays out files the way kubelet mounts a ConfigMap: `key -> ..data/key`, `..data -> ..<ts>`.
+/// Lays out files the way kubelet mounts a `ConfigMap`: `key -> ..data/key`, `..data -> ..<ts>`.
 fn mount(dir: &std::path::Path, generation: u32, files: &[(&str, &str)]) {
     let ts = dir.join(format!("..2026_{generation}"));
     std::fs::create_dir_all(&ts).unwrap();
@@ -77,7 +83,9 @@ fn mount(dir: &std::path::Path, generation: u32, files: &[(&str, &str)]) {
 fn mounted_configmap_hot_reload_keeps_the_last_good_catalog() {
     let dir = tempfile::tempdir().unwrap();
     mount(dir.path(), 1, &[("sidecars.yaml", "- name: a\n")]);
-    let store = CatalogStore::load(vec![CatalogSource::inline(json!([{"name": "inline"}])), CatalogSource::path(dir.path())]).unwrap();
+    let store =
+        CatalogStore::load(vec![CatalogSource::inline(json!([{"name": "inline"}])), CatalogSource::path(dir.path())])
+            .unwrap();
     assert_eq!(store.current().names(), vec!["a", "inline"]);
     assert!(!store.reload().unwrap(), "nothing changed");
 

@@ -10,7 +10,10 @@ fn write(text: &str) -> tempfile::NamedTempFile {
 fn defaults_are_the_expedia_injector_plus_an_example_sidecar() {
     let config = Config::load(None, &[]).unwrap();
     assert_eq!(config.annotation_prefix, "sidecar-injector.expedia.com");
-    assert_eq!((config.namespace_label_key.as_str(), config.namespace_label_value.as_str()), ("kubernetes-sidecar-injector", "enabled"));
+    assert_eq!(
+        (config.namespace_label_key.as_str(), config.namespace_label_value.as_str()),
+        ("kubernetes-sidecar-injector", "enabled")
+    );
     assert_eq!(config.excluded_namespaces, vec!["kube-system", "kube-public"]);
     assert_eq!(config.sidecars[0]["name"], "haystack-agent");
     assert_eq!(config.reinvocation_policy().unwrap(), ReinvocationPolicy::IfNeeded);
@@ -25,7 +28,11 @@ fn a_file_replaces_the_embedded_defaults_and_flags_win_over_it() {
     assert_eq!(config.annotation_prefix, "injector.example.com");
     assert_eq!(config.sidecars, Value::Null, "the embedded example sidecar comes only without a file");
     assert_eq!(config.server_config().unwrap().drain_delay, Duration::from_secs(1));
-    let overridden = Config::load(Some(file.path()), &[("timeoutSeconds".into(), Value::from(7)), ("server.logFormat".into(), Value::from("json"))]).unwrap();
+    let overridden = Config::load(
+        Some(file.path()),
+        &[("timeoutSeconds".into(), Value::from(7)), ("server.logFormat".into(), Value::from("json"))],
+    )
+    .unwrap();
     assert_eq!(overridden.timeout_seconds, 7);
     assert_eq!(overridden.server.log_format, "json");
 }
@@ -46,7 +53,10 @@ fn errors_name_the_key_and_where_it_came_from() {
     assert!(err.contains("`catalogReloadInterval`"), "{err}");
     let err = Config::load(None, &[("server.tlsCertFile".into(), Value::from("/x.pem"))]).unwrap_err().to_string();
     assert!(err.contains("`server.tlsCertFile` and server.tlsKeyFile must be set together"), "{err}");
-    let err = format!("{:#}", anyhow::Error::from(Config::load(None, &[("unknownSidecar".into(), Value::from("maybe"))]).unwrap_err()));
+    let err = format!(
+        "{:#}",
+        anyhow::Error::from(Config::load(None, &[("unknownSidecar".into(), Value::from("maybe"))]).unwrap_err())
+    );
     assert!(err.contains("unknownSidecar") && err.contains("maybe"), "{err}");
 }
 
@@ -56,4 +66,3 @@ fn environment_variable_names_map_to_camel_case_keys() {
     assert_eq!(env_key_to_camel("server__webhook_addr"), "server.webhookAddr");
     assert_eq!(env_key_to_camel("ANNOTATION_PREFIX"), "annotationPrefix");
 }
-

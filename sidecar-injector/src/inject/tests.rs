@@ -1,3 +1,6 @@
+#![allow(clippy::field_reassign_with_default, reason = "tests change one knob of the default configuration at a time")]
+#![allow(clippy::needless_pass_by_value, reason = "test helpers take inline JSON literals")]
+
 use std::sync::Arc;
 
 use admission_kit::pipeline::ResourceTarget;
@@ -105,7 +108,9 @@ fn env_name_rules() {
 
 #[tokio::test]
 async fn the_captured_2019_review_gets_its_sidecar_and_env() {
-    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2019-admission-review-v1beta1.json")).unwrap();
+    let body =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2019-admission-review-v1beta1.json"))
+            .unwrap();
     let review = Review::from_slice(&body).unwrap();
     let mut config = Config::default();
     config.sidecars = json!([{"name": "haystack-agent", "containers": [{"name": "haystack-agent", "image": "expediadotcom/haystack-agent"}]}]);
@@ -116,23 +121,38 @@ async fn the_captured_2019_review_gets_its_sidecar_and_env() {
     let result = checked.patched();
     assert_eq!(checked.answer().api_version, "admission.k8s.io/v1beta1");
     assert_eq!(containers(result), vec!["echo-server", "haystack-agent"]);
-    assert_eq!(env_of(result, "haystack-agent"), &json!([{"name": "api-key", "value": "bd8a1dd2-735d-466e-ba30-201660185e64"}]));
+    assert_eq!(
+        env_of(result, "haystack-agent"),
+        &json!([{"name": "api-key", "value": "bd8a1dd2-735d-466e-ba30-201660185e64"}])
+    );
     assert_eq!(env_of(result, "echo-server"), &Value::Null, "the app's containers get no env");
     // The pod's own annotations are all still there, and the status records the injection.
     assert_eq!(result["metadata"]["annotations"]["sidecar-injector.expedia.com/inject"], "haystack-agent");
-    assert_eq!(result["metadata"]["annotations"][STATUS], r#"{"sidecars":["haystack-agent"],"containers":["haystack-agent"]}"#);
+    assert_eq!(
+        result["metadata"]["annotations"][STATUS],
+        r#"{"sidecars":["haystack-agent"],"containers":["haystack-agent"]}"#
+    );
 }
 
 #[tokio::test]
 async fn the_captured_2022_pod_keeps_its_projected_volume() {
-    let pod: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2022-pod.json")).unwrap()).unwrap();
+    let pod: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/expedia-2022-pod.json")).unwrap(),
+    )
+    .unwrap();
     let mut pod = pod;
     pod["metadata"]["annotations"][INJECT] = json!("agent");
     let checked = check(pod.clone(), "apps").await;
     let result = checked.patched();
-    assert_eq!(result["spec"]["volumes"][0], pod["spec"]["volumes"][0], "the projected service-account volume is untouched");
+    assert_eq!(
+        result["spec"]["volumes"][0], pod["spec"]["volumes"][0],
+        "the projected service-account volume is untouched"
+    );
     assert_eq!(result["spec"]["volumes"].as_array().unwrap().last().unwrap()["name"], "agent-data");
-    assert_eq!(env_of(result, "agent").as_array().unwrap().last().unwrap(), &json!({"name": "some-api-key", "value": "6feab492-fc9b-4c38-b50d-3791718c8203"}));
+    assert_eq!(
+        env_of(result, "agent").as_array().unwrap().last().unwrap(),
+        &json!({"name": "some-api-key", "value": "6feab492-fc9b-4c38-b50d-3791718c8203"})
+    );
     assert_eq!(result["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"], "2022-03-25T13:36:51-05:00");
 }
 
@@ -144,7 +164,8 @@ async fn a_pod_without_volumes_gets_two_sidecars_in_the_order_asked() {
     let result = checked.patched();
     assert_eq!(containers(result), vec!["app", "logger", "agent"]);
     assert_eq!(result["spec"]["initContainers"], json!([{"name": "logger-init", "image": "logger:1"}]));
-    let volumes: Vec<&str> = result["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let volumes: Vec<&str> =
+        result["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(volumes, vec!["logs", "agent-data"]);
     assert_eq!(result["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]), "the same pull secret is added once");
     assert_eq!(result["metadata"]["labels"], json!({"agent": "yes", "app": "catalog"}), "labels created when absent");
@@ -174,10 +195,15 @@ async fn keys_with_slash_and_tilde_and_unknown_fields_survive() {
 #[tokio::test]
 async fn env_annotations_override_catalog_vars_and_stay_data() {
     let hostile = "quote\" {{ .Values.x }} $(rm -rf /) \n newline";
-    let p = pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/MODE": "annotation", "sidecar-injector.expedia.com/weird": hostile}));
+    let p = pod(
+        json!({INJECT: "agent", "sidecar-injector.expedia.com/MODE": "annotation", "sidecar-injector.expedia.com/weird": hostile}),
+    );
     let checked = check(p, "apps").await;
     let env = env_of(checked.patched(), "agent");
-    assert_eq!(env, &json!([{"name": "MODE", "value": "annotation"}, {"name": "keep", "value": "1"}, {"name": "weird", "value": hostile}]));
+    assert_eq!(
+        env,
+        &json!([{"name": "MODE", "value": "annotation"}, {"name": "keep", "value": "1"}, {"name": "weird", "value": hostile}])
+    );
 }
 
 #[tokio::test]
@@ -188,7 +214,10 @@ async fn env_names_the_cluster_would_reject_are_denied_or_converted() {
     let mut config = Config::default();
     config.env_names = crate::settings::EnvNames::CIdentifier;
     let converted = harness_with(&config).check(&review(p, "apps")).await;
-    assert_eq!(env_of(converted.patched(), "agent").as_array().unwrap().last().unwrap(), &json!({"name": "_1PASSWORD", "value": "x"}));
+    assert_eq!(
+        env_of(converted.patched(), "agent").as_array().unwrap().last().unwrap(),
+        &json!({"name": "_1PASSWORD", "value": "x"})
+    );
 }
 
 #[tokio::test]
@@ -197,12 +226,15 @@ async fn no_env_leaks_between_requests_even_concurrently() {
     let before = store.current().get("agent").unwrap().containers.clone();
     let h = Harness::new(crate::pipeline(&Config::default(), store.clone(), None).unwrap())
         .namespace("apps", [("kubernetes-sidecar-injector", "enabled")]);
-    let make = |i: usize| review(pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/api-key": format!("key-{i}")})), "apps");
+    let make = |i: usize| {
+        review(pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/api-key": format!("key-{i}")})), "apps")
+    };
     let reviews: Vec<Review> = (0..64).map(make).collect();
     let outcomes = futures_join(&h, &reviews).await;
     for (i, outcome) in outcomes.iter().enumerate() {
         let env = env_of(outcome.mutated.as_ref().unwrap(), "agent");
-        let keys: Vec<&Value> = env.as_array().unwrap().iter().filter(|e| e["name"] == "api-key").map(|e| &e["value"]).collect();
+        let keys: Vec<&Value> =
+            env.as_array().unwrap().iter().filter(|e| e["name"] == "api-key").map(|e| &e["value"]).collect();
         assert_eq!(keys, vec![&json!(format!("key-{i}"))], "pod {i} sees only its own value");
     }
     // And the catalog in service was never written to.
@@ -235,7 +267,11 @@ async fn unknown_sidecars_are_denied_with_the_known_names_or_warned() {
     config.unknown_sidecar = crate::settings::UnknownSidecarPolicy::Warn;
     let warned = harness_with(&config).check(&review(pod(json!({INJECT: "agent, agnet"})), "apps")).await;
     assert_eq!(containers(warned.patched()), vec!["app", "agent"]);
-    assert!(warned.answer().warnings.iter().any(|w| w.contains("`agnet` is not in the catalog")), "{:?}", warned.answer().warnings);
+    assert!(
+        warned.answer().warnings.iter().any(|w| w.contains("`agnet` is not in the catalog")),
+        "{:?}",
+        warned.answer().warnings
+    );
 }
 
 #[tokio::test]
@@ -255,13 +291,23 @@ async fn native_sidecars_go_first_among_init_containers() {
     let mut p = pod(json!({INJECT: "proxy, logger"}));
     p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m:1"}]);
     let checked = check(p.clone(), "apps").await;
-    let init: Vec<&str> = checked.patched()["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let init: Vec<&str> = checked.patched()["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(init, vec!["proxy", "migrate", "logger-init"]);
     assert_eq!(checked.patched()["spec"]["initContainers"][0]["restartPolicy"], "Always");
     let mut config = Config::default();
     config.native_sidecar_placement = crate::settings::NativePlacement::Last;
     let last = harness_with(&config).check(&review(p, "apps")).await;
-    let init: Vec<&str> = last.patched()["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let init: Vec<&str> = last.patched()["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(init, vec!["migrate", "logger-init", "proxy"]);
 }
 
@@ -270,7 +316,10 @@ async fn namespace_allow_list() {
     check(pod(json!({INJECT: "privileged"})), "apps")
         .await
         .assert_denied("sidecar `privileged` may not be injected in namespace `apps`; it is allowed in: trusted");
-    assert_eq!(containers(check(pod(json!({INJECT: "privileged"})), "trusted").await.patched()), vec!["app", "privileged"]);
+    assert_eq!(
+        containers(check(pod(json!({INJECT: "privileged"})), "trusted").await.patched()),
+        vec!["app", "privileged"]
+    );
 }
 
 #[tokio::test]
@@ -281,7 +330,10 @@ async fn selection_follows_the_seed() {
     // No annotation: untouched.
     check(pod(json!({"other": "x"})), "apps").await.assert_unchanged();
     // Only CREATE.
-    let update = review_json(pod(json!({INJECT: "agent"})), &ResourceTarget::of::<Pod>()).namespace("apps").operation(Operation::Update).build();
+    let update = review_json(pod(json!({INJECT: "agent"})), &ResourceTarget::of::<Pod>())
+        .namespace("apps")
+        .operation(Operation::Update)
+        .build();
     harness().check(&update).await.assert_unchanged();
     // Only pods.
     let deployment = ResourceTarget::new("apps", "v1", "Deployment", "deployments");
