@@ -16,7 +16,8 @@ fn data(name: &str) -> String {
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).envs(env.iter().copied()).env_remove("SIDECAR_INJECTOR_CONFIG").output().unwrap();
+    let out =
+        Command::new(BIN).args(args).envs(env.iter().copied()).env_remove("SIDECAR_INJECTOR_CONFIG").output().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
@@ -69,9 +70,16 @@ fn layers_defaults_file_environment_flags() {
     };
     assert_eq!(timeout(&["webhook-config"], &[]), json!(10), "default");
     assert_eq!(timeout(&["--config", config, "webhook-config"], &[]), json!(3), "file over defaults");
-    assert_eq!(timeout(&["--config", config, "webhook-config"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]), json!(7), "env over file");
     assert_eq!(
-        timeout(&["--config", config, "--set", "timeoutSeconds=4", "webhook-config"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]),
+        timeout(&["--config", config, "webhook-config"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]),
+        json!(7),
+        "env over file"
+    );
+    assert_eq!(
+        timeout(
+            &["--config", config, "--set", "timeoutSeconds=4", "webhook-config"],
+            &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]
+        ),
         json!(4),
         "flags over env"
     );
@@ -80,7 +88,10 @@ fn layers_defaults_file_environment_flags() {
     assert_eq!(hook["failurePolicy"], "Ignore");
     assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
     assert_eq!(hook["clientConfig"]["url"], "https://127.0.0.1:8443/mutate");
-    assert_eq!(hook["namespaceSelector"]["matchExpressions"][0], json!({"key": "kubernetes-sidecar-injector", "operator": "In", "values": ["enabled"]}));
+    assert_eq!(
+        hook["namespaceSelector"]["matchExpressions"][0],
+        json!({"key": "kubernetes-sidecar-injector", "operator": "In", "values": ["enabled"]})
+    );
     assert_eq!(
         hook["namespaceSelector"]["matchExpressions"][1],
         json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public"]})
@@ -94,10 +105,16 @@ fn inject_the_expedia_sample_deployment() {
     let docs: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
     assert_eq!(docs.len(), 2);
     let template = &docs[0]["spec"]["template"];
-    let names: Vec<&str> = template["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        template["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["echo-server", "haystack-agent"]);
     let env = &template["spec"]["containers"][1]["env"];
-    assert!(env.as_array().unwrap().contains(&json!({"name": "some-api-key", "value": "6feab492-fc9b-4c38-b50d-3791718c8203"})), "{env}");
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "some-api-key", "value": "6feab492-fc9b-4c38-b50d-3791718c8203"})),
+        "{env}"
+    );
     assert_eq!(template["spec"]["containers"][0].get("env"), None, "the app's container gets no env");
     assert_eq!(docs[1]["kind"], "Service");
     assert_eq!(docs[1].get("spec").and_then(|s| s.get("template")), None, "other kinds pass through");
@@ -109,9 +126,13 @@ fn explain_says_why() {
     assert!(ok);
     assert!(out.contains("Deployment echo-server-deployment: would be injected"), "{out}");
     assert!(out.contains("Service echo-server: no pod template"), "{out}");
-    let (ok, out, _) = run(&["explain", "-f", &data("echo-server-deployment.yaml"), "--namespace-labels", "team=a"], &[]);
+    let (ok, out, _) =
+        run(&["explain", "-f", &data("echo-server-deployment.yaml"), "--namespace-labels", "team=a"], &[]);
     assert!(ok);
-    assert!(out.contains("would NOT be injected") && out.contains("namespace label kubernetes-sidecar-injector=enabled"), "{out}");
+    assert!(
+        out.contains("would NOT be injected") && out.contains("namespace label kubernetes-sidecar-injector=enabled"),
+        "{out}"
+    );
     let (ok, out, _) = run(&["explain", "-f", &data("echo-server-deployment.yaml"), "-n", "kube-system"], &[]);
     assert!(ok && out.contains("namespace not in [kube-system, kube-public]"), "{out}");
 }
@@ -197,9 +218,15 @@ async fn serve_with_the_embedded_configuration_answers_the_captured_review() {
     assert_eq!(answer["response"]["uid"], "6e397dab-317d-11e9-b50f-080027bbd2ff");
     assert_eq!(answer["response"]["allowed"], true);
     let patch = patch_of(&answer);
-    let added = patch.as_array().unwrap().iter().find(|op| op["path"] == "/spec/containers/1").expect("the sidecar is added");
+    let added =
+        patch.as_array().unwrap().iter().find(|op| op["path"] == "/spec/containers/1").expect("the sidecar is added");
     assert_eq!(added["value"]["name"], "haystack-agent");
-    assert!(added["value"]["env"].as_array().unwrap().contains(&json!({"name": "api-key", "value": "bd8a1dd2-735d-466e-ba30-201660185e64"})));
+    assert!(
+        added["value"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "api-key", "value": "bd8a1dd2-735d-466e-ba30-201660185e64"}))
+    );
 }
 
 fn mount(dir: &Path, generation: u32, text: &str) {
@@ -237,9 +264,18 @@ async fn catalog_hot_reload_from_a_mounted_configmap() {
     let first = review(&served, &pod_review("one")).await;
     assert_eq!(first["response"]["allowed"], true);
     let denied = review(&served, &pod_review("two")).await;
-    assert!(denied["response"]["status"]["message"].as_str().unwrap().contains("sidecar `two` is not in the catalog; known: one"));
+    assert!(
+        denied["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sidecar `two` is not in the catalog; known: one")
+    );
 
-    mount(dir.path(), 2, "- name: one\n  containers: [{name: one, image: one}]\n- name: two\n  containers: [{name: two, image: two}]\n");
+    mount(
+        dir.path(),
+        2,
+        "- name: one\n  containers: [{name: one, image: one}]\n- name: two\n  containers: [{name: two, image: two}]\n",
+    );
     let started = Instant::now();
     loop {
         let answer = review(&served, &pod_review("two")).await;
@@ -255,9 +291,16 @@ async fn catalog_hot_reload_from_a_mounted_configmap() {
     mount(dir.path(), 3, "- name: [broken\n");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(review(&served, &pod_review("two")).await["response"]["allowed"], true);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", served.admin)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"admission_kit_sidecar_injector_catalog_reloads_total{result="failure"} 1"#), "{metrics}");
+    let metrics =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", served.admin)).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"admission_kit_sidecar_injector_catalog_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("admission_kit_sidecar_injector_catalog_stale 1"), "{metrics}");
     assert!(metrics.contains("admission_kit_sidecar_injector_catalog_sidecars 2"), "{metrics}");
-    assert!(metrics.contains(r#"admission_kit_sidecar_injector_injections_total{sidecar="two",outcome="injected"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"admission_kit_sidecar_injector_injections_total{sidecar="two",outcome="injected"}"#),
+        "{metrics}"
+    );
 }
