@@ -487,11 +487,13 @@ impl Pipeline {
     /// (so the server must know namespace labels to decide), and which requirements are trusted.
     #[must_use]
     pub fn namespace_label_needs(&self) -> (Vec<LabelRequirement>, Vec<LabelRequirement>) {
-        let trusted = self.inner.filter.namespace.clone();
+        // Name requirements are decided from the request's namespace, never from labels.
+        let by_label = |r: &LabelRequirement| r.key != crate::matcher::NAMESPACE_NAME_LABEL;
+        let trusted: Vec<LabelRequirement> = self.inner.filter.namespace.iter().filter(|r| by_label(r)).cloned().collect();
         let mut unchecked = Vec::new();
         for step in &self.inner.steps {
             for r in step.filter().namespace {
-                if !trusted.contains(&r) && !unchecked.contains(&r) && r.key != crate::matcher::NAMESPACE_NAME_LABEL {
+                if by_label(&r) && !trusted.contains(&r) && !unchecked.contains(&r) {
                     unchecked.push(r);
                 }
             }
