@@ -489,7 +489,8 @@ impl Pipeline {
     pub fn namespace_label_needs(&self) -> (Vec<LabelRequirement>, Vec<LabelRequirement>) {
         // Name requirements are decided from the request's namespace, never from labels.
         let by_label = |r: &LabelRequirement| r.key != crate::matcher::NAMESPACE_NAME_LABEL;
-        let trusted: Vec<LabelRequirement> = self.inner.filter.namespace.iter().filter(|r| by_label(r)).cloned().collect();
+        let trusted: Vec<LabelRequirement> =
+            self.inner.filter.namespace.iter().filter(|r| by_label(r)).cloned().collect();
         let mut unchecked = Vec::new();
         for step in &self.inner.steps {
             for r in step.filter().namespace {
