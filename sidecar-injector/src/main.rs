@@ -207,21 +207,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         server = server.ready_when(ready);
     }
     let running = server.start().await?;
+    print_banner(&running, &store, &config);
+    shutdown_signal().await;
+    running.shutdown_and_wait().await?;
+    Ok(())
+}
+
+/// Tells a person where the server listens and how to try it. Printing must never take the server
+/// down: if stdout is closed (a supervisor that stopped reading), the banner is dropped, not the
+/// process.
+fn print_banner(running: &admission_kit::server::RunningServer, store: &CatalogStore, config: &Config) {
+    use std::io::Write as _;
     let port = running.webhook_addr().port();
-    println!(
-        "sidecar-injector: serving {} sidecar(s) [{}] on https://{} (admin http://{}). Try:\n  curl -sk https://localhost:{port}/mutate -H 'content-type: application/json' -d @review.json\n  (an AdmissionReview of a pod annotated {}: haystack-agent)",
-        store.current().len(),
-        store.current(),
+    let catalog = store.current();
+    let mut banner = format!(
+        "sidecar-injector: serving {} sidecar(s) [{catalog}] on https://{} (admin http://{}). Try:\n  curl -sk https://localhost:{port}/mutate -H 'content-type: application/json' -d @review.json\n  (an AdmissionReview of a pod annotated {}: haystack-agent)\n",
+        catalog.len(),
         running.webhook_addr(),
         running.admin_addr(),
         Annotations::new(&config.annotation_prefix).inject,
     );
     if let Some(ca) = running.ca_pem() {
-        println!("self-signed certificate; its CA (for a caBundle):\n{ca}");
+        banner.push_str("self-signed certificate; its CA (for a caBundle):\n");
+        banner.push_str(ca);
     }
-    shutdown_signal().await;
-    running.shutdown_and_wait().await?;
-    Ok(())
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+        tracing::warn!("stdout is closed; the start-up banner was not printed");
+    }
 }
 
 fn spawn_catalog_reload(store: Arc<CatalogStore>, interval: std::time::Duration, metrics: InjectorMetrics) {

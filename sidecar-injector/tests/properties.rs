@@ -1,1 +1,1134 @@
-//! placeholder
+//! Property tests of the whole injector: generated pods run through the real pipeline
+//! (`sidecar_injector::pipeline`) over generated catalogs and generated policies.
+//!
+//! Generated pods carry what real pods carry and what naive injectors mishandle: an `inject`
+//! annotation naming 0–3 sidecars (known and unknown, repeated, with spaces and empty items between
+//! commas), env annotations whose values hold quotes, newlines, `{{ }}` and `$( )`, other annotation
+//! and label keys with `/` and `~` (JSON pointer escapes), containers, init containers and volumes
+//! present, absent or empty, names that collide with the catalog's, and fields k8s-openapi does not
+//! model (`future*`). Generated catalogs have containers (with their own `env`, sometimes named like
+//! an env annotation, sometimes with `restartPolicy` or unknown fields), init containers, volumes,
+//! image pull secrets, annotations, labels, native sidecars and namespace restrictions; entries are
+//! built directly or parsed from either Expedia format.
+//!
+//! Every patch is applied with `admission_kit::testing::apply_patch`, written independently of the
+//! `json-patch` crate that derives it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use admission_kit::pipeline::{Outcome, ResourceTarget};
+use admission_kit::review::Review;
+use admission_kit::testing::{Harness, apply_patch, lost_paths, review_json};
+use k8s_openapi::api::core::v1::Pod;
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use serde_json::{Map, Value, json};
+use sidecar_injector::catalog::{Catalog, CatalogStore, SidecarEntry, entries_from_value};
+use sidecar_injector::config::Config;
+use sidecar_injector::settings::{CollisionPolicy, EnvNames, NativePlacement, UnknownSidecarPolicy};
+
+/// The fewest cases each property runs.
+const MIN_CASES: u32 = 1000;
+
+/// The namespace every review is in; it is opted in.
+const NAMESPACE: &str = "apps";
+const PREFIX: &str = "sidecar-injector.expedia.com/";
+const INJECT: &str = "sidecar-injector.expedia.com/inject";
+const STATUS: &str = "sidecar-injector.expedia.com/status";
+
+/// Object keys starting with this are fields k8s-openapi does not model.
+const UNKNOWN_PREFIX: &str = "future";
+
+/// The names a generated catalog may define (each is present or not).
+const SIDECARS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+/// Names a pod may ask for that no catalog defines.
+const UNKNOWN_SIDECARS: [&str; 3] = ["nope", "Alpha", "al pha"];
+
+/// The pod's own containers, init containers and volumes (disjoint container pools, so that the
+/// original pod never has a duplicate name).
+const APP_CONTAINERS: [&str; 4] = ["app", "web", "proxy", "agent"];
+const APP_INIT_CONTAINERS: [&str; 3] = ["setup", "migrate", "logger"];
+const APP_VOLUMES: [&str; 3] = ["data", "config", "cache"];
+/// Names catalog items sometimes take instead of a name of their own: they collide with the pod's
+/// or with another sidecar's.
+const SHARED_CONTAINERS: [&str; 4] = ["proxy", "agent", "logger", "setup"];
+const SHARED_VOLUMES: [&str; 3] = ["config", "shared", "data"];
+
+/// Runs `test` on at least 1,000 cases of `strategy` (more if `PROPTEST_CASES` asks for more) and
+/// panics with the shrunk input on failure. No regression files are written.
+fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: fmt::Debug,
+{
+    let default = ProptestConfig::default(); // reads PROPTEST_CASES
+    let config = ProptestConfig { cases: default.cases.max(MIN_CASES), failure_persistence: None, ..default };
+    if let Err(e) = TestRunner::new(config).run(&strategy, test) {
+        panic!("{e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generators: policies
+// ---------------------------------------------------------------------------------------------
+
+/// The policy fields of the configuration.
+#[derive(Clone, Copy, Debug)]
+struct Policy {
+    on_collision: CollisionPolicy,
+    unknown_sidecar: UnknownSidecarPolicy,
+    env_names: EnvNames,
+    placement: NativePlacement,
+    override_pod_metadata: bool,
+}
+
+impl Policy {
+    fn config(self) -> Config {
+        let mut config = Config::default();
+        config.on_collision = self.on_collision;
+        config.unknown_sidecar = self.unknown_sidecar;
+        config.env_names = self.env_names;
+        config.native_sidecar_placement = self.placement;
+        config.override_pod_metadata = self.override_pod_metadata;
+        config
+    }
+
+    /// The env var name an annotation key becomes.
+    fn env_name(self, key: &str) -> String {
+        match self.env_names {
+            EnvNames::AsIs => key.to_owned(),
+            EnvNames::CIdentifier => c_identifier(key),
+        }
+    }
+}
+
+/// `some-api-key` → `SOME_API_KEY`, written here from the documented rule rather than taken from
+/// the crate: ASCII letters and digits upper-cased, everything else `_`, `_` before a leading digit.
+fn c_identifier(key: &str) -> String {
+    let out: String =
+        key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) { format!("_{out}") } else { out }
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(skip, warn, c_names, last, override_pod_metadata)| Policy {
+            on_collision: if skip { CollisionPolicy::Skip } else { CollisionPolicy::Deny },
+            unknown_sidecar: if warn { UnknownSidecarPolicy::Warn } else { UnknownSidecarPolicy::Deny },
+            env_names: if c_names { EnvNames::CIdentifier } else { EnvNames::AsIs },
+            placement: if last { NativePlacement::Last } else { NativePlacement::First },
+            override_pod_metadata,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generators: values
+// ---------------------------------------------------------------------------------------------
+
+prop_compose! {
+    /// A short map key that often needs JSON pointer escaping: `a.io/a~1`, `b~0`, `x/y~1/`, `""`.
+    fn tricky_key()(
+        prefix in prop::sample::select(vec!["", "a.io/", "b~", "x/y~1"]),
+        rest in "[a/~01]{0,2}",
+    ) -> String {
+        format!("{prefix}{rest}")
+    }
+}
+
+/// A small JSON value, the content of a field k8s-openapi does not model.
+fn unknown_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (-3i64..3).prop_map(Value::from),
+        "[a/~]{0,2}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 6, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map(tricky_key(), inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// An optional unknown field.
+fn maybe_unknown() -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(unknown_value())
+}
+
+fn set(object: &mut Value, key: &str, value: Option<Value>) {
+    if let Some(value) = value {
+        object[key] = value;
+    }
+}
+
+/// An env annotation key (`sidecar-injector.expedia.com/<key>`): mostly valid env var names, some
+/// that two keys map to under `cIdentifier` (`api-key`, `API_KEY`), some only `cIdentifier` accepts.
+fn env_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => prop::sample::select(vec!["api-key", "region", "log.level", "API_KEY", "token", "HOME"]),
+        1 => prop::sample::select(vec!["1st", "x/y", "with space", "", "inject/", "Region"]),
+    ]
+    .prop_map(str::to_owned)
+}
+
+/// An env value a template engine, a shell or a careless encoder would mangle.
+fn env_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "",
+            "\"quoted\"",
+            "it's",
+            "line1\nline2\n",
+            "{{ .Values.secret }}",
+            "{{",
+            "$(HOME)",
+            "$$(ESCAPED)",
+            "${SHELL}",
+            "tab\there",
+            "ünïcödé ✓",
+            "back\\slash",
+            "  padded  ",
+            "{\"json\": [1, \"two\"]}",
+            "a/b~c",
+            "nul\u{0}byte",
+            "crlf\r\n\u{2028}",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z\"'\\\\\n{}$() ]{0,10}",
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generators: catalogs
+// ---------------------------------------------------------------------------------------------
+
+/// Env var names catalog containers set themselves (some equal env annotation names).
+const CATALOG_ENV: [&str; 5] = ["api-key", "API_KEY", "region", "LOG", "token"];
+/// Annotation and label keys catalogs add (some the pod has too, one under the injector's prefix).
+const CATALOG_META: [&str; 7] =
+    ["team", "a.io/x~1", "sidecar-injector.expedia.com/region", "injected-by", "x/y~", INJECT, STATUS];
+
+/// A catalog container before it is named.
+#[derive(Clone, Debug)]
+struct ContainerParts {
+    /// A shared name (likely to collide), else the container gets a name of its own.
+    shared: Option<&'static str>,
+    /// The container without its name.
+    body: Value,
+}
+
+fn catalog_env_var() -> impl Strategy<Value = Value> {
+    let source = prop_oneof![
+        3 => env_value().prop_map(|v| json!({"value": v})),
+        1 => Just(json!({"valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})),
+    ];
+    (prop::sample::select(CATALOG_ENV.to_vec()), source).prop_map(|(name, mut var)| {
+        var["name"] = json!(name);
+        var
+    })
+}
+
+prop_compose! {
+    fn catalog_container()(
+        shared in prop::option::weighted(0.2, prop::sample::select(SHARED_CONTAINERS.to_vec())),
+        image in "[a-z]{1,3}:[0-9]",
+        env in prop::option::of(prop::collection::vec(catalog_env_var(), 0..3)),
+        restart_policy in prop::option::weighted(0.3, prop::sample::select(vec!["Always", "Never"])),
+        mount in any::<bool>(),
+        unknown in maybe_unknown(),
+    ) -> ContainerParts {
+        let mut body = json!({"image": image});
+        set(&mut body, "env", env.map(|vars| Value::Array(dedup_by_name(vars))));
+        set(&mut body, "restartPolicy", restart_policy.map(Value::from));
+        if mount {
+            body["volumeMounts"] = json!([{"name": "config", "mountPath": "/etc/side"}]);
+        }
+        set(&mut body, "futureField", unknown);
+        ContainerParts { shared, body }
+    }
+}
+
+/// How an entry reaches the catalog.
+#[derive(Clone, Copy, Debug)]
+enum Build {
+    /// `SidecarEntry::default()` with fields assigned.
+    Direct,
+    /// Parsed from a 2022-format list.
+    List2022,
+    /// Parsed from a 2019-format `sidecars:` map.
+    Map2019,
+}
+
+#[derive(Clone, Debug)]
+struct EntryParts {
+    containers: Vec<ContainerParts>,
+    init_containers: Vec<ContainerParts>,
+    volumes: Vec<(Option<&'static str>, Option<Value>)>,
+    pull_secrets: Vec<&'static str>,
+    annotations: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    native: bool,
+    namespaces: Option<Vec<String>>,
+    build: Build,
+}
+
+prop_compose! {
+    fn entry_parts()(
+        containers in prop::collection::vec(catalog_container(), 0..3),
+        init_containers in prop::collection::vec(catalog_container(), 0..2),
+        volumes in prop::collection::vec(
+            (prop::option::weighted(0.3, prop::sample::select(SHARED_VOLUMES.to_vec())), maybe_unknown()),
+            0..3,
+        ),
+        pull_secrets in prop::collection::vec(prop::sample::select(vec!["regcred", "mirror"]), 0..3),
+        annotations in prop::collection::btree_map(
+            prop::sample::select(CATALOG_META.to_vec()).prop_map(str::to_owned), "[a-z]{0,3}", 0..3),
+        labels in prop::collection::btree_map(
+            prop::sample::select(CATALOG_META.to_vec()).prop_map(str::to_owned), "[a-z]{0,3}", 0..3),
+        native in any::<bool>(),
+        namespaces in prop::option::weighted(0.1, prop::sample::select(vec![
+            vec!["apps".to_owned()],
+            vec!["other".to_owned()],
+            vec!["other".to_owned(), "apps".to_owned()],
+        ])),
+        build in prop::sample::select(vec![Build::Direct, Build::List2022, Build::Map2019]),
+    ) -> EntryParts {
+        EntryParts { containers, init_containers, volumes, pull_secrets, annotations, labels, native, namespaces, build }
+    }
+}
+
+/// Keeps the first item of each name.
+fn dedup_by_name(items: Vec<Value>) -> Vec<Value> {
+    let mut seen = BTreeSet::new();
+    items.into_iter().filter(|item| seen.insert(item["name"].as_str().unwrap_or_default().to_owned())).collect()
+}
+
+/// The catalog entry `name` made of `parts`: container names are unique within the entry (the
+/// catalog parser requires it), other names may collide with the pod's or another entry's.
+fn build_entry(name: &str, parts: EntryParts) -> SidecarEntry {
+    let mut names = BTreeSet::new();
+    let mut containers = |kind: &str, list: Vec<ContainerParts>| -> Vec<Value> {
+        let mut out = Vec::new();
+        for (i, c) in list.into_iter().enumerate() {
+            let container_name = c.shared.map_or_else(|| format!("{name}-{kind}{i}"), str::to_owned);
+            if names.insert(container_name.clone()) {
+                let mut body = c.body;
+                body["name"] = json!(container_name);
+                out.push(body);
+            }
+        }
+        out
+    };
+    let main = containers("c", parts.containers);
+    let init = containers("i", parts.init_containers);
+    let volumes = parts.volumes.into_iter().enumerate().map(|(i, (shared, unknown))| {
+        let mut volume = json!({"name": shared.map_or_else(|| format!("{name}-v{i}"), str::to_owned), "emptyDir": {}});
+        set(&mut volume, "futureVolumeField", unknown);
+        volume
+    });
+    let volumes = dedup_by_name(volumes.collect());
+    let pull_secrets: Vec<Value> = parts.pull_secrets.iter().map(|s| json!({"name": s})).collect();
+    let mut fields = json!({});
+    let mut put = |key: &str, value: Value, empty: bool| {
+        if !empty {
+            fields[key] = value;
+        }
+    };
+    put("containers", json!(main), main.is_empty());
+    put("initContainers", json!(init), init.is_empty());
+    put("volumes", json!(volumes), volumes.is_empty());
+    put("imagePullSecrets", json!(pull_secrets), pull_secrets.is_empty());
+    put("annotations", json!(parts.annotations), parts.annotations.is_empty());
+    put("labels", json!(parts.labels), parts.labels.is_empty());
+    put("nativeSidecar", json!(parts.native), !parts.native);
+    put("namespaces", json!(parts.namespaces), parts.namespaces.is_none());
+    match parts.build {
+        Build::Direct => {
+            let mut entry = SidecarEntry::default();
+            name.clone_into(&mut entry.name);
+            entry.containers = main;
+            entry.init_containers = init;
+            entry.volumes = volumes;
+            entry.image_pull_secrets = pull_secrets;
+            entry.annotations = parts.annotations;
+            entry.labels = parts.labels;
+            entry.native_sidecar = parts.native;
+            entry.namespaces = parts.namespaces;
+            entry
+        }
+        Build::List2022 | Build::Map2019 => {
+            let document = if matches!(parts.build, Build::List2022) {
+                fields["name"] = json!(name);
+                json!([fields])
+            } else {
+                json!({"sidecars": [{"name": name, "sidecar": fields}]})
+            };
+            let mut entries = entries_from_value(&document, "generated").expect("a generated catalog parses");
+            assert_eq!(entries.len(), 1, "one entry per generated document");
+            entries.remove(0)
+        }
+    }
+}
+
+/// A catalog: each known name is defined or not.
+fn catalog() -> impl Strategy<Value = Vec<SidecarEntry>> {
+    prop::collection::vec(prop::option::weighted(0.85, entry_parts()), SIDECARS.len()).prop_map(|parts| {
+        SIDECARS.iter().zip(parts).filter_map(|(name, parts)| parts.map(|p| build_entry(name, p))).collect()
+    })
+}
+
+/// An entry as catalog JSON, for failure messages.
+fn entry_json(entry: &SidecarEntry) -> Value {
+    json!({
+        "name": entry.name,
+        "containers": entry.containers,
+        "initContainers": entry.init_containers,
+        "volumes": entry.volumes,
+        "imagePullSecrets": entry.image_pull_secrets,
+        "annotations": entry.annotations,
+        "labels": entry.labels,
+        "nativeSidecar": entry.native_sidecar,
+        "namespaces": entry.namespaces,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generators: pods
+// ---------------------------------------------------------------------------------------------
+
+/// The `inject` annotation: 0–3 names (known, unknown, repeated) between sloppy separators.
+fn inject_value() -> impl Strategy<Value = String> {
+    let name = prop_oneof![
+        6 => prop::sample::select(SIDECARS.to_vec()),
+        1 => prop::sample::select(UNKNOWN_SIDECARS.to_vec()),
+    ];
+    (
+        prop::collection::vec(name, 0..=3),
+        prop::collection::vec(prop::sample::select(vec![",", ", ", " , ", " ,", ",,", ",\t"]), 3),
+        prop::sample::select(vec!["", " ", ","]),
+        prop::sample::select(vec!["", " ", ","]),
+    )
+        .prop_map(|(names, separators, lead, trail)| {
+            let mut value = lead.to_owned();
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    value.push_str(separators[i - 1]);
+                }
+                value.push_str(name);
+            }
+            value.push_str(trail);
+            value
+        })
+}
+
+/// A container of the pod: maybe its own env (named like env annotations) and an unknown field.
+fn app_container(pool: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(pool),
+        "[a-z]{1,3}:[0-9]",
+        prop::option::of(prop::collection::vec(
+            (prop::sample::select(vec!["region", "api-key", "HOME", "PATH"]), "[a-z$(){}]{0,4}"),
+            0..3,
+        )),
+        maybe_unknown(),
+    )
+        .prop_map(|(name, image, env, unknown)| {
+            let mut container = json!({"name": name, "image": image});
+            set(
+                &mut container,
+                "env",
+                env.map(|vars| {
+                    Value::Array(dedup_by_name(vars.into_iter().map(|(n, v)| json!({"name": n, "value": v})).collect()))
+                }),
+            );
+            set(&mut container, "futureContainerField", unknown);
+            container
+        })
+}
+
+/// A list of the pod spec: absent, `[]`, or a few uniquely named items.
+fn app_list(item: impl Strategy<Value = Value>) -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(prop::collection::vec(item, 0..3).prop_map(|items| Value::Array(dedup_by_name(items))))
+}
+
+fn app_volume() -> impl Strategy<Value = Value> {
+    (prop::sample::select(APP_VOLUMES.to_vec()), maybe_unknown()).prop_map(|(name, unknown)| {
+        let mut volume = json!({"name": name, "emptyDir": {}});
+        set(&mut volume, "futureVolumeField", unknown);
+        volume
+    })
+}
+
+/// A key of the pod's other annotations and labels: tricky, or one a catalog also sets.
+fn pod_meta_key() -> impl Strategy<Value = String> {
+    let lookalikes =
+        vec!["team", "injected-by", "sidecar-injector.expedia.com.x/y", "x.sidecar-injector.expedia.com/z"];
+    prop_oneof![3 => tricky_key(), 1 => prop::sample::select(lookalikes).prop_map(str::to_owned)]
+}
+
+prop_compose! {
+    /// A pod as raw JSON, with unknown fields at the top level, in `metadata`, in `spec` and in
+    /// list items.
+    fn pod()(
+        inject in prop::option::weighted(0.9, inject_value()),
+        env in prop::collection::btree_map(env_key(), env_value(), 0..3),
+        other in prop::option::of(prop::collection::btree_map(pod_meta_key(), "[a-z0-9]{0,3}", 0..3)),
+        labels in prop::option::of(prop::collection::btree_map(pod_meta_key(), "[a-z0-9]{0,2}", 0..3)),
+        containers in app_list(app_container(&APP_CONTAINERS)),
+        init_containers in app_list(app_container(&APP_INIT_CONTAINERS)),
+        volumes in app_list(app_volume()),
+        pull_secrets in prop::option::of(prop::collection::btree_set(prop::sample::select(vec!["regcred", "own"]), 0..3)),
+        has_spec in prop::bool::weighted(0.95),
+        unknown_top in maybe_unknown(),
+        unknown_meta in maybe_unknown(),
+        unknown_spec in maybe_unknown(),
+    ) -> Value {
+        let mut annotations: Option<Map<String, Value>> = other.map(|m| m.into_iter().map(|(k, v)| (k, json!(v))).collect());
+        if inject.is_some() || !env.is_empty() {
+            let map = annotations.get_or_insert_default();
+            for (key, value) in env {
+                map.insert(format!("{PREFIX}{key}"), json!(value));
+            }
+            if let Some(inject) = inject {
+                map.insert(INJECT.to_owned(), json!(inject));
+            }
+        }
+        let mut metadata = json!({"name": "p", "namespace": NAMESPACE});
+        set(&mut metadata, "annotations", annotations.map(Value::Object));
+        set(&mut metadata, "labels", labels.map(|m| json!(m)));
+        set(&mut metadata, "futureMeta", unknown_meta);
+        let mut spec = json!({});
+        set(&mut spec, "containers", containers);
+        set(&mut spec, "initContainers", init_containers);
+        set(&mut spec, "volumes", volumes);
+        set(&mut spec, "imagePullSecrets", pull_secrets.map(|s| s.iter().map(|n| json!({"name": n})).collect()));
+        set(&mut spec, "futureField", unknown_spec);
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata});
+        if has_spec {
+            pod["spec"] = spec;
+        }
+        set(&mut pod, "futureTop", unknown_top);
+        pod
+    }
+}
+
+/// One generated case: a policy, a catalog and a pod.
+#[derive(Clone)]
+struct Case {
+    policy: Policy,
+    entries: Vec<SidecarEntry>,
+    pod: Value,
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let catalog: Vec<Value> = self.entries.iter().map(entry_json).collect();
+        write!(f, "\n  policy: {:?}\n  catalog: {}\n  pod: {}\n", self.policy, Value::Array(catalog), self.pod)
+    }
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (policy(), catalog(), pod()).prop_map(|(policy, entries, pod)| Case { policy, entries, pod })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the pipeline
+// ---------------------------------------------------------------------------------------------
+
+fn target() -> ResourceTarget {
+    ResourceTarget::of::<Pod>()
+}
+
+/// A CREATE review of `pod` in the opted-in namespace.
+fn review(pod: &Value) -> Review {
+    review_json(pod.clone(), &target()).namespace(NAMESPACE).build()
+}
+
+/// The real pipeline over a fixed catalog of `entries`, in a harness that knows the namespace is
+/// opted in; also the catalog store, to look at the catalog after the runs.
+fn harness(policy: Policy, entries: &[SidecarEntry]) -> (Harness, Arc<CatalogStore>) {
+    let mut catalog = Catalog::new();
+    catalog.extend(entries.to_vec(), "test").expect("generated entries have distinct names");
+    let store = Arc::new(CatalogStore::fixed(catalog));
+    let pipeline = sidecar_injector::pipeline(&policy.config(), store.clone(), None).expect("the pipeline builds");
+    (Harness::new(pipeline).namespace(NAMESPACE, [("kubernetes-sidecar-injector", "enabled")]), store)
+}
+
+/// The answer's patch applied to `original` by the independent implementation.
+fn patched(original: &Value, outcome: &Outcome) -> Result<Value, TestCaseError> {
+    let Some(patch) = &outcome.answer.patch else { return Ok(original.clone()) };
+    let patch = serde_json::to_value(patch).expect("a patch encodes");
+    apply_patch(original, &patch)
+        .map_err(|e| TestCaseError::fail(format!("the patch does not apply: {e}\npatch: {patch}")))
+}
+
+/// A case's run: the outcome, and for an admitted pod the patched result.
+struct Ran {
+    outcome: Outcome,
+    result: Option<Value>,
+}
+
+fn run(runtime: &tokio::runtime::Runtime, harness: &Harness, pod: &Value) -> Result<Ran, TestCaseError> {
+    let outcome = runtime.block_on(harness.run(&review(pod)));
+    let result = if outcome.answer.allowed { Some(patched(pod, &outcome)?) } else { None };
+    Ok(Ran { outcome, result })
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+}
+
+/// Counts how many cases exercised what, and fails the test when a property held only vacuously.
+#[derive(Debug, Default)]
+struct Coverage {
+    cases: AtomicUsize,
+    injected: AtomicUsize,
+    denied: AtomicUsize,
+    /// Cases where `lost_paths` reported only paths shifted by native sidecars placed first.
+    shifted: AtomicUsize,
+}
+
+impl Coverage {
+    fn record(&self, ran: &Ran) {
+        self.cases.fetch_add(1, Ordering::Relaxed);
+        if !ran.outcome.answer.allowed {
+            self.denied.fetch_add(1, Ordering::Relaxed);
+        } else if ran.result.as_ref().and_then(status_of).is_some_and(|s| !s.containers.is_empty()) {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn assert_meaningful(&self, test: &str) {
+        let (cases, injected, denied) = (
+            self.cases.load(Ordering::Relaxed),
+            self.injected.load(Ordering::Relaxed),
+            self.denied.load(Ordering::Relaxed),
+        );
+        let shifted = self.shifted.load(Ordering::Relaxed);
+        println!("{test}: {cases} cases, {injected} injected containers, {denied} denied, {shifted} shifted");
+        assert!(cases >= MIN_CASES as usize, "{test}: only {cases} cases ran");
+        assert!(injected * 4 >= cases, "{test}: too few cases injected anything ({injected} of {cases})");
+        assert!(denied * 20 >= cases, "{test}: too few cases were denied ({denied} of {cases})");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading results
+// ---------------------------------------------------------------------------------------------
+
+/// The status annotation, parsed here (not with the crate's type).
+#[derive(Debug)]
+struct StatusView {
+    sidecars: Vec<String>,
+    containers: Vec<String>,
+}
+
+fn status_of(pod: &Value) -> Option<StatusView> {
+    let text = pod.pointer("/metadata/annotations")?.get(STATUS)?.as_str()?;
+    let status: Value = serde_json::from_str(text).ok()?;
+    let strings = |key: &str| -> Vec<String> {
+        status[key].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+    };
+    Some(StatusView { sidecars: strings("sidecars"), containers: strings("containers") })
+}
+
+/// The items of `spec.<list>`.
+fn items<'a>(pod: &'a Value, list: &str) -> &'a [Value] {
+    pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+fn name_of(item: &Value) -> &str {
+    item.get("name").and_then(Value::as_str).unwrap_or_default()
+}
+
+fn names_in(pod: &Value, list: &str) -> Vec<String> {
+    items(pod, list).iter().map(|i| name_of(i).to_owned()).collect()
+}
+
+/// The container named `name` in `containers` or `initContainers`, and which list it is in.
+fn container<'a>(pod: &'a Value, name: &str) -> Option<(&'static str, &'a Value)> {
+    ["containers", "initContainers"]
+        .into_iter()
+        .find_map(|list| items(pod, list).iter().find(|c| name_of(c) == name).map(|c| (list, c)))
+}
+
+fn env_list(container: &Value) -> &[Value] {
+    container.get("env").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+/// The env vars the annotations of `pod` ask for: `(env var name, value)`.
+fn expected_env(pod: &Value, policy: Policy) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let Some(annotations) = pod.pointer("/metadata/annotations").and_then(Value::as_object) else { return env };
+    for (key, value) in annotations {
+        let Some(short) = key.strip_prefix(PREFIX) else { continue };
+        if key == INJECT || key == STATUS || short.is_empty() {
+            continue;
+        }
+        env.insert(policy.env_name(short), value.as_str().unwrap_or_default().to_owned());
+    }
+    env
+}
+
+/// The names requested by the `inject` annotation that the catalog has, in order, first of each.
+fn requested_known(pod: &Value, entries: &[SidecarEntry]) -> Vec<String> {
+    let request = pod.pointer("/metadata/annotations").and_then(|a| a.get(INJECT)).and_then(Value::as_str);
+    let mut out: Vec<String> = Vec::new();
+    for name in request.unwrap_or_default().split(',').map(str::trim) {
+        if entries.iter().any(|e| e.name == name) && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    out
+}
+
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// One step of a path that follows list items by name, so that it survives insertions.
+#[derive(Clone, Debug)]
+enum Step {
+    Key(String),
+    Named(String),
+    Index(usize),
+}
+
+/// Every unknown field of `value` as (path, value); list items with a name are addressed by name.
+fn unknown_fields(value: &Value) -> Vec<(Vec<Step>, Value)> {
+    fn walk(value: &Value, path: &mut Vec<Step>, out: &mut Vec<(Vec<Step>, Value)>) {
+        match value {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    path.push(Step::Key(k.clone()));
+                    if k.starts_with(UNKNOWN_PREFIX) {
+                        out.push((path.clone(), v.clone()));
+                    } else {
+                        walk(v, path, out);
+                    }
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    let name = v.get("name").and_then(Value::as_str);
+                    path.push(name.map_or(Step::Index(i), |n| Step::Named(n.to_owned())));
+                    walk(v, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
+fn resolve<'a>(mut value: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    for step in path {
+        value = match step {
+            Step::Key(k) => value.get(k)?,
+            Step::Index(i) => value.get(i)?,
+            Step::Named(n) => value.as_array()?.iter().find(|v| v.get("name").and_then(Value::as_str) == Some(n))?,
+        };
+    }
+    Some(value)
+}
+
+fn show(path: &[Step]) -> String {
+    path.iter()
+        .map(|s| match s {
+            Step::Key(k) => format!("/{}", escape(k)),
+            Step::Named(n) => format!("/[name={n}]"),
+            Step::Index(i) => format!("/{i}"),
+        })
+        .collect()
+}
+
+/// The catalog item the injector took for the injected `name` in `list`: the first of that name
+/// among the injected sidecars' `field` items, in injection order. Returns it with its entry.
+fn catalog_item<'a>(
+    entries: &'a [SidecarEntry],
+    status: &StatusView,
+    name: &str,
+    fields: &[fn(&SidecarEntry) -> &Vec<Value>],
+) -> Option<(&'a SidecarEntry, &'a Value)> {
+    status.sidecars.iter().filter_map(|s| entries.iter().find(|e| &e.name == s)).find_map(|entry| {
+        fields.iter().find_map(|field| field(entry).iter().find(|c| name_of(c) == name)).map(|item| (entry, item))
+    })
+}
+
+/// `list` of `pod` without the items named in `injected`: the original's positions, if only
+/// insertions happened.
+fn without_injected(pod: &Value, injected: &BTreeSet<String>) -> Value {
+    let mut out = pod.clone();
+    for list in ["containers", "initContainers", "volumes"] {
+        if let Some(items) = out.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) {
+            items.retain(|i| !injected.contains(name_of(i)));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+/// Property 1: the answer is a denial with a message, or its patch applies to the original (with an
+/// implementation independent of the one that made it) and gives exactly the pipeline's result.
+#[test]
+fn patch_applies_and_gives_the_pipelines_result() {
+    let runtime = current_thread();
+    let coverage = Coverage::default();
+    check(case(), |case| {
+        let (harness, _) = harness(case.policy, &case.entries);
+        let ran = run(&runtime, &harness, &case.pod)?;
+        coverage.record(&ran);
+        let answer = &ran.outcome.answer;
+        if !answer.allowed {
+            prop_assert!(!answer.message.trim().is_empty(), "a denial without a message");
+            prop_assert!(answer.patch.is_none(), "a denial with a patch");
+            return Ok(());
+        }
+        let result = ran.result.expect("admitted");
+        prop_assert_eq!(Some(&result), ran.outcome.mutated.as_ref(), "patch: {:?}", answer.patch);
+        Ok(())
+    });
+    coverage.assert_meaningful("property 1");
+}
+
+/// Property 2: an admitted pod has unique container names across `containers` and
+/// `initContainers`, unique volume names, and unique env names within each container.
+#[test]
+fn admitted_pods_have_unique_names() {
+    let runtime = current_thread();
+    let coverage = Coverage::default();
+    check(case(), |case| {
+        let (harness, _) = harness(case.policy, &case.entries);
+        let ran = run(&runtime, &harness, &case.pod)?;
+        coverage.record(&ran);
+        let Some(result) = &ran.result else { return Ok(()) };
+        let unique = |names: Vec<String>, what: &str| -> Result<(), TestCaseError> {
+            let mut seen = BTreeSet::new();
+            for name in names {
+                prop_assert!(seen.insert(name.clone()), "{} `{}` twice in {}", what, name, result);
+            }
+            Ok(())
+        };
+        let mut containers = names_in(result, "containers");
+        containers.extend(names_in(result, "initContainers"));
+        unique(containers, "container")?;
+        unique(names_in(result, "volumes"), "volume")?;
+        unique(names_in(result, "imagePullSecrets"), "image pull secret")?;
+        for list in ["containers", "initContainers"] {
+            for c in items(result, list) {
+                let names = env_list(c).iter().map(|e| name_of(e).to_owned()).collect();
+                unique(names, &format!("in container `{}`, env var", name_of(c)))?;
+            }
+        }
+        Ok(())
+    });
+    coverage.assert_meaningful("property 2");
+}
+
+/// Property 3: nothing of the original is lost — no path of the original is missing from the
+/// result, every unknown field of the pod is still there (following list items by name), and
+/// every injected container and volume carries every field of its catalog item, unknown ones
+/// included (`env` as merged with the annotations, `restartPolicy: Always` on native sidecars).
+#[test]
+fn nothing_of_the_pod_or_the_catalog_is_lost() {
+    let runtime = current_thread();
+    let coverage = Coverage::default();
+    check(case(), |case| {
+        let (harness, _) = harness(case.policy, &case.entries);
+        let ran = run(&runtime, &harness, &case.pod)?;
+        coverage.record(&ran);
+        let Some(result) = &ran.result else { return Ok(()) };
+        let original = &case.pod;
+        // Paths of the original. `lost_paths` compares list items by index, so native sidecars
+        // placed first (the default), which shift the pod's own init containers down, make it
+        // report their fields as lost although nothing is (the kit's `Harness::check` fails the
+        // same way). Only in that case, and only if every reported path is under
+        // `initContainers`, are the paths compared again with the injected items taken out,
+        // which puts the pod's own items back at their original indices.
+        let lost = lost_paths(original, result);
+        if !lost.is_empty() {
+            coverage.shifted.fetch_add(1, Ordering::Relaxed);
+            let injected: BTreeSet<String> = status_of(result)
+                .map(|s| s.containers)
+                .unwrap_or_default()
+                .into_iter()
+                .chain(names_in(result, "volumes").into_iter().filter(|v| !names_in(original, "volumes").contains(v)))
+                .collect();
+            let shifted = case.policy.placement == NativePlacement::First
+                && lost.iter().all(|p| p.starts_with("/spec/initContainers/"));
+            prop_assert!(shifted, "paths of the original lost: {:?}\nresult: {}", lost, result);
+            let lost = lost_paths(original, &without_injected(result, &injected));
+            prop_assert!(lost.is_empty(), "paths of the original lost: {:?}\nresult: {}", lost, result);
+        }
+        for (path, value) in unknown_fields(original) {
+            prop_assert_eq!(resolve(result, &path), Some(&value), "unknown field {} changed or lost", show(&path));
+        }
+        let Some(status) = status_of(result) else { return Ok(()) };
+        let env = expected_env(result, case.policy);
+        for name in &status.containers {
+            let fields: [fn(&SidecarEntry) -> &Vec<Value>; 2] = [|e| &e.containers, |e| &e.init_containers];
+            let Some((entry, source)) = catalog_item(&case.entries, &status, name, &fields) else {
+                return Err(TestCaseError::fail(format!(
+                    "status names container `{name}`, which no injected sidecar has"
+                )));
+            };
+            let Some((placed_in, injected)) = container(result, name) else {
+                return Err(TestCaseError::fail(format!("status names container `{name}`, which the pod lacks")));
+            };
+            let native = entry.native_sidecar && entry.containers.contains(source);
+            let expected_list =
+                if native || !entry.containers.contains(source) { "initContainers" } else { "containers" };
+            prop_assert_eq!(placed_in, expected_list, "container `{}` injected into the wrong list", name);
+            for (key, value) in source.as_object().expect("catalog containers are maps") {
+                match key.as_str() {
+                    "env" => {
+                        for var in value.as_array().into_iter().flatten().filter(|v| !env.contains_key(name_of(v))) {
+                            prop_assert!(
+                                env_list(injected).contains(var),
+                                "catalog env var {} of `{}` lost: {}",
+                                var,
+                                name,
+                                injected
+                            );
+                        }
+                    }
+                    "restartPolicy" if native => {
+                        prop_assert_eq!(injected.get(key), Some(&json!("Always")), "native sidecar `{}`", name);
+                    }
+                    _ => prop_assert_eq!(
+                        injected.get(key),
+                        Some(value),
+                        "field `{}` of catalog container `{}`",
+                        key,
+                        name
+                    ),
+                }
+            }
+            if native {
+                prop_assert_eq!(injected.get("restartPolicy"), Some(&json!("Always")), "native sidecar `{}`", name);
+            }
+        }
+        let original_volumes = names_in(original, "volumes");
+        for volume in items(result, "volumes").iter().filter(|v| !original_volumes.iter().any(|o| o == name_of(v))) {
+            let fields: [fn(&SidecarEntry) -> &Vec<Value>; 1] = [|e| &e.volumes];
+            let source = catalog_item(&case.entries, &status, name_of(volume), &fields).map(|(_, v)| v);
+            prop_assert_eq!(Some(volume), source, "injected volume differs from the catalog's");
+        }
+        Ok(())
+    });
+    coverage.assert_meaningful("property 3");
+}
+
+/// Property 4: running again on an admitted result (same namespace) admits it without a patch.
+#[test]
+fn second_pass_changes_nothing() {
+    let runtime = current_thread();
+    let coverage = Coverage::default();
+    check(case(), |case| {
+        let (harness, _) = harness(case.policy, &case.entries);
+        let ran = run(&runtime, &harness, &case.pod)?;
+        coverage.record(&ran);
+        let Some(result) = &ran.result else { return Ok(()) };
+        let second = runtime.block_on(harness.run(&review(result)));
+        prop_assert!(
+            second.answer.allowed,
+            "the second pass was denied: {}\nresult: {}",
+            second.answer.message,
+            result
+        );
+        prop_assert!(
+            !second.answer.is_patched(),
+            "the second pass patched again: {}\nresult: {}",
+            serde_json::to_string(&second.answer.patch).unwrap_or_default(),
+            result
+        );
+        Ok(())
+    });
+    coverage.assert_meaningful("property 4");
+}
+
+/// Property 5: the status annotation records exactly the injected sidecars and containers; every
+/// injected container carries each env annotation's value byte for byte under its env name, and
+/// no container of the original pod changed (so none gained an env var).
+#[test]
+fn env_from_annotations_reaches_injected_containers_only() {
+    let runtime = current_thread();
+    let coverage = Coverage::default();
+    check(case(), |case| {
+        let (harness, _) = harness(case.policy, &case.entries);
+        let ran = run(&runtime, &harness, &case.pod)?;
+        coverage.record(&ran);
+        let Some(result) = &ran.result else { return Ok(()) };
+        let original = &case.pod;
+        for list in ["containers", "initContainers"] {
+            for app in items(original, list) {
+                let now = items(result, list).iter().find(|c| name_of(c) == name_of(app));
+                prop_assert_eq!(now, Some(app), "container `{}` of the pod changed or moved", name_of(app));
+            }
+        }
+        let mut added: Vec<String> = ["containers", "initContainers"]
+            .into_iter()
+            .flat_map(|list| names_in(result, list))
+            .filter(|n| container(original, n).is_none())
+            .collect();
+        let Some(status) = status_of(result) else {
+            prop_assert!(added.is_empty(), "containers {:?} added without a status annotation", added);
+            return Ok(());
+        };
+        prop_assert_eq!(&status.sidecars, &requested_known(original, &case.entries), "status sidecars");
+        let mut recorded = status.containers.clone();
+        recorded.sort();
+        added.sort();
+        prop_assert_eq!(recorded, added, "status containers are not the added containers");
+        let env = expected_env(result, case.policy);
+        for name in &status.containers {
+            let (_, injected) = container(result, name).expect("checked above");
+            for (env_name, value) in &env {
+                let vars: Vec<Value> = env_list(injected).iter().filter(|v| name_of(v) == env_name).cloned().collect();
+                prop_assert_eq!(
+                    vars,
+                    vec![json!({"name": env_name, "value": value})],
+                    "container `{}` lacks env var `{}` = {:?}: {}",
+                    name,
+                    env_name,
+                    value,
+                    injected
+                );
+            }
+        }
+        Ok(())
+    });
+    coverage.assert_meaningful("property 5");
+}
+
+/// Two pods that ask for the same sidecar with different values for the same env annotations.
+#[derive(Clone)]
+struct TwoPods {
+    policy: Policy,
+    entry: SidecarEntry,
+    pods: [Value; 2],
+    /// Each pod's env annotations: key → value.
+    env: [BTreeMap<String, String>; 2],
+}
+
+impl fmt::Debug for TwoPods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "\n  policy: {:?}\n  entry: {}\n  pod A: {}\n  pod B: {}\n",
+            self.policy,
+            entry_json(&self.entry),
+            self.pods[0],
+            self.pods[1]
+        )
+    }
+}
+
+prop_compose! {
+    fn two_pods()(
+        policy in policy(),
+        parts in entry_parts(),
+        pod in pod(),
+        env in prop::collection::btree_map(
+            prop::sample::select(vec!["api-key", "region", "token"]).prop_map(str::to_owned),
+            (env_value(), env_value()),
+            1..4,
+        ),
+    ) -> TwoPods {
+        // Collisions skip, the sidecar is allowed everywhere, catalog metadata never overrides
+        // the pod's: both pods are admitted with the sidecar and only their own values differ.
+        let policy = Policy { on_collision: CollisionPolicy::Skip, override_pod_metadata: false, ..policy };
+        let mut parts = EntryParts { namespaces: None, ..parts };
+        if parts.containers.is_empty() && parts.init_containers.is_empty() {
+            parts.containers.push(ContainerParts { shared: None, body: json!({"image": "side:1"}) });
+        }
+        let entry = build_entry("alpha", parts);
+        let mut values = [BTreeMap::new(), BTreeMap::new()];
+        for (key, (a, b)) in env {
+            let b = if a == b { format!("{b} (B)") } else { b };
+            values[0].insert(key.clone(), a);
+            values[1].insert(key, b);
+        }
+        let pods = values.clone().map(|values| {
+            let mut pod = pod.clone();
+            let annotations = pod["metadata"].as_object_mut().expect("metadata").entry("annotations").or_insert_with(|| json!({}));
+            let annotations = annotations.as_object_mut().expect("annotations");
+            annotations.retain(|k, _| !k.starts_with(PREFIX));
+            annotations.insert(INJECT.to_owned(), json!(" alpha "));
+            for (key, value) in values {
+                annotations.insert(format!("{PREFIX}{key}"), json!(value));
+            }
+            pod
+        });
+        TwoPods { policy, entry, pods, env: values }
+    }
+}
+
+/// Property 6: nothing is shared between requests. Two pods asking for the same sidecar with
+/// different env values, run concurrently (two tasks on two worker threads, and two futures on one
+/// task) and sequentially, each get only their own values, every run of a pod gives the same
+/// result, and the catalog entry is unchanged afterwards.
+#[test]
+fn requests_share_no_state() {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let injected = AtomicUsize::new(0);
+    check(two_pods(), |case| {
+        let (harness, store) = harness(case.policy, std::slice::from_ref(&case.entry));
+        let reviews = case.pods.clone().map(|pod| review(&pod));
+        let spawn = |i: usize| {
+            let (harness, review) = (harness.clone(), reviews[i].clone());
+            tokio::spawn(async move { harness.run(&review).await })
+        };
+        let (a, b) = runtime.block_on(async { tokio::join!(spawn(0), spawn(1)) });
+        let (a, b) = (a.expect("task A"), b.expect("task B"));
+        let (c, d) = runtime.block_on(async { tokio::join!(harness.run(&reviews[1]), harness.run(&reviews[0])) });
+        let sequential = [runtime.block_on(harness.run(&reviews[0])), runtime.block_on(harness.run(&reviews[1]))];
+        let again = runtime.block_on(harness.run(&reviews[0]));
+        for (i, outcome) in [(0, &a), (1, &b), (1, &c), (0, &d), (0, &sequential[0]), (1, &sequential[1]), (0, &again)]
+        {
+            let pod = ["A", "B"][i];
+            prop_assert!(outcome.answer.allowed, "pod {} denied: {}", pod, outcome.answer.message);
+            let result = patched(&case.pods[i], outcome)?;
+            prop_assert_eq!(Some(&result), sequential[i].mutated.as_ref(), "pod {}: runs differ", pod);
+            let status = status_of(&result).expect("the sidecar is known, so a status is written");
+            if !status.containers.is_empty() {
+                injected.fetch_add(1, Ordering::Relaxed);
+            }
+            for name in &status.containers {
+                let (_, injected) = container(&result, name).expect("injected containers are in the pod");
+                for (key, value) in &case.env[i] {
+                    let env_name = case.policy.env_name(key);
+                    let vars: Vec<Value> =
+                        env_list(injected).iter().filter(|v| name_of(v) == env_name).cloned().collect();
+                    prop_assert_eq!(
+                        vars,
+                        vec![json!({"name": env_name, "value": value})],
+                        "pod {}, container `{}`: {}",
+                        pod,
+                        name,
+                        injected
+                    );
+                }
+            }
+        }
+        let after = store.current();
+        prop_assert_eq!(after.get("alpha").map(|e| &**e), Some(&case.entry), "the catalog entry changed");
+        prop_assert_eq!(after.len(), 1);
+        Ok(())
+    });
+    let injected = injected.load(Ordering::Relaxed);
+    println!("property 6: {injected} runs injected containers");
+    assert!(injected >= 7 * MIN_CASES as usize / 2, "too few runs injected anything: {injected}");
+}
