@@ -435,14 +435,20 @@ fn remove(doc: &mut Value, pointer: &str) -> Result<Value, String> {
     }
 }
 
-/// JSON pointers of `original`'s leaves (and empty containers) that are missing from `result`.
-/// Values may differ (a mutator may change them); paths must not disappear.
+/// JSON pointers of `original`'s leaves that are missing from `result`. Values may differ (a
+/// mutator may change them); paths must not disappear. List items are followed to where they went:
+/// by their merge key (`name`, `mountPath`, …) when they have one, otherwise by position — so a
+/// sidecar inserted before the pod's own init containers does not count as losing them. Paths are
+/// reported as they were in the original.
 #[must_use]
 pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
     let mut lost = Vec::new();
     walk_lost(original, Some(result), &mut String::new(), &mut lost);
     lost
 }
+
+/// Keys Kubernetes uses to identify list items, tried in order.
+const MERGE_KEYS: [&str; 4] = ["name", "mountPath", "devicePath", "containerPort"];
 
 fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: &mut Vec<String>) {
     let Some(result) = result else {
@@ -463,7 +469,12 @@ fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: 
             for (i, v) in o.iter().enumerate() {
                 path.push('/');
                 path.push_str(&i.to_string());
-                walk_lost(v, r.get(i), path, lost);
+                let key = v.as_object().and_then(|m| MERGE_KEYS.iter().find_map(|k| m.get(*k).map(|x| (*k, x))));
+                let counterpart = match key {
+                    Some((k, x)) => r.iter().find(|item| item.get(k) == Some(x)),
+                    None => r.get(i),
+                };
+                walk_lost(v, counterpart, path, lost);
                 path.truncate(len);
             }
         }

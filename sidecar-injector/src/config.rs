@@ -94,6 +94,8 @@ pub struct Config {
     pub env_names: EnvNames,
     /// `first` or `last`: native sidecars among the pod's init containers.
     pub native_sidecar_placement: NativePlacement,
+    /// Escape `$` in env values so kubelet does not expand `$(VAR)` in them.
+    pub literal_env_values: bool,
     /// Inline catalog entries (2022 list or 2019 `sidecars:` map).
     pub sidecars: Value,
     /// Catalog files or directories (mounted `ConfigMaps`), hot-reloaded.
@@ -127,6 +129,7 @@ impl Default for Config {
             override_pod_metadata: injection.override_pod_metadata,
             env_names: injection.env_names,
             native_sidecar_placement: injection.native_sidecar_placement,
+            literal_env_values: injection.literal_env_values,
             sidecars: Value::Null,
             catalog_paths: Vec::new(),
             catalog_reload_interval: "10s".to_owned(),
@@ -240,6 +243,7 @@ impl Config {
             override_pod_metadata: self.override_pod_metadata,
             env_names: self.env_names,
             native_sidecar_placement: self.native_sidecar_placement,
+            literal_env_values: self.literal_env_values,
         }
     }
 

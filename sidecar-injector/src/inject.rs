@@ -302,13 +302,18 @@ impl SidecarMutator {
 pub struct EnvFromAnnotations {
     annotations: Annotations,
     names: EnvNames,
+    literal: bool,
 }
 
 impl EnvFromAnnotations {
     /// A mutator for annotations under `settings.annotation_prefix`.
     #[must_use]
     pub fn new(settings: &InjectionSettings) -> Self {
-        Self { annotations: Annotations::new(&settings.annotation_prefix), names: settings.env_names }
+        Self {
+            annotations: Annotations::new(&settings.annotation_prefix),
+            names: settings.env_names,
+            literal: settings.literal_env_values,
+        }
     }
 }
 
@@ -381,6 +386,9 @@ impl DynamicMutator for EnvFromAnnotations {
                 }
                 let list = list.as_array_mut().unwrap_or_else(|| unreachable!("just made an array"));
                 for (name, value) in &env {
+                    // kubelet expands `$(VAR)` and turns `$$` into `$`: doubling every `$` makes
+                    // the container see exactly the annotation's bytes.
+                    let value = if self.literal { value.replace('$', "$$") } else { (*value).to_owned() };
                     let var = json!({"name": name, "value": value});
                     match list.iter_mut().find(|e| e.get("name").and_then(Value::as_str) == Some(name)) {
                         // An annotation overrides the catalog's var of the same name (and its valueFrom).

@@ -63,6 +63,9 @@ pub struct InjectionSettings {
     pub env_names: EnvNames,
     /// Native sidecar placement.
     pub native_sidecar_placement: NativePlacement,
+    /// Write `$` as `$$` in env values, so that kubelet's `$(VAR)` expansion leaves annotation
+    /// values exactly as written (values are data, never interpreted).
+    pub literal_env_values: bool,
 }
 
 impl Default for InjectionSettings {
@@ -74,6 +77,7 @@ impl Default for InjectionSettings {
             override_pod_metadata: false,
             env_names: EnvNames::AsIs,
             native_sidecar_placement: NativePlacement::First,
+            literal_env_values: true,
         }
     }
 }

@@ -194,16 +194,20 @@ async fn keys_with_slash_and_tilde_and_unknown_fields_survive() {
 
 #[tokio::test]
 async fn env_annotations_override_catalog_vars_and_stay_data() {
-    let hostile = "quote\" {{ .Values.x }} $(rm -rf /) \n newline";
-    let p = pod(
-        json!({INJECT: "agent", "sidecar-injector.expedia.com/MODE": "annotation", "sidecar-injector.expedia.com/weird": hostile}),
-    );
-    let checked = check(p, "apps").await;
+    let hostile = "quote\" {{ .Values.x }} $(HOME) $$ \n newline";
+    let annotations = json!({INJECT: "agent", "sidecar-injector.expedia.com/MODE": "annotation", "sidecar-injector.expedia.com/weird": hostile});
+    let checked = check(pod(annotations.clone()), "apps").await;
     let env = env_of(checked.patched(), "agent");
+    // `$` doubled: after kubelet's `$(VAR)` expansion the container sees exactly `hostile`.
+    let escaped = "quote\" {{ .Values.x }} $$(HOME) $$$$ \n newline";
     assert_eq!(
         env,
-        &json!([{"name": "MODE", "value": "annotation"}, {"name": "keep", "value": "1"}, {"name": "weird", "value": hostile}])
+        &json!([{"name": "MODE", "value": "annotation"}, {"name": "keep", "value": "1"}, {"name": "weird", "value": escaped}])
     );
+    let mut config = Config::default();
+    config.literal_env_values = false;
+    let raw = harness_with(&config).check(&review(pod(annotations), "apps")).await;
+    assert_eq!(env_of(raw.patched(), "agent")[2]["value"], hostile);
 }
 
 #[tokio::test]
