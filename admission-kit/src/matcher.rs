@@ -107,7 +107,10 @@ impl ServerFilter {
             return None;
         }
         let mut parts: Vec<String> = self.object.iter().map(|r| r.to_cel("object.metadata.labels")).collect();
-        parts.extend(self.condition.clone());
+        if let Some(condition) = &self.condition {
+            // The condition may be a bare `a || b`; next to other parts it needs its parentheses.
+            parts.push(if parts.is_empty() { condition.clone() } else { format!("({condition})") });
+        }
         Some(if parts.is_empty() { "true".to_owned() } else { parts.join(" && ") })
     }
 }
