@@ -9,6 +9,7 @@
 //! init container). Entry-level keys are checked: a misspelt `contianers` is an error, not a silently
 //! empty sidecar.
 
+mod namespaced;
 mod source;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+pub use namespaced::NamespaceCatalogs;
 pub use source::{CatalogSource, CatalogStore, SourceKind, load as load_sources};
 
 /// One sidecar of the catalog.

@@ -75,6 +75,7 @@ impl Default for ServerSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 #[non_exhaustive]
+#[allow(clippy::struct_excessive_bools, reason = "each bool is an independent, documented configuration key")]
 pub struct Config {
     /// Annotation prefix: `<prefix>/inject`, `<prefix>/status`, `<prefix>/<key>` env vars.
     pub annotation_prefix: String,
@@ -102,6 +103,13 @@ pub struct Config {
     pub catalog_paths: Vec<PathBuf>,
     /// How often catalog files are checked for a change.
     pub catalog_reload_interval: String,
+    /// Also read sidecars from `ConfigMaps` in the pod's namespace, named by the `inject`
+    /// annotation (the 2022 generation's catalogs); needs cluster access and RBAC to watch them.
+    pub namespace_catalogs: bool,
+    /// The `ConfigMap` data key holding a namespace catalog.
+    pub namespace_catalog_key: String,
+    /// Label selector narrowing the watched `ConfigMaps` (empty: all, as the 2022 injector reads).
+    pub namespace_catalog_selector: String,
     /// The webhook's name in the `MutatingWebhookConfiguration`.
     pub webhook_name: String,
     /// `Fail` or `Ignore`: what the API server does when the webhook cannot be reached.
@@ -133,6 +141,9 @@ impl Default for Config {
             sidecars: Value::Null,
             catalog_paths: Vec::new(),
             catalog_reload_interval: "10s".to_owned(),
+            namespace_catalogs: false,
+            namespace_catalog_key: "sidecars.yaml".to_owned(),
+            namespace_catalog_selector: String::new(),
             webhook_name: "sidecar-injector.expedia.com".to_owned(),
             failure_policy: "Fail".to_owned(),
             timeout_seconds: 10,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use admission_kit::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{CatalogStore, SidecarEntry};
+use crate::catalog::{CatalogStore, NamespaceCatalogs, SidecarEntry};
 use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, NativePlacement, UnknownSidecarPolicy};
 
 /// The annotation names derived from the prefix.
@@ -100,6 +100,7 @@ pub type InjectionCounter = Arc<dyn Fn(&str, &'static str) + Send + Sync>;
 /// Injects the sidecars a pod asks for.
 pub struct SidecarMutator {
     catalog: Arc<CatalogStore>,
+    namespaced: Option<Arc<NamespaceCatalogs>>,
     settings: Arc<InjectionSettings>,
     annotations: Annotations,
     count: Option<InjectionCounter>,
@@ -116,7 +117,15 @@ impl SidecarMutator {
     #[must_use]
     pub fn new(catalog: Arc<CatalogStore>, settings: Arc<InjectionSettings>) -> Self {
         let annotations = Annotations::new(&settings.annotation_prefix);
-        Self { catalog, settings, annotations, count: None }
+        Self { catalog, namespaced: None, settings, annotations, count: None }
+    }
+
+    /// Also looks names up as `ConfigMaps` in the pod's namespace (the 2022 generation's catalogs),
+    /// after the catalog: an administrator's catalog entry wins over a namespace's `ConfigMap`.
+    #[must_use]
+    pub fn with_namespace_catalogs(mut self, namespaced: Arc<NamespaceCatalogs>) -> Self {
+        self.namespaced = Some(namespaced);
+        self
     }
 
     /// Reports each sidecar's outcome (`injected`, `unknown`, `not_allowed`, `collision`, `skipped`).
@@ -160,12 +169,32 @@ impl DynamicMutator for SidecarMutator {
         let Some(request) = annotations.get(&self.annotations.inject).and_then(Value::as_str) else { return Ok(()) };
         let catalog = self.catalog.current();
         let namespace = ctx.request().namespace.clone().unwrap_or_default();
-        let mut entries: Vec<&Arc<SidecarEntry>> = Vec::new();
+        let mut entries: Vec<Arc<SidecarEntry>> = Vec::new();
         for name in requested(request) {
+            let from_namespace = match (catalog.get(name), &self.namespaced) {
+                (Some(_), _) | (None, None) => None,
+                (None, Some(namespaced)) => namespaced.lookup(&namespace, name),
+            };
+            match from_namespace {
+                Some(Ok(found)) => {
+                    for entry in &found {
+                        self.count("(namespace ConfigMap)", "injected");
+                        entries.push(entry.clone());
+                    }
+                    continue;
+                }
+                Some(Err(message)) => return Err(MutationError::deny(message)),
+                None => {}
+            }
             let Some(entry) = catalog.get(name) else {
                 // Requested names are user input: never a metric label.
                 self.count("(unknown)", "unknown");
-                let message = format!("sidecar `{name}` is not in the catalog; known: {catalog}");
+                let message = match self.namespaced {
+                    None => format!("sidecar `{name}` is not in the catalog; known: {catalog}"),
+                    Some(_) => format!(
+                        "sidecar `{name}` is not in the catalog (known: {catalog}) nor a ConfigMap with a sidecars catalog in namespace `{namespace}`"
+                    ),
+                };
                 if self.settings.unknown_sidecar == UnknownSidecarPolicy::Deny {
                     return Err(MutationError::deny(message));
                 }
@@ -181,7 +210,7 @@ impl DynamicMutator for SidecarMutator {
                     allowed.join(", ")
                 )));
             }
-            entries.push(entry);
+            entries.push(entry.clone());
         }
         if entries.is_empty() {
             return Ok(());
@@ -203,7 +232,7 @@ impl SidecarMutator {
     fn inject(
         &self,
         pod: &mut Value,
-        entries: &[&Arc<SidecarEntry>],
+        entries: &[Arc<SidecarEntry>],
         ctx: &mut Context<'_>,
     ) -> Result<Status, MutationError> {
         let spec = object_at(pod, "spec");

@@ -48,8 +48,21 @@ pub fn pipeline(
     catalog: Arc<CatalogStore>,
     metrics: Option<&metrics::InjectorMetrics>,
 ) -> Result<Pipeline, PipelineBuildError> {
+    pipeline_with(config, catalog, None, metrics)
+}
+
+/// [`pipeline`], also reading sidecars from `ConfigMaps` in the pod's namespace.
+pub fn pipeline_with(
+    config: &Config,
+    catalog: Arc<CatalogStore>,
+    namespaced: Option<Arc<catalog::NamespaceCatalogs>>,
+    metrics: Option<&metrics::InjectorMetrics>,
+) -> Result<Pipeline, PipelineBuildError> {
     let settings = Arc::new(config.injection());
     let mut sidecars = SidecarMutator::new(catalog, settings.clone());
+    if let Some(namespaced) = namespaced {
+        sidecars = sidecars.with_namespace_catalogs(namespaced);
+    }
     if let Some(metrics) = metrics {
         sidecars = sidecars.counting(metrics.counter());
     }

@@ -198,13 +198,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
     let injector_metrics = InjectorMetrics::register(&mut metrics);
     injector_metrics.reloaded(true, store.current().len());
-    let pipeline = pipeline(&config, store.clone(), Some(&injector_metrics))?;
+    let mut gates = Vec::new();
+    let configmap_catalogs = if config.namespace_catalogs {
+        let client = admission_kit::reexports::kube::Client::try_default()
+            .await
+            .context("namespaceCatalogs needs cluster access (in-cluster or a kubeconfig)")?;
+        let (catalogs, ready) = sidecar_injector::catalog::NamespaceCatalogs::watch(
+            client,
+            &config.namespace_catalog_key,
+            &config.namespace_catalog_selector,
+        );
+        gates.push(ready);
+        Some(Arc::new(catalogs))
+    } else {
+        None
+    };
+    let pipeline = sidecar_injector::pipeline_with(&config, store.clone(), configmap_catalogs, Some(&injector_metrics))?;
     spawn_catalog_reload(store.clone(), config.catalog_reload_interval()?, injector_metrics);
 
     let (namespaces, ready) = namespace_source(&config.server.namespace_cache).await?;
     let mut server = Server::new(config.server_config()?, [pipeline]).namespaces(namespaces).metrics(metrics);
     if let Some(ready) = ready {
         server = server.ready_when(ready);
+    }
+    for gate in gates {
+        server = server.ready_when(gate);
     }
     let running = server.start().await?;
     print_banner(&running, &store, &config);

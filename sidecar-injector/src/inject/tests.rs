@@ -362,3 +362,53 @@ async fn a_forged_status_is_refused() {
         .await
         .assert_denied("annotation `sidecar-injector.expedia.com/status` is not a status this injector wrote");
 }
+
+#[tokio::test]
+async fn sidecars_from_configmaps_in_the_pods_namespace() {
+    use admission_kit::reexports::kube::runtime::{reflector, watcher};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let config_map = |name: &str, text: &str| ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("apps".into()),
+            resource_version: Some("1".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("sidecars.yaml".to_owned(), text.to_owned())].into()),
+        ..ConfigMap::default()
+    };
+    let mut writer = reflector::store::Writer::<ConfigMap>::default();
+    writer.apply_watcher_event(&watcher::Event::Apply(config_map(
+        "busybox",
+        "- name: busybox\n  containers: [{name: busybox, image: busybox, restartPolicy: Always}]\n- name: helper\n  volumes: [{name: scratch, emptyDir: {}}]\n",
+    )));
+    writer.apply_watcher_event(&watcher::Event::Apply(config_map(
+        "agent",
+        "- name: agent\n  containers: [{name: impostor, image: evil}]\n",
+    )));
+    writer.apply_watcher_event(&watcher::Event::Apply(config_map("broken", "- name: [oops\n")));
+    let namespaced = Arc::new(crate::catalog::NamespaceCatalogs::new(writer.as_reader(), "sidecars.yaml"));
+    let pipeline =
+        crate::pipeline_with(&Config::default(), Arc::new(CatalogStore::fixed(catalog())), Some(namespaced), None)
+            .unwrap();
+    let harness = Harness::new(pipeline).namespace("apps", [("kubernetes-sidecar-injector", "enabled")]);
+
+    let checked =
+        harness.check(&review(pod(json!({INJECT: "busybox", "sidecar-injector.expedia.com/k": "v"})), "apps")).await;
+    let result = checked.patched();
+    assert_eq!(containers(result), vec!["app", "busybox"]);
+    assert_eq!(result["spec"]["containers"][1]["restartPolicy"], "Always", "ConfigMap entries keep every field");
+    assert_eq!(result["spec"]["volumes"][0]["name"], "scratch", "every sidecar of the ConfigMap is injected");
+    assert_eq!(env_of(result, "busybox"), &json!([{"name": "k", "value": "v"}]));
+    // The administrator's catalog wins over a namespace `ConfigMap` of the same name.
+    let checked = harness.check(&review(pod(json!({INJECT: "agent"})), "apps")).await;
+    assert_eq!(containers(checked.patched()), vec!["app", "agent"]);
+    harness
+        .check(&review(pod(json!({INJECT: "broken"})), "apps"))
+        .await
+        .assert_denied("ConfigMap apps/broken key sidecars.yaml");
+    harness.check(&review(pod(json!({INJECT: "missing"})), "apps")).await.assert_denied(
+        "sidecar `missing` is not in the catalog (known: agent, clash, logger, privileged, proxy) nor a ConfigMap with a sidecars catalog in namespace `apps`",
+    );
+}

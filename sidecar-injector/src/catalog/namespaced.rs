@@ -1,0 +1,138 @@
+//! Catalogs in `ConfigMaps` of the pod's own namespace, as the 2022 generation of the Expedia
+//! injector reads them: the `inject` annotation names a `ConfigMap` in the pod's namespace whose
+//! `sidecars.yaml` key holds a 2022-format list, and every sidecar in it is injected.
+//!
+//! `ConfigMaps` come from a kube-runtime reflector (a watch cache), never from an API call on the
+//! admission path. Each `ConfigMap` is parsed once per `resourceVersion` and the result is cached,
+//! so a busy namespace costs one parse per change, not one per pod.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use admission_kit::reexports::kube;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+
+use super::{SidecarEntry, parse_catalog};
+
+type Parsed = Result<Vec<Arc<SidecarEntry>>, String>;
+
+/// Parse results by (namespace, name), with the `resourceVersion` they were parsed at.
+type ParseCache = HashMap<(String, String), (Option<String>, Parsed)>;
+
+/// Sidecars defined in `ConfigMaps`, by namespace and `ConfigMap` name.
+pub struct NamespaceCatalogs {
+    store: Store<ConfigMap>,
+    key: String,
+    parsed: Mutex<ParseCache>,
+}
+
+impl std::fmt::Debug for NamespaceCatalogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceCatalogs").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl NamespaceCatalogs {
+    /// Catalogs read from `store`, under data key `key` (`sidecars.yaml`).
+    #[must_use]
+    pub fn new(store: Store<ConfigMap>, key: impl Into<String>) -> Self {
+        Self { store, key: key.into(), parsed: Mutex::new(HashMap::new()) }
+    }
+
+    /// Starts a `ConfigMap` watch over all namespaces (narrowed by `label_selector` when not empty).
+    /// Returns the catalogs and a future resolving after the first list (a readiness gate).
+    pub fn watch(
+        client: kube::Client,
+        key: impl Into<String>,
+        label_selector: &str,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (reader, writer) = reflector::store();
+        let mut config = watcher::Config::default();
+        if !label_selector.is_empty() {
+            config = config.labels(label_selector);
+        }
+        let api: kube::Api<ConfigMap> = kube::Api::all(client);
+        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().applied_objects();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(error) = event {
+                    tracing::warn!(%error, "ConfigMap watch failed; retrying with backoff");
+                }
+            }
+        });
+        let ready_reader = reader.clone();
+        let ready = async move {
+            if ready_reader.wait_until_ready().await.is_err() {
+                tracing::error!("ConfigMap watch ended before its first list");
+            }
+        };
+        (Self::new(reader, key), ready)
+    }
+
+    /// The sidecars of `ConfigMap` `name` in `namespace`: `None` if there is no such `ConfigMap` (or it
+    /// lacks the key), `Some(Err)` with a message naming the `ConfigMap` if its catalog is invalid.
+    #[must_use]
+    pub fn lookup(&self, namespace: &str, name: &str) -> Option<Parsed> {
+        let config_map = self.store.get(&ObjectRef::new(name).within(namespace))?;
+        let text = config_map.data.as_ref()?.get(&self.key)?;
+        let version = config_map.metadata.resource_version.clone();
+        let mut parsed = self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = (namespace.to_owned(), name.to_owned());
+        if let Some((seen, result)) = parsed.get(&id)
+            && version.is_some()
+            && *seen == version
+        {
+            return Some(result.clone());
+        }
+        let source = format!("ConfigMap {namespace}/{name} key {}", self.key);
+        let result = parse_catalog(text, &source)
+            .map(|entries| entries.into_iter().map(Arc::new).collect())
+            .map_err(|e| e.to_string());
+        parsed.insert(id, (version, result.clone()));
+        Some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn config_map(namespace: &str, name: &str, version: &str, text: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("sidecars.yaml".to_owned(), text.to_owned())].into()),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn lookups_follow_the_watch_cache() {
+        let mut writer = reflector::store::Writer::<ConfigMap>::default();
+        let catalogs = NamespaceCatalogs::new(writer.as_reader(), "sidecars.yaml");
+        assert!(catalogs.lookup("team", "busybox").is_none());
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map(
+            "team",
+            "busybox",
+            "1",
+            "- name: busybox\n  containers: [{name: bb, image: busybox}]\n",
+        )));
+        let entries = catalogs.lookup("team", "busybox").unwrap().unwrap();
+        assert_eq!(entries[0].name, "busybox");
+        assert!(catalogs.lookup("other", "busybox").is_none(), "only the pod's own namespace");
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map("team", "busybox", "2", "- name: [broken\n")));
+        let error = catalogs.lookup("team", "busybox").unwrap().unwrap_err();
+        assert!(error.contains("ConfigMap team/busybox key sidecars.yaml") && error.contains("line"), "{error}");
+        writer.apply_watcher_event(&watcher::Event::Delete(config_map("team", "busybox", "2", "")));
+        assert!(catalogs.lookup("team", "busybox").is_none());
+    }
+}
