@@ -213,7 +213,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let pipeline = sidecar_injector::pipeline_with(&config, store.clone(), configmap_catalogs, Some(&injector_metrics))?;
+    let pipeline =
+        sidecar_injector::pipeline_with(&config, store.clone(), configmap_catalogs, Some(&injector_metrics))?;
     spawn_catalog_reload(store.clone(), config.catalog_reload_interval()?, injector_metrics);
 
     let (namespaces, ready) = namespace_source(&config.server.namespace_cache).await?;
