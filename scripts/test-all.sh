@@ -14,5 +14,15 @@ echo "== rustfmt"
 cargo fmt --all --check
 echo "== clippy (pedantic, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, examples, doctests)"
-cargo test --workspace --all-features --locked
+echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, CLI, examples, doctests)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-features --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary, so the total is not hidden behind the last binary's.
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+echo "summary: $passed passed, $failed failed"
+exit "$status"

@@ -47,6 +47,10 @@ impl Annotations {
 
 /// The sidecar names a pod asks for: comma-separated, spaces trimmed, empty items ignored, the
 /// first of any repeated name kept.
+///
+/// ```
+/// assert_eq!(sidecar_injector::inject::requested(" haystack-agent, logger ,haystack-agent"), ["haystack-agent", "logger"]);
+/// ```
 #[must_use]
 pub fn requested(value: &str) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
