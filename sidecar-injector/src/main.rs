@@ -209,7 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             &config.namespace_catalog_selector,
         );
         gates.push(ready);
-        Some(Arc::new(catalogs))
+        Some(Arc::new(catalogs.counting_failures(injector_metrics.namespace_catalog_failures.clone())))
     } else {
         None
     };

@@ -40,6 +40,8 @@ pub struct InjectorMetrics {
     pub catalog_sidecars: Gauge,
     /// 1 while the last reload failed (the previous catalog is still served), else 0.
     pub catalog_stale: Gauge,
+    /// Broken versions of `ConfigMap` catalogs in pods' namespaces (their last good version is served).
+    pub namespace_catalog_failures: Counter,
 }
 
 impl InjectorMetrics {
@@ -52,6 +54,11 @@ impl InjectorMetrics {
         registry.register("catalog_reloads", "Catalog reloads by result", this.catalog_reloads.clone());
         registry.register("catalog_sidecars", "Sidecars in the catalog in service", this.catalog_sidecars.clone());
         registry.register("catalog_stale", "1 while the last catalog reload failed", this.catalog_stale.clone());
+        registry.register(
+            "namespace_catalog_failures",
+            "Broken ConfigMap catalogs in pods' namespaces",
+            this.namespace_catalog_failures.clone(),
+        );
         this
     }
 

@@ -18,14 +18,24 @@ use super::{SidecarEntry, parse_catalog};
 
 type Parsed = Result<Vec<Arc<SidecarEntry>>, String>;
 
-/// Parse results by (namespace, name), with the `resourceVersion` they were parsed at.
-type ParseCache = HashMap<(String, String), (Option<String>, Parsed)>;
+/// What is known of one `ConfigMap`: the `resourceVersion` last parsed, what it gave, and the last
+/// good sidecars (kept in service when a later version is broken).
+#[derive(Default)]
+struct Cached {
+    version: Option<String>,
+    result: Option<Parsed>,
+    last_good: Option<Vec<Arc<SidecarEntry>>>,
+}
+
+/// Parse results by (namespace, name).
+type ParseCache = HashMap<(String, String), Cached>;
 
 /// Sidecars defined in `ConfigMaps`, by namespace and `ConfigMap` name.
 pub struct NamespaceCatalogs {
     store: Store<ConfigMap>,
     key: String,
     parsed: Mutex<ParseCache>,
+    failures: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for NamespaceCatalogs {
@@ -38,7 +48,14 @@ impl NamespaceCatalogs {
     /// Catalogs read from `store`, under data key `key` (`sidecars.yaml`).
     #[must_use]
     pub fn new(store: Store<ConfigMap>, key: impl Into<String>) -> Self {
-        Self { store, key: key.into(), parsed: Mutex::new(HashMap::new()) }
+        Self { store, key: key.into(), parsed: Mutex::new(HashMap::new()), failures: None }
+    }
+
+    /// Counts broken `ConfigMap` catalogs (once per broken version).
+    #[must_use]
+    pub fn counting_failures(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.failures = Some(counter);
+        self
     }
 
     /// Starts a `ConfigMap` watch over all namespaces (narrowed by `label_selector` when not empty).
@@ -73,8 +90,10 @@ impl NamespaceCatalogs {
         (Self::new(reader, key), ready)
     }
 
-    /// The sidecars of `ConfigMap` `name` in `namespace`: `None` if there is no such `ConfigMap` (or it
-    /// lacks the key), `Some(Err)` with a message naming the `ConfigMap` if its catalog is invalid.
+    /// The sidecars of `ConfigMap` `name` in `namespace`: `None` if there is no such `ConfigMap` (or
+    /// it lacks the key). A broken update keeps the last good sidecars in service (the error is
+    /// logged with the `ConfigMap` and line, and counted, once per version); `Some(Err)` naming the
+    /// `ConfigMap` only when no version of it was ever good.
     #[must_use]
     pub fn lookup(&self, namespace: &str, name: &str) -> Option<Parsed> {
         let config_map = self.store.get(&ObjectRef::new(name).within(namespace))?;
@@ -82,18 +101,29 @@ impl NamespaceCatalogs {
         let version = config_map.metadata.resource_version.clone();
         let mut parsed = self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let id = (namespace.to_owned(), name.to_owned());
-        if let Some((seen, result)) = parsed.get(&id)
-            && version.is_some()
-            && *seen == version
-        {
-            return Some(result.clone());
+        let cached = parsed.entry(id).or_default();
+        if version.is_none() || cached.version != version || cached.result.is_none() {
+            let source = format!("ConfigMap {namespace}/{name} key {}", self.key);
+            let result: Parsed = parse_catalog(text, &source)
+                .map(|entries| entries.into_iter().map(Arc::new).collect())
+                .map_err(|e| e.to_string());
+            match &result {
+                Ok(entries) => cached.last_good = Some(entries.clone()),
+                Err(error) => {
+                    tracing::error!(%error, "namespace catalog not updated; keeping its last good version");
+                    if let Some(failures) = &self.failures {
+                        failures.inc();
+                    }
+                }
+            }
+            cached.version = version;
+            cached.result = Some(result);
         }
-        let source = format!("ConfigMap {namespace}/{name} key {}", self.key);
-        let result = parse_catalog(text, &source)
-            .map(|entries| entries.into_iter().map(Arc::new).collect())
-            .map_err(|e| e.to_string());
-        parsed.insert(id, (version, result.clone()));
-        Some(result)
+        match (&cached.result, &cached.last_good) {
+            (Some(Err(_)), Some(good)) => Some(Ok(good.clone())),
+            (Some(result), _) => Some(result.clone()),
+            (None, _) => None,
+        }
     }
 }
 
@@ -118,7 +148,8 @@ mod tests {
     #[test]
     fn lookups_follow_the_watch_cache() {
         let mut writer = reflector::store::Writer::<ConfigMap>::default();
-        let catalogs = NamespaceCatalogs::new(writer.as_reader(), "sidecars.yaml");
+        let failures = prometheus_client::metrics::counter::Counter::default();
+        let catalogs = NamespaceCatalogs::new(writer.as_reader(), "sidecars.yaml").counting_failures(failures.clone());
         assert!(catalogs.lookup("team", "busybox").is_none());
         writer.apply_watcher_event(&watcher::Event::Apply(config_map(
             "team",
@@ -130,8 +161,14 @@ mod tests {
         assert_eq!(entries[0].name, "busybox");
         assert!(catalogs.lookup("other", "busybox").is_none(), "only the pod's own namespace");
         writer.apply_watcher_event(&watcher::Event::Apply(config_map("team", "busybox", "2", "- name: [broken\n")));
-        let error = catalogs.lookup("team", "busybox").unwrap().unwrap_err();
-        assert!(error.contains("ConfigMap team/busybox key sidecars.yaml") && error.contains("line"), "{error}");
+        let kept = catalogs.lookup("team", "busybox").unwrap().unwrap();
+        assert_eq!(kept[0].name, "busybox", "a broken update keeps the last good version");
+        assert_eq!(failures.get(), 1);
+        let _ = catalogs.lookup("team", "busybox");
+        assert_eq!(failures.get(), 1, "counted once per broken version");
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map("team", "never-good", "1", "- name: [broken\n")));
+        let error = catalogs.lookup("team", "never-good").unwrap().unwrap_err();
+        assert!(error.contains("ConfigMap team/never-good key sidecars.yaml") && error.contains("line"), "{error}");
         writer.apply_watcher_event(&watcher::Event::Delete(config_map("team", "busybox", "2", "")));
         assert!(catalogs.lookup("team", "busybox").is_none());
     }
