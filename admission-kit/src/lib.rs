@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+pub mod cache;
 pub mod cli;
 pub mod matcher;
 pub mod metrics;

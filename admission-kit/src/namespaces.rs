@@ -8,10 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, core::PartialObjectMeta};
 
 static EMPTY: BTreeMap<String, String> = BTreeMap::new();
@@ -85,25 +84,9 @@ impl NamespaceSource {
     /// Starts a namespace metadata watch. Returns the source and a future that resolves once the
     /// first list has been loaded (wire it into readiness).
     pub fn watch(client: kube::Client) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (reader, writer) = reflector::store();
         // `Api<PartialObjectMeta<_>>` asks the API server for metadata only.
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-        let stream =
-            reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(error) = event {
-                    tracing::warn!(%error, "namespace watch failed; retrying with backoff");
-                }
-            }
-        });
-        let ready_reader = reader.clone();
-        let ready = async move {
-            if ready_reader.wait_until_ready().await.is_err() {
-                tracing::error!("namespace watch ended before its first list");
-            }
-        };
-        (Self::Cache(reader), ready)
+        let (store, ready) = crate::cache::watch(api, watcher::Config::default(), "namespaces");
+        (Self::Cache(store), ready)
     }
 }

@@ -279,6 +279,33 @@ impl Harness {
     }
 }
 
+/// The fewest cases [`check_property`] runs.
+pub const MIN_PROPERTY_CASES: u32 = 1000;
+
+/// Runs a proptest property on at least [`MIN_PROPERTY_CASES`] cases of `strategy` (more if
+/// `PROPTEST_CASES` asks for more) and panics with the shrunk input on failure. A `TestRunner`
+/// rather than the `proptest!` macro, because the macro lets `PROPTEST_CASES` lower the count. No
+/// regression files are written next to the tests.
+///
+/// # Panics
+/// When the property fails: this is a test assertion.
+pub fn check_property<S: proptest::strategy::Strategy>(
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let default = proptest::test_runner::Config::default(); // reads PROPTEST_CASES
+    let config = proptest::test_runner::Config {
+        cases: default.cases.max(MIN_PROPERTY_CASES),
+        failure_persistence: None,
+        ..default
+    };
+    if let Err(e) = proptest::test_runner::TestRunner::new(config).run(&strategy, test) {
+        panic!("{e}");
+    }
+}
+
 /// Sends `body` to an in-process router at `path`, as the API server would, and returns the status
 /// and body. See [`crate::server::router`].
 pub async fn call_router(router: &axum::Router, path: &str, body: Vec<u8>) -> (http::StatusCode, Vec<u8>) {

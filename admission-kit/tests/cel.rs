@@ -23,25 +23,10 @@ use admission_kit::webhook_config::{ClientTarget, WebhookConfigOptions, render_w
 use admission_kit::{Request, mutator};
 use cel::Program;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
-/// The fewest cases each property runs.
-const MIN_CASES: u32 = 1000;
-
-/// Runs `test` on at least 1,000 cases of `strategy` (more if `PROPTEST_CASES` asks for more) and
-/// panics with the shrunk input on failure. A `TestRunner` rather than the `proptest!` macro,
-/// because the macro lets `PROPTEST_CASES` lower the count. No regression files are written.
-fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let default = ProptestConfig::default(); // reads PROPTEST_CASES
-    let config = ProptestConfig { cases: default.cases.max(MIN_CASES), failure_persistence: None, ..default };
-    if let Err(e) = TestRunner::new(config).run(&strategy, test) {
-        panic!("{e}");
-    }
-}
+use admission_kit::testing::MIN_PROPERTY_CASES as MIN_CASES;
+use admission_kit::testing::check_property;
 
 // ---------------------------------------------------------------------------------------------
 // CEL
@@ -269,7 +254,7 @@ fn object_selector_matches(requirements: &[LabelRequirement], pod: &Value) -> bo
 fn exact_cel_equals_in_process_decision() {
     let request = request();
     let (exact, inexact, matched, unmatched) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
-    check(matchers_and_pods(1..2), |(specs, pods)| {
+    check_property(matchers_and_pods(1..2), |(specs, pods)| {
         let spec = &specs[0];
         let m = spec.build();
         let filter = m.server_filter();
@@ -310,7 +295,7 @@ fn rendered_match_condition_compiles_and_is_necessary() {
     let request = request();
     let options = WebhookConfigOptions::new("cel-test", ClientTarget::Url("https://127.0.0.1:8443".into()));
     let (rendered, not_rendered, exact_count) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
-    check(matchers_and_pods(1..4), |(specs, pods)| {
+    check_property(matchers_and_pods(1..4), |(specs, pods)| {
         let matchers: Vec<Box<dyn Matcher>> = specs.iter().map(Spec::build).collect();
         let mut builder = Pipeline::builder("cel.test.example.com");
         for (i, spec) in specs.iter().enumerate() {

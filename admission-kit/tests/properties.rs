@@ -19,28 +19,12 @@ use admission_kit::testing::{Harness, apply_patch, review_json};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
 
-/// The fewest cases each property runs.
-const MIN_CASES: u32 = 1000;
+use admission_kit::testing::check_property;
 
 /// Object keys starting with this are fields k8s-openapi does not model.
 const UNKNOWN_PREFIX: &str = "future";
-
-/// Runs `test` on at least 1,000 cases of `strategy` (more if `PROPTEST_CASES` asks for more) and
-/// panics with the shrunk input on failure. A `TestRunner` rather than the `proptest!` macro,
-/// because the macro lets `PROPTEST_CASES` lower the count. No regression files are written.
-fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let default = ProptestConfig::default(); // reads PROPTEST_CASES
-    let config = ProptestConfig { cases: default.cases.max(MIN_CASES), failure_persistence: None, ..default };
-    if let Err(e) = TestRunner::new(config).run(&strategy, test) {
-        panic!("{e}");
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Generators
@@ -372,7 +356,7 @@ fn unknown_fields_kept(original: &Value, result: &Value, expected_shape: &Value)
 /// and never overwrites a whole existing map or array to add an entry.
 #[test]
 fn diff_applies_and_adds_entries_not_containers() {
-    check((pod(), mutations()), |(pod, mutations)| {
+    check_property((pod(), mutations()), |(pod, mutations)| {
         let mutated = mutated(&pod, &mutations);
         let patch = diff(&pod, &mutated);
         prop_assert_eq!(applied(&pod, &patch), mutated.clone(), "patch: {:?}", patch);
@@ -386,7 +370,7 @@ fn diff_applies_and_adds_entries_not_containers() {
 /// stays, the result is exactly the mutation applied to the raw object, and its diff applies.
 #[test]
 fn carry_changes_keeps_unknown_fields() {
-    check((pod(), mutations()), |(raw, mutations)| {
+    check_property((pod(), mutations()), |(raw, mutations)| {
         let before = strip_unknown(&raw);
         let after = mutated(&before, &mutations);
         let result = carry_changes(&raw, &before, &after);
@@ -405,7 +389,7 @@ fn carry_changes_keeps_unknown_fields() {
 #[test]
 fn carry_changes_keeps_unknown_fields_when_lists_shift() {
     let mutations = prop::collection::vec(shifting_mutation(), 0..4);
-    check((pod(), mutations), |(raw, mutations)| {
+    check_property((pod(), mutations), |(raw, mutations)| {
         let before = strip_unknown(&raw);
         let after = mutated(&before, &mutations);
         let result = carry_changes(&raw, &before, &after);
@@ -482,7 +466,7 @@ fn pipeline_with_a_typed_mutator_keeps_unknown_fields() {
         .expect("the pipeline builds");
     let harness = Harness::new(pipeline);
     let target = ResourceTarget::of::<Pod>();
-    check(pipeline_pod(), |pod| {
+    check_property(pipeline_pod(), |pod| {
         let review = review_json(pod.clone(), &target).build();
         let checked = runtime.block_on(harness.check(&review));
         prop_assert!(checked.answer().allowed, "denied: {}", checked.answer().message);

@@ -24,14 +24,13 @@ use admission_kit::review::Review;
 use admission_kit::testing::{Harness, apply_patch, lost_paths, review_json};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
 use sidecar_injector::catalog::{Catalog, CatalogStore, SidecarEntry, entries_from_value};
 use sidecar_injector::config::Config;
 use sidecar_injector::settings::{CollisionPolicy, EnvNames, NativePlacement, UnknownSidecarPolicy};
 
-/// The fewest cases each property runs.
-const MIN_CASES: u32 = 1000;
+use admission_kit::testing::MIN_PROPERTY_CASES as MIN_CASES;
+use admission_kit::testing::check_property;
 
 /// The namespace every review is in; it is opted in.
 const NAMESPACE: &str = "apps";
@@ -56,19 +55,6 @@ const APP_VOLUMES: [&str; 3] = ["data", "config", "cache"];
 /// or with another sidecar's.
 const SHARED_CONTAINERS: [&str; 4] = ["proxy", "agent", "logger", "setup"];
 const SHARED_VOLUMES: [&str; 3] = ["config", "shared", "data"];
-
-/// Runs `test` on at least 1,000 cases of `strategy` (more if `PROPTEST_CASES` asks for more) and
-/// panics with the shrunk input on failure. No regression files are written.
-fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: fmt::Debug,
-{
-    let default = ProptestConfig::default(); // reads PROPTEST_CASES
-    let config = ProptestConfig { cases: default.cases.max(MIN_CASES), failure_persistence: None, ..default };
-    if let Err(e) = TestRunner::new(config).run(&strategy, test) {
-        panic!("{e}");
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Generators: policies
@@ -772,7 +758,7 @@ fn catalog_item<'a>(
 fn patch_applies_and_gives_the_pipelines_result() {
     let runtime = current_thread();
     let coverage = Coverage::default();
-    check(case(), |case| {
+    check_property(case(), |case| {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
@@ -795,7 +781,7 @@ fn patch_applies_and_gives_the_pipelines_result() {
 fn admitted_pods_have_unique_names() {
     let runtime = current_thread();
     let coverage = Coverage::default();
-    check(case(), |case| {
+    check_property(case(), |case| {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
@@ -831,7 +817,7 @@ fn admitted_pods_have_unique_names() {
 fn nothing_of_the_pod_or_the_catalog_is_lost() {
     let runtime = current_thread();
     let coverage = Coverage::default();
-    check(case(), |case| {
+    check_property(case(), |case| {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
@@ -903,7 +889,7 @@ fn nothing_of_the_pod_or_the_catalog_is_lost() {
 fn second_pass_changes_nothing() {
     let runtime = current_thread();
     let coverage = Coverage::default();
-    check(case(), |case| {
+    check_property(case(), |case| {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
@@ -933,7 +919,7 @@ fn second_pass_changes_nothing() {
 fn env_from_annotations_reaches_injected_containers_only() {
     let runtime = current_thread();
     let coverage = Coverage::default();
-    check(case(), |case| {
+    check_property(case(), |case| {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
@@ -1052,7 +1038,7 @@ fn requests_share_no_state() {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let injected = AtomicUsize::new(0);
-    check(two_pods(), |case| {
+    check_property(two_pods(), |case| {
         let (harness, store) = harness(case.policy, std::slice::from_ref(&case.entry));
         let reviews = case.pods.clone().map(|pod| review(&pod));
         let spawn = |i: usize| {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use admission_kit::reexports::kube;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 
 use super::{SidecarEntry, parse_catalog};
 
@@ -65,28 +65,12 @@ impl NamespaceCatalogs {
         key: impl Into<String>,
         label_selector: &str,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (reader, writer) = reflector::store();
         let mut config = watcher::Config::default();
         if !label_selector.is_empty() {
             config = config.labels(label_selector);
         }
         let api: kube::Api<ConfigMap> = kube::Api::all(client);
-        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().applied_objects();
-        tokio::spawn(async move {
-            use futures::StreamExt as _;
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(error) = event {
-                    tracing::warn!(%error, "ConfigMap watch failed; retrying with backoff");
-                }
-            }
-        });
-        let ready_reader = reader.clone();
-        let ready = async move {
-            if ready_reader.wait_until_ready().await.is_err() {
-                tracing::error!("ConfigMap watch ended before its first list");
-            }
-        };
+        let (reader, ready) = admission_kit::cache::watch(api, config, "configmaps");
         (Self::new(reader, key), ready)
     }
 
@@ -147,7 +131,7 @@ mod tests {
 
     #[test]
     fn lookups_follow_the_watch_cache() {
-        let mut writer = reflector::store::Writer::<ConfigMap>::default();
+        let mut writer = kube::runtime::reflector::store::Writer::<ConfigMap>::default();
         let failures = prometheus_client::metrics::counter::Counter::default();
         let catalogs = NamespaceCatalogs::new(writer.as_reader(), "sidecars.yaml").counting_failures(failures.clone());
         assert!(catalogs.lookup("team", "busybox").is_none());
