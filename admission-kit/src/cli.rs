@@ -177,6 +177,20 @@ impl ServeArgs {
     }
 }
 
+/// Parses `namespace/name` or `namespace/name:port` (port 443 by default) as a Service target.
+pub fn parse_service(service: &str) -> anyhow::Result<ClientTarget> {
+    let (namespace, rest) = service
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--service must be namespace/name[:port], got `{service}`"))?;
+    let (name, port) = match rest.split_once(':') {
+        Some((name, port)) => {
+            (name, port.parse().map_err(|_| anyhow::anyhow!("--service port `{port}` is not a number"))?)
+        }
+        None => (rest, 443),
+    };
+    Ok(ClientTarget::Service { namespace: namespace.to_owned(), name: name.to_owned(), port })
+}
+
 /// Flags of `webhook-config`.
 #[derive(Clone, Debug, Args)]
 #[non_exhaustive]
@@ -203,18 +217,7 @@ impl WebhookConfigArgs {
     pub fn render(&self, pipelines: &[Pipeline]) -> anyhow::Result<String> {
         let target = match (&self.url, &self.service) {
             (Some(url), None) => ClientTarget::Url(url.clone()),
-            (None, Some(service)) => {
-                let (namespace, rest) = service
-                    .split_once('/')
-                    .ok_or_else(|| anyhow::anyhow!("--service must be namespace/name[:port], got `{service}`"))?;
-                let (name, port) = match rest.split_once(':') {
-                    Some((name, port)) => {
-                        (name, port.parse().map_err(|_| anyhow::anyhow!("--service port `{port}` is not a number"))?)
-                    }
-                    None => (rest, 443),
-                };
-                ClientTarget::Service { namespace: namespace.to_owned(), name: name.to_owned(), port }
-            }
+            (None, Some(service)) => parse_service(service)?,
             _ => anyhow::bail!("give exactly one of --url or --service"),
         };
         let mut options =

@@ -139,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pipeline = pipeline(&config, Arc::new(CatalogStore::load(sources(&config))?), None)?;
             let target = match (&args.url, &args.service) {
                 (Some(url), _) => ClientTarget::Url(url.clone()),
-                (None, Some(service)) => parse_service(service)?,
+                (None, Some(service)) => admission_kit::cli::parse_service(service)?,
                 (None, None) => anyhow::bail!("give --url or --service"),
             };
             let mut options = WebhookConfigOptions::new("sidecar-injector", target);
@@ -155,16 +155,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn parse_service(service: &str) -> anyhow::Result<ClientTarget> {
-    let (namespace, rest) =
-        service.split_once('/').with_context(|| format!("--service must be namespace/name[:port], got `{service}`"))?;
-    let (name, port) = match rest.split_once(':') {
-        Some((name, port)) => (name, port.parse().with_context(|| format!("--service port `{port}` is not a number"))?),
-        None => (rest, 443),
-    };
-    Ok(ClientTarget::Service { namespace: namespace.to_owned(), name: name.to_owned(), port })
 }
 
 type Offline = (admission_kit::Pipeline, Vec<Value>, BTreeMap<String, String>);
