@@ -9,5 +9,6 @@
 //! module proxy into that cache.
 
 pub mod control_plane;
+pub mod webhook;
 
 pub use control_plane::{Binaries, ControlPlane};
