@@ -18,7 +18,10 @@ echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIG
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --all-features --locked 2>&1 | tee "$log"
+# integration-tests (a real kube-apiserver) is not yet part of this run: its control-plane build
+# and scenarios are still being brought up. Say so rather than skip silently.
+echo "NOTE: integration-tests (real control plane) excluded from this run: not finished yet"
+cargo test --workspace --exclude integration-tests --all-features --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary, so the total is not hidden behind the last binary's.

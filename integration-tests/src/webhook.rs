@@ -37,8 +37,11 @@ pub async fn start_injector(client: &kube::Client, config: &Config, configuratio
     let pipeline = sidecar_injector::pipeline(config, store, None)?;
     let server = Server::new(ServerConfig::local(), [pipeline.clone()]).start().await?;
     let ca = server.ca_pem().context("a generated certificate has a CA")?.to_owned();
-    let options = WebhookConfigOptions::new(configuration, ClientTarget::Url(format!("https://127.0.0.1:{}", server.webhook_addr().port())))
-        .ca_bundle(ca.into_bytes());
+    let options = WebhookConfigOptions::new(
+        configuration,
+        ClientTarget::Url(format!("https://127.0.0.1:{}", server.webhook_addr().port())),
+    )
+    .ca_bundle(ca.into_bytes());
     let rendered: MutatingWebhookConfiguration = render_webhook_config(&[pipeline], &options);
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     api.create(&PostParams::default(), &rendered).await.context("failed to register the webhook")?;

@@ -1,0 +1,155 @@
+//! The injector proven against a real kube-apiserver: the API server calls it over TLS with the
+//! caBundle, filters by namespaceSelector and matchConditions, applies the patch, validates the
+//! result and stores it. Every assertion reads what the API server stored (or answered).
+//!
+//! One control plane serves every scenario, each in its own namespace, run in order by one test
+//! so that the processes are always stopped (a `Drop` runs on every exit path, panics included).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use admission_kit::reexports::kube::{
+    self, Api,
+    api::{ListParams, PostParams},
+};
+use integration_tests::webhook::{client, start_injector};
+use integration_tests::{Binaries, ControlPlane};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use serde_json::{Value, json};
+use sidecar_injector::config::Config;
+
+const INJECT: &str = "sidecar-injector.expedia.com/inject";
+
+fn catalog_config() -> Config {
+    let mut config = Config::default();
+    config.sidecars = json!([
+        {"name": "haystack-agent", "containers": [{"name": "haystack-agent", "image": "expediadotcom/haystack-agent:0.1"}],
+         "volumes": [{"name": "agent-config", "emptyDir": {}}]},
+        {"name": "logger", "containers": [{"name": "logger", "image": "busybox"}], "initContainers": [{"name": "logger-init", "image": "busybox"}]},
+        {"name": "proxy", "nativeSidecar": true, "containers": [{"name": "proxy", "image": "envoy"}]},
+    ]);
+    config
+}
+
+async fn namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        // kube-system exists: label it instead.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let patch = json!({"metadata": {"labels": labels}});
+            api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // The ServiceAccount admission plugin rejects pods until the namespace's `default` account exists.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    let started = Instant::now();
+    while accounts.get_opt("default").await?.is_none() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "no default ServiceAccount in {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::needless_pass_by_value, reason = "called with inline JSON literals")]
+fn pod(name: &str, annotations: Value) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))?)
+}
+
+fn names(pod: &Pod) -> Vec<String> {
+    pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default()
+}
+
+/// A new webhook configuration takes effect asynchronously: dry-run creates until the mutation shows.
+async fn wait_for_webhook(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    loop {
+        let probe = pod("probe", json!({INJECT: "haystack-agent"}))?;
+        let created = pods.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await?;
+        if names(&created).contains(&"haystack-agent".to_owned()) {
+            return Ok(());
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the webhook never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
+    let plane = ControlPlane::start(&Binaries::locate()?)?;
+    let client = client(&plane).await?;
+    let _injector = start_injector(&client, &catalog_config(), "sidecar-injector").await?;
+    namespace(&client, "injected", &[("kubernetes-sidecar-injector", "enabled")]).await?;
+    wait_for_webhook(&client, "injected").await?;
+
+    // A Deployment's pods, made by the real controllers, carry the sidecar and the env.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "injected");
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "echo"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "echo"}}, "template": {
+            "metadata": {"labels": {"app": "echo"}, "annotations": {INJECT: "haystack-agent", "sidecar-injector.expedia.com/api-key": "k-1"}},
+            "spec": {"containers": [{"name": "echo", "image": "hashicorp/http-echo"}]}}}
+    }))?;
+    deployments.create(&PostParams::default(), &deployment).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "injected");
+    let started = Instant::now();
+    let made = loop {
+        let list = pods.list(&ListParams::default().labels("app=echo")).await?;
+        if list.items.len() == 2 {
+            break list.items;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the controllers made {} pods", list.items.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for p in &made {
+        assert_eq!(names(p), vec!["echo", "haystack-agent"], "stored pod {:?}", p.metadata.name);
+        let sidecar = &p.spec.as_ref().unwrap().containers[1];
+        let env: Vec<(String, Option<String>)> =
+            sidecar.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
+        assert_eq!(env, vec![("api-key".to_owned(), Some("k-1".to_owned()))]);
+    }
+
+    // Unlabelled namespace: untouched. kube-system: untouched even when labelled.
+    namespace(&client, "plain", &[]).await?;
+    let stored = Api::<Pod>::namespaced(client.clone(), "plain")
+        .create(&PostParams::default(), &pod("p", json!({INJECT: "haystack-agent"}))?)
+        .await?;
+    assert_eq!(names(&stored), vec!["app"]);
+    namespace(&client, "kube-system", &[("kubernetes-sidecar-injector", "enabled")]).await?;
+    let stored = Api::<Pod>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &pod("p", json!({INJECT: "haystack-agent"}))?)
+        .await?;
+    assert_eq!(names(&stored), vec!["app"]);
+
+    // Two sidecars, an init-container sidecar and a native sidecar.
+    let stored =
+        pods.create(&PostParams::default(), &pod("many", json!({INJECT: "logger, proxy, haystack-agent"}))?).await?;
+    assert_eq!(names(&stored), vec!["app", "logger", "haystack-agent"]);
+    let init = stored.spec.as_ref().unwrap().init_containers.clone().unwrap_or_default();
+    let init: Vec<(String, Option<String>)> = init.iter().map(|c| (c.name.clone(), c.restart_policy.clone())).collect();
+    assert_eq!(init, vec![("proxy".to_owned(), Some("Always".to_owned())), ("logger-init".to_owned(), None)]);
+
+    // Unknown sidecar: the create is rejected and the user sees why.
+    let err = pods.create(&PostParams::default(), &pod("typo", json!({INJECT: "haystak-agent"}))?).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("sidecar `haystak-agent` is not in the catalog; known: haystack-agent, logger, proxy"),
+        "{message}"
+    );
+
+    // Server-side dry run: the mutation is in the response, nothing is stored.
+    let dry = pods
+        .create(&PostParams { dry_run: true, ..PostParams::default() }, &pod("dry", json!({INJECT: "logger"}))?)
+        .await?;
+    assert_eq!(names(&dry), vec!["app", "logger"]);
+    assert!(pods.get_opt("dry").await?.is_none(), "a dry run stores nothing");
+    Ok(())
+}
