@@ -208,6 +208,8 @@ impl ControlPlane {
                 format!("--secure-port={api_port}"),
                 "--bind-address=127.0.0.1".to_owned(),
                 "--advertise-address=127.0.0.1".to_owned(),
+                // The `kubernetes` Service's endpoints cannot be a loopback address; nothing here needs them.
+                "--endpoint-reconciler-type=none".to_owned(),
                 "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
                 "--authorization-mode=RBAC".to_owned(),
                 format!("--client-ca-file={}", ca.display()),

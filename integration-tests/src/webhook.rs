@@ -29,21 +29,45 @@ pub struct Injector {
     pub configuration: String,
 }
 
-/// Starts the injector with `config` on loopback and registers it with the API server.
+/// Serves `pipelines` on loopback and registers them as the `MutatingWebhookConfiguration`
+/// `configuration`, calling the server by URL with its generated CA as the caBundle.
+pub async fn serve_and_register(
+    client: &kube::Client,
+    pipelines: &[admission_kit::Pipeline],
+    configuration: &str,
+) -> anyhow::Result<RunningServer> {
+    let server = Server::new(ServerConfig::local(), pipelines.iter().cloned()).start().await?;
+    let ca = server.ca_pem().context("a generated certificate has a CA")?.to_owned();
+    let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
+    register(client, pipelines, configuration, &url, ca.as_bytes()).await?;
+    Ok(server)
+}
+
+/// Registers `pipelines` as the `MutatingWebhookConfiguration` `configuration`, called at `url`.
+pub async fn register(
+    client: &kube::Client,
+    pipelines: &[admission_kit::Pipeline],
+    configuration: &str,
+    url: &str,
+    ca_pem: &[u8],
+) -> anyhow::Result<()> {
+    let options =
+        WebhookConfigOptions::new(configuration, ClientTarget::Url(url.to_owned())).ca_bundle(ca_pem.to_vec());
+    let rendered: MutatingWebhookConfiguration = render_webhook_config(pipelines, &options);
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    api.create(&PostParams::default(), &rendered)
+        .await
+        .with_context(|| format!("failed to register {configuration}"))?;
+    Ok(())
+}
+
+/// Starts the injector with `config` on loopback (catalog files hot-reloaded) and registers it.
 pub async fn start_injector(client: &kube::Client, config: &Config, configuration: &str) -> anyhow::Result<Injector> {
     let mut sources = vec![CatalogSource::inline(config.sidecars.clone())];
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     let store = Arc::new(CatalogStore::load(sources)?);
+    store.clone().spawn_reload(config.catalog_reload_interval()?, None);
     let pipeline = sidecar_injector::pipeline(config, store, None)?;
-    let server = Server::new(ServerConfig::local(), [pipeline.clone()]).start().await?;
-    let ca = server.ca_pem().context("a generated certificate has a CA")?.to_owned();
-    let options = WebhookConfigOptions::new(
-        configuration,
-        ClientTarget::Url(format!("https://127.0.0.1:{}", server.webhook_addr().port())),
-    )
-    .ca_bundle(ca.into_bytes());
-    let rendered: MutatingWebhookConfiguration = render_webhook_config(&[pipeline], &options);
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    api.create(&PostParams::default(), &rendered).await.context("failed to register the webhook")?;
+    let server = serve_and_register(client, &[pipeline], configuration).await?;
     Ok(Injector { server, configuration: configuration.to_owned() })
 }

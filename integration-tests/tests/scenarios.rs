@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use admission_kit::mutator;
+use admission_kit::pipeline::{ReinvocationPolicy, ResourceTarget};
+use admission_kit::prelude::*;
 use admission_kit::reexports::kube::{
     self, Api,
     api::{ListParams, PostParams},
 };
-use integration_tests::webhook::{client, start_injector};
+use integration_tests::webhook::{Injector, client, register, serve_and_register, start_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -21,9 +24,19 @@ use sidecar_injector::config::Config;
 
 const INJECT: &str = "sidecar-injector.expedia.com/inject";
 
-fn catalog_config() -> Config {
+/// A container that meets Pod Security `restricted`.
+fn restricted(name: &str, image: &str) -> Value {
+    json!({"name": name, "image": image, "securityContext": {
+        "runAsNonRoot": true, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}})
+}
+
+fn catalog_config(catalog_dir: &std::path::Path) -> Config {
     let mut config = Config::default();
+    config.catalog_paths = vec![catalog_dir.to_owned()];
+    "100ms".clone_into(&mut config.catalog_reload_interval);
     config.sidecars = json!([
+        {"name": "restricted-agent", "containers": [restricted("restricted-agent", "agent:1")]},
         {"name": "haystack-agent", "containers": [{"name": "haystack-agent", "image": "expediadotcom/haystack-agent:0.1"}],
          "volumes": [{"name": "agent-config", "emptyDir": {}}]},
         {"name": "logger", "containers": [{"name": "logger", "image": "busybox"}], "initContainers": [{"name": "logger-init", "image": "busybox"}]},
@@ -86,7 +99,8 @@ async fn wait_for_webhook(client: &kube::Client, ns: &str) -> anyhow::Result<()>
 async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
     let plane = ControlPlane::start(&Binaries::locate()?)?;
     let client = client(&plane).await?;
-    let _injector = start_injector(&client, &catalog_config(), "sidecar-injector").await?;
+    let catalog_dir = tempfile::tempdir()?;
+    let injector = start_injector(&client, &catalog_config(catalog_dir.path()), "sidecar-injector").await?;
     namespace(&client, "injected", &[("kubernetes-sidecar-injector", "enabled")]).await?;
     wait_for_webhook(&client, "injected").await?;
 
@@ -151,5 +165,147 @@ async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
         .await?;
     assert_eq!(names(&dry), vec!["app", "logger"]);
     assert!(pods.get_opt("dry").await?.is_none(), "a dry run stores nothing");
+
+    reinvocation(&client, &injector).await?;
+    webhook_down(&client).await?;
+    pod_security(&client).await?;
+    hot_reload(&client, catalog_dir.path()).await?;
     Ok(())
+}
+
+/// Counts the injector's answers by result, from its own metrics.
+async fn answers(injector: &Injector, result: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("http://{}/metrics", injector.server.admin_addr())).await?.text().await?;
+    let prefix = format!(
+        "admission_kit_requests_total{{webhook=\"sidecar-injector.expedia.com\",operation=\"CREATE\",result=\"{result}\"}} "
+    );
+    Ok(text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0))
+}
+
+/// A second mutating webhook, called after the injector, changes the pod: the API server calls the
+/// injector again (`reinvocationPolicy: IfNeeded`) and the pod still gets one copy of the sidecar.
+async fn reinvocation(client: &kube::Client, injector: &Injector) -> anyhow::Result<()> {
+    let labeler = Pipeline::builder("labeler.integration.example.com")
+        .step(
+            Step::dynamic(
+                "labeler",
+                ResourceTarget::of::<Pod>(),
+                mutator::from_fn(|pod: &mut Value, _ctx: &mut Context<'_>| {
+                    pod["metadata"]["labels"]["labeled.example.com/by"] = json!("second-webhook");
+                    Ok(())
+                }),
+            )
+            .when(matcher::namespace_label("reinvoke", "yes")),
+        )
+        .reinvocation(ReinvocationPolicy::IfNeeded)
+        .build()?;
+    // Configurations are called in name order: the injector's sorts first.
+    let _labeler = serve_and_register(client, &[labeler], "zz-labeler").await?;
+    namespace(client, "reinvoke", &[("kubernetes-sidecar-injector", "enabled"), ("reinvoke", "yes")]).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "reinvoke");
+    let started = Instant::now();
+    let (patched_before, allowed_before) = (answers(injector, "patched").await?, answers(injector, "allowed").await?);
+    let stored = loop {
+        let name = format!("p{}", started.elapsed().as_millis());
+        let stored =
+            pods.create(&PostParams::default(), &pod(&name, json!({INJECT: "haystack-agent, logger"}))?).await?;
+        if stored.metadata.labels.as_ref().is_some_and(|l| l.contains_key("labeled.example.com/by")) {
+            break stored;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the second webhook never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(names(&stored), vec!["app", "haystack-agent", "logger"], "exactly one copy of each sidecar");
+    let init: Vec<String> =
+        stored.spec.as_ref().unwrap().init_containers.iter().flatten().map(|c| c.name.clone()).collect();
+    assert_eq!(init, vec!["logger-init"]);
+    assert!(answers(injector, "patched").await? > patched_before);
+    assert!(answers(injector, "allowed").await? > allowed_before, "the injector was called again and changed nothing");
+    Ok(())
+}
+
+/// The webhook unreachable: `failurePolicy: Fail` rejects with the API server's message, `Ignore`
+/// admits the pod unmutated.
+async fn webhook_down(client: &kube::Client) -> anyhow::Result<()> {
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("https://127.0.0.1:{dead}");
+    for (policy, label) in [("Fail", "down-fail"), ("Ignore", "down-ignore")] {
+        let mut config = Config::default();
+        config.namespace_label_key = label.to_owned();
+        config.failure_policy = policy.to_owned();
+        config.webhook_name = format!("{label}.integration.example.com");
+        let store = std::sync::Arc::new(sidecar_injector::catalog::CatalogStore::fixed(
+            sidecar_injector::catalog::Catalog::default(),
+        ));
+        let pipeline = sidecar_injector::pipeline(&config, store, None)?;
+        register(client, &[pipeline], label, &url, b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+            .await
+            .or_else(|_| anyhow::Ok(()))?;
+        namespace(client, label, &[(label, "enabled")]).await?;
+    }
+    let fail: Api<Pod> = Api::namespaced(client.clone(), "down-fail");
+    let started = Instant::now();
+    let message = loop {
+        if let Err(e) = fail.create(&PostParams::default(), &pod("p", json!({INJECT: "haystack-agent"}))?).await {
+            break e.to_string();
+        }
+        fail.delete("p", &kube::api::DeleteParams::default()).await?;
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the Fail webhook never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        message.contains("failed calling webhook") && message.contains("down-fail.integration.example.com"),
+        "{message}"
+    );
+    let ignore: Api<Pod> = Api::namespaced(client.clone(), "down-ignore");
+    let stored = ignore.create(&PostParams::default(), &pod("p", json!({INJECT: "haystack-agent"}))?).await?;
+    assert_eq!(names(&stored), vec!["app"], "admitted unmutated");
+    Ok(())
+}
+
+/// A namespace enforcing Pod Security `restricted`: a sidecar meeting it is admitted, one that does
+/// not is rejected by the API server with the Pod Security message.
+async fn pod_security(client: &kube::Client) -> anyhow::Result<()> {
+    namespace(
+        client,
+        "restricted",
+        &[("kubernetes-sidecar-injector", "enabled"), ("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "restricted");
+    let compliant = |name: &str, inject: &str| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {INJECT: inject}},
+            "spec": {"containers": [restricted("app", "app:1")]},
+        }))?)
+    };
+    let stored = pods.create(&PostParams::default(), &compliant("ok", "restricted-agent")?).await?;
+    assert_eq!(names(&stored), vec!["app", "restricted-agent"]);
+    let err = pods.create(&PostParams::default(), &compliant("bad", "haystack-agent")?).await.unwrap_err().to_string();
+    assert!(err.contains("violates PodSecurity \"restricted:latest\"") && err.contains("haystack-agent"), "{err}");
+    Ok(())
+}
+
+/// A catalog file added to the watched directory: the next pod gets the new sidecar.
+async fn hot_reload(client: &kube::Client, catalog_dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::write(
+        catalog_dir.join("late.yaml"),
+        "- name: late-sidecar\n  containers: [{name: late, image: late:1}]\n",
+    )?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "injected");
+    let started = Instant::now();
+    loop {
+        let dry = PostParams { dry_run: true, ..PostParams::default() };
+        match pods.create(&dry, &pod("late", json!({INJECT: "late-sidecar"}))?).await {
+            Ok(created) => {
+                assert_eq!(names(&created), vec!["app", "late"]);
+                return Ok(());
+            }
+            Err(e) => {
+                anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "the new catalog never took effect: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

@@ -205,7 +205,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let pipeline =
         sidecar_injector::pipeline_with(&config, store.clone(), configmap_catalogs, Some(&injector_metrics))?;
-    spawn_catalog_reload(store.clone(), config.catalog_reload_interval()?, injector_metrics);
+    store.clone().spawn_reload(config.catalog_reload_interval()?, Some(injector_metrics));
 
     let (namespaces, ready) = namespace_source(&config.server.namespace_cache).await?;
     let mut server = Server::new(config.server_config()?, [pipeline]).namespaces(namespaces).metrics(metrics);
@@ -244,28 +244,6 @@ fn print_banner(running: &admission_kit::server::RunningServer, store: &CatalogS
     if stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush()).is_err() {
         tracing::warn!("stdout is closed; the start-up banner was not printed");
     }
-}
-
-fn spawn_catalog_reload(store: Arc<CatalogStore>, interval: std::time::Duration, metrics: InjectorMetrics) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            match store.reload() {
-                Ok(false) => {}
-                Ok(true) => {
-                    let catalog = store.current();
-                    metrics.reloaded(true, catalog.len());
-                    tracing::info!(sidecars = %catalog, "catalog reloaded");
-                }
-                Err(error) => {
-                    metrics.reloaded(false, 0);
-                    tracing::error!(%error, "catalog not reloaded; keeping the last good catalog");
-                }
-            }
-        }
-    });
 }
 
 async fn namespace_source(

@@ -136,6 +136,39 @@ impl CatalogStore {
         self.current.load_full()
     }
 
+    /// Polls the sources every `interval` in a background task: a changed catalog is swapped in and
+    /// logged, a broken one is logged with its file and line and the last good one kept; both are
+    /// counted in `metrics` when given.
+    pub fn spawn_reload(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        metrics: Option<crate::metrics::InjectorMetrics>,
+    ) {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                match self.reload() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let catalog = self.current();
+                        if let Some(m) = &metrics {
+                            m.reloaded(true, catalog.len());
+                        }
+                        tracing::info!(sidecars = %catalog, "catalog reloaded");
+                    }
+                    Err(error) => {
+                        if let Some(m) = &metrics {
+                            m.reloaded(false, 0);
+                        }
+                        tracing::error!(%error, "catalog not reloaded; keeping the last good catalog");
+                    }
+                }
+            }
+        });
+    }
+
     /// Reads the sources again. `Ok(true)` when a changed catalog was swapped in, `Ok(false)` when
     /// nothing changed since the last attempt (so a broken file is reported once, not every poll);
     /// on error the last good catalog stays in service.
