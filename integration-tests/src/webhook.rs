@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use admission_kit::namespaces::NamespaceSource;
 use admission_kit::reexports::kube::{self, Api, api::PostParams};
 use admission_kit::server::{RunningServer, Server, ServerConfig};
 use admission_kit::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_config};
 use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use sidecar_injector::catalog::{CatalogSource, CatalogStore};
+use sidecar_injector::catalog::{CatalogSource, CatalogStore, NamespaceCatalogs};
 use sidecar_injector::config::Config;
 
 use crate::ControlPlane;
@@ -36,7 +37,23 @@ pub async fn serve_and_register(
     pipelines: &[admission_kit::Pipeline],
     configuration: &str,
 ) -> anyhow::Result<RunningServer> {
-    let server = Server::new(ServerConfig::local(), pipelines.iter().cloned()).start().await?;
+    serve_and_register_with(
+        Server::new(ServerConfig::local(), pipelines.iter().cloned()),
+        client,
+        pipelines,
+        configuration,
+    )
+    .await
+}
+
+/// [`serve_and_register`] with a server already set up (namespace cache, readiness gates, …).
+pub async fn serve_and_register_with(
+    server: Server,
+    client: &kube::Client,
+    pipelines: &[admission_kit::Pipeline],
+    configuration: &str,
+) -> anyhow::Result<RunningServer> {
+    let server = server.start().await?;
     let ca = server.ca_pem().context("a generated certificate has a CA")?.to_owned();
     let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
     register(client, pipelines, configuration, &url, ca.as_bytes()).await?;
@@ -67,7 +84,43 @@ pub async fn start_injector(client: &kube::Client, config: &Config, configuratio
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     let store = Arc::new(CatalogStore::load(sources)?);
     store.clone().spawn_reload(config.catalog_reload_interval()?, None);
-    let pipeline = sidecar_injector::pipeline(config, store, None)?;
-    let server = serve_and_register(client, &[pipeline], configuration).await?;
+    // Both watch caches run against the real API server: namespace labels for the matchers, and
+    // ConfigMap catalogs in pods' namespaces when the configuration asks for them.
+    let (namespaces, namespaces_synced) = NamespaceSource::watch(client.clone());
+    let mut gates =
+        vec![Box::pin(namespaces_synced) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>];
+    let configmaps = if config.namespace_catalogs {
+        let (catalogs, synced) =
+            NamespaceCatalogs::watch(client.clone(), &config.namespace_catalog_key, &config.namespace_catalog_selector);
+        gates.push(Box::pin(synced));
+        Some(Arc::new(catalogs))
+    } else {
+        None
+    };
+    let pipeline = sidecar_injector::pipeline_with(config, store, configmaps, None)?;
+    let mut server = Server::new(ServerConfig::local(), [pipeline.clone()]).namespaces(namespaces);
+    for gate in gates {
+        server = server.ready_when(gate);
+    }
+    let server = serve_and_register_with(server, client, &[pipeline], configuration).await?;
+    wait_ready(&server).await?;
     Ok(Injector { server, configuration: configuration.to_owned() })
+}
+
+/// Waits until the server's `/readyz` says its caches have synced.
+pub async fn wait_ready(server: &RunningServer) -> anyhow::Result<()> {
+    let url = format!("http://{}/readyz", server.admin_addr());
+    let started = std::time::Instant::now();
+    loop {
+        let ok = tokio::net::TcpStream::connect(server.admin_addr()).await.is_ok()
+            && std::process::Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &url])
+                .status()
+                .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        anyhow::ensure!(started.elapsed() < std::time::Duration::from_secs(30), "the injector's caches never synced");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

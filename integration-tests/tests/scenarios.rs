@@ -34,6 +34,7 @@ fn restricted(name: &str, image: &str) -> Value {
 fn catalog_config(catalog_dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.catalog_paths = vec![catalog_dir.to_owned()];
+    config.namespace_catalogs = true;
     "100ms".clone_into(&mut config.catalog_reload_interval);
     config.sidecars = json!([
         {"name": "restricted-agent", "containers": [restricted("restricted-agent", "agent:1")]},
@@ -155,7 +156,7 @@ async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
     let err = pods.create(&PostParams::default(), &pod("typo", json!({INJECT: "haystak-agent"}))?).await.unwrap_err();
     let message = err.to_string();
     assert!(
-        message.contains("sidecar `haystak-agent` is not in the catalog; known: haystack-agent, logger, proxy"),
+        message.contains("sidecar `haystak-agent` is not in the catalog (known: haystack-agent, logger, proxy, restricted-agent) nor a ConfigMap with a sidecars catalog in namespace `injected`"),
         "{message}"
     );
 
@@ -170,6 +171,51 @@ async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
     webhook_down(&client).await?;
     pod_security(&client).await?;
     hot_reload(&client, catalog_dir.path()).await?;
+    configmap_catalog(&client).await?;
+    Ok(())
+}
+
+/// A `ConfigMap` catalog in the pod's own namespace (the 2022 generation), read from the watch
+/// cache: created after the injector started, then updated; each next pod gets what it says.
+async fn configmap_catalog(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "injected");
+    let catalog = |image: &str| -> anyhow::Result<ConfigMap> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "team-agent"},
+            "data": {"sidecars.yaml": format!("- name: team-agent\n  containers: [{{name: team-agent, image: {image}}}]\n")},
+        }))?)
+    };
+    config_maps.create(&PostParams::default(), &catalog("team:1")?).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "injected");
+    let image_of = |pod: &Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == "team-agent"))
+            .and_then(|c| c.image.clone())
+    };
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    for expected in ["team:1", "team:2"] {
+        if expected == "team:2" {
+            let mut updated = config_maps.get("team-agent").await?;
+            updated.data = catalog("team:2")?.data;
+            config_maps.replace("team-agent", &PostParams::default(), &updated).await?;
+        }
+        let started = Instant::now();
+        loop {
+            let result = pods.create(&dry, &pod("cm", json!({INJECT: "team-agent"}))?).await;
+            if let Ok(created) = &result
+                && image_of(created).as_deref() == Some(expected)
+            {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "ConfigMap catalog {expected} never served: {result:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(())
 }
 
