@@ -66,7 +66,7 @@ impl Binaries {
 fn build_or_cached() -> anyhow::Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-control-plane.sh");
     eprintln!(
-        "integration-tests: locating control-plane binaries with {} (a cold build takes 10-20 minutes)",
+        "integration-tests: locating control-plane binaries with {} (a cold build takes about 6 minutes on 2 cores)",
         script.display()
     );
     let out = Command::new("bash")
