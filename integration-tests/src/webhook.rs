@@ -80,6 +80,18 @@ pub async fn register(
 
 /// Starts the injector with `config` on loopback (catalog files hot-reloaded) and registers it.
 pub async fn start_injector(client: &kube::Client, config: &Config, configuration: &str) -> anyhow::Result<Injector> {
+    start_injector_with(client, config, configuration, ServerConfig::local(), None).await
+}
+
+/// [`start_injector`] with a server configuration (e.g. certificate files) and, for certificate
+/// files, the CA bundle to register.
+pub async fn start_injector_with(
+    client: &kube::Client,
+    config: &Config,
+    configuration: &str,
+    server_config: ServerConfig,
+    ca_pem: Option<&str>,
+) -> anyhow::Result<Injector> {
     let mut sources = vec![CatalogSource::inline(config.sidecars.clone())];
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     let store = Arc::new(CatalogStore::load(sources)?);
@@ -98,11 +110,19 @@ pub async fn start_injector(client: &kube::Client, config: &Config, configuratio
         None
     };
     let pipeline = sidecar_injector::pipeline_with(config, store, configmaps, None)?;
-    let mut server = Server::new(ServerConfig::local(), [pipeline.clone()]).namespaces(namespaces);
+    let mut server = Server::new(server_config, [pipeline.clone()]).namespaces(namespaces);
     for gate in gates {
         server = server.ready_when(gate);
     }
-    let server = serve_and_register_with(server, client, &[pipeline], configuration).await?;
+    let server = match ca_pem {
+        None => serve_and_register_with(server, client, &[pipeline], configuration).await?,
+        Some(ca) => {
+            let server = server.start().await?;
+            let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
+            register(client, &[pipeline], configuration, &url, ca.as_bytes()).await?;
+            server
+        }
+    };
     wait_ready(&server).await?;
     Ok(Injector { server, configuration: configuration.to_owned() })
 }

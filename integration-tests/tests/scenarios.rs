@@ -15,7 +15,7 @@ use admission_kit::reexports::kube::{
     self, Api,
     api::{ListParams, PostParams},
 };
-use integration_tests::webhook::{Injector, client, register, serve_and_register, start_injector};
+use integration_tests::webhook::{Injector, client, register, serve_and_register, start_injector, start_injector_with};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -172,6 +172,113 @@ async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
     pod_security(&client).await?;
     hot_reload(&client, catalog_dir.path()).await?;
     configmap_catalog(&client).await?;
+    certificate_rotation(&client).await?;
+    Ok(())
+}
+
+/// A CA and leaves it signs, the way cert-manager rotates a webhook's serving certificate (same CA,
+/// so the registered caBundle stays valid).
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Self { pem, issuer: rcgen::Issuer::new(params, key) })
+    }
+
+    fn leaf(&self) -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Lays out a Secret volume as kubelet does (`tls.crt -> ..data/tls.crt`, `..data -> ..<n>`).
+fn secret_volume(dir: &std::path::Path, generation: u32, (cert, key): &(String, String)) -> anyhow::Result<()> {
+    let ts = dir.join(format!("..gen_{generation}"));
+    std::fs::create_dir_all(&ts)?;
+    std::fs::write(ts.join("tls.crt"), cert)?;
+    std::fs::write(ts.join("tls.key"), key)?;
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(ts.file_name().unwrap_or_default(), &tmp)?;
+    std::fs::rename(&tmp, dir.join("..data"))?;
+    for name in ["tls.crt", "tls.key"] {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            std::os::unix::fs::symlink(std::path::Path::new("..data").join(name), dir.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The serving certificate rotated (kubelet-style symlink swap) while pods are being created: no
+/// create fails, every pod is injected, and the new certificate is served afterwards.
+async fn certificate_rotation(client: &kube::Client) -> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let (first, second) = (ca.leaf()?, ca.leaf()?);
+    let dir = tempfile::tempdir()?;
+    secret_volume(dir.path(), 1, &first)?;
+    let mut server_config = admission_kit::server::ServerConfig::local();
+    server_config.tls = admission_kit::tls::TlsSource::Files {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        reload_interval: Duration::from_millis(100),
+    };
+    let mut config = catalog_config(dir.path());
+    config.catalog_paths.clear();
+    config.namespace_catalogs = false;
+    "rotation-test".clone_into(&mut config.namespace_label_key);
+    "rotation.integration.example.com".clone_into(&mut config.webhook_name);
+    let rotating = start_injector_with(client, &config, "rotation", server_config, Some(&ca.pem)).await?;
+    namespace(client, "rotation", &[("rotation-test", "enabled")]).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "rotation");
+    let started = Instant::now();
+    loop {
+        let dry = PostParams { dry_run: true, ..PostParams::default() };
+        if names(&pods.create(&dry, &pod("probe", json!({INJECT: "logger"}))?).await?).len() == 2 {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the rotation webhook never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let creates = (0..60).map(|i| {
+        let pods = pods.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i)).await;
+            pods.create(&PostParams::default(), &pod(&format!("r-{i}"), json!({INJECT: "logger"}))?)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    let rotate = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        secret_volume(dir.path(), 2, &second)
+    };
+    let (results, rotated) = tokio::join!(futures::future::join_all(creates), rotate);
+    rotated?;
+    for (i, result) in results.into_iter().enumerate() {
+        let stored = result.map_err(|e| anyhow::anyhow!("create r-{i} failed during rotation: {e}"))?;
+        assert_eq!(names(&stored), vec!["app", "logger"], "r-{i}");
+    }
+    let served = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", rotating.server.webhook_addr().port())])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let served = String::from_utf8_lossy(&served.stdout).into_owned();
+    let second_body: String = second.0.lines().filter(|l| !l.starts_with("-----")).collect();
+    let served_body: String = served
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|s| s.split("-----END CERTIFICATE-----").next())
+        .unwrap_or_default()
+        .lines()
+        .collect();
+    assert_eq!(served_body, second_body, "new handshakes present the rotated certificate");
     Ok(())
 }
 
