@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The TLS tests use the openssl CLI as an independent TLS client (TLS 1.1 must be refused).
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "== installing openssl (Debian package)"
-  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+# The TLS tests use the openssl CLI as an independent TLS client (TLS 1.1 must be refused); the
+# control-plane harness uses curl for health checks.
+missing=()
+for tool in openssl curl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages)"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The integration tests build etcd and kube-apiserver from the Go module proxy when not cached.
+command -v go >/dev/null 2>&1 || echo "WARNING: go is not installed; the integration tests can only use cached or TEST_ASSET_* binaries"
 
 echo "== rustfmt"
 cargo fmt --all --check
