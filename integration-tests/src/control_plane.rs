@@ -20,6 +20,8 @@ pub struct Binaries {
     pub kube_apiserver: PathBuf,
     /// `kube-controller-manager`.
     pub kube_controller_manager: PathBuf,
+    /// `kubectl`, when found next to `kube-apiserver` (for people using the dev cluster).
+    pub kubectl: Option<PathBuf>,
 }
 
 const NAMES: [(&str, &str); 3] = [
@@ -57,7 +59,8 @@ impl Binaries {
                 bail!("control-plane binary {} does not exist", p.display());
             }
         }
-        Ok(Self { etcd, kube_apiserver, kube_controller_manager })
+        let kubectl = kube_apiserver.parent().map(|d| d.join("kubectl")).filter(|p| p.is_file());
+        Ok(Self { etcd, kube_apiserver, kube_controller_manager, kubectl })
     }
 }
 
@@ -66,7 +69,7 @@ impl Binaries {
 fn build_or_cached() -> anyhow::Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-control-plane.sh");
     eprintln!(
-        "integration-tests: locating control-plane binaries with {} (a cold build takes about 6 minutes on 2 cores)",
+        "integration-tests: locating control-plane binaries with {} (a cold build takes about 6-8 minutes on 2 cores)",
         script.display()
     );
     let out = Command::new("bash")

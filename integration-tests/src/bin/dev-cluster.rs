@@ -10,12 +10,16 @@ use sidecar_injector::config::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let plane = ControlPlane::start(&Binaries::locate()?)?;
+    let binaries = Binaries::locate()?;
+    let plane = ControlPlane::start(&binaries)?;
     let client = client(&plane).await?;
     let config = Config::load(None, &[])?;
     let injector = start_injector(&client, &config, "sidecar-injector").await?;
     println!("control plane up; the injector serves on https://{}", injector.server.webhook_addr());
     println!("export KUBECONFIG={}", plane.kubeconfig.display());
+    if let Some(kubectl) = binaries.kubectl.as_ref().and_then(|k| k.parent()) {
+        println!("export PATH={}:$PATH   # kubectl v1.36, built with the control plane", kubectl.display());
+    }
     println!("logs and certificates: {}", plane.dir().display());
     println!("Ctrl-C stops everything.");
     admission_kit::server::shutdown_signal().await;
