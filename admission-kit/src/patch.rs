@@ -36,7 +36,7 @@ pub fn carry_changes(raw: &Value, before: &Value, after: &Value) -> Value {
 }
 
 /// Keys Kubernetes uses to identify list items (`patchMergeKey`s of core types), tried in order.
-const MERGE_KEYS: [&str; 4] = ["name", "mountPath", "devicePath", "containerPort"];
+const MERGE_KEYS: [&str; 4] = ["mountPath", "devicePath", "name", "containerPort"];
 
 fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
     let object = item.as_object()?;
@@ -164,6 +164,18 @@ mod tests {
         // Same length, unnamed and changed in place: matched by position.
         let (raw, before, after) = (json!([{"k": 1, "future": 0}]), json!([{"k": 1}]), json!([{"k": 2}]));
         assert_eq!(carry_changes(&raw, &before, &after), json!([{"k": 2, "future": 0}]));
+    }
+
+    #[test]
+    fn volume_mounts_are_traced_by_mount_path_not_by_their_shared_volume_name() {
+        let raw =
+            json!([{"name": "cfg", "mountPath": "/a", "future": 1}, {"name": "cfg", "mountPath": "/b", "future": 2}]);
+        let before = json!([{"name": "cfg", "mountPath": "/a"}, {"name": "cfg", "mountPath": "/b"}]);
+        let after = json!([{"name": "cfg", "mountPath": "/b", "readOnly": true}]);
+        assert_eq!(
+            carry_changes(&raw, &before, &after),
+            json!([{"name": "cfg", "mountPath": "/b", "future": 2, "readOnly": true}])
+        );
     }
 
     #[test]

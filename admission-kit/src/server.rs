@@ -126,6 +126,9 @@ pub enum ServerError {
     /// Two pipelines share a path.
     #[error("failed to start: pipelines `{0}` and `{1}` are both served on `{2}`")]
     DuplicatePath(String, String, String),
+    /// A limit is out of range.
+    #[error("failed to start: {0}")]
+    BadLimit(String),
     /// The server task failed.
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -218,6 +221,13 @@ impl Server {
 
     /// Loads the certificate, binds both ports and starts serving. Returns at once with a handle.
     pub async fn start(self) -> Result<RunningServer, ServerError> {
+        if self.config.max_connections == 0 || self.config.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ServerError::BadLimit(format!(
+                "max_connections must be between 1 and {}, got {}",
+                tokio::sync::Semaphore::MAX_PERMITS,
+                self.config.max_connections
+            )));
+        }
         let mut seen: Vec<&Pipeline> = Vec::new();
         for p in &self.pipelines {
             if let Some(other) = seen.iter().find(|o| o.path() == p.path()) {
@@ -271,6 +281,7 @@ impl Server {
         let admin = admin::serve(admin_listener, shared.clone(), stop_rx.clone());
         let accept = conn::AcceptLoop { listener: webhook_listener, tls, router, shared: shared.clone() };
         let (drain_tx, drain_rx) = watch::channel(false);
+        let shutdown_timeout = self.config.shutdown_timeout;
         let task = tokio::spawn(async move {
             let mut drain_rx = drain_rx;
             let served = tokio::spawn(accept.run(stop_rx.clone()));
@@ -283,7 +294,10 @@ impl Server {
             tokio::time::sleep(shared.config.drain_delay).await;
             let _ = stop_tx.send(true);
             let _ = served.await;
-            let _ = admin.await;
+            // The admin port has no per-connection limits of its own: never let it hold the exit.
+            if tokio::time::timeout(shutdown_timeout, admin).await.is_err() {
+                tracing::warn!("admin port connections still open at the shutdown timeout; closing them");
+            }
             for b in background {
                 b.abort();
             }

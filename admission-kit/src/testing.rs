@@ -475,7 +475,7 @@ pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
 }
 
 /// Keys Kubernetes uses to identify list items, tried in order.
-const MERGE_KEYS: [&str; 4] = ["name", "mountPath", "devicePath", "containerPort"];
+const MERGE_KEYS: [&str; 4] = ["mountPath", "devicePath", "name", "containerPort"];
 
 fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: &mut Vec<String>) {
     let Some(result) = result else {

@@ -561,6 +561,27 @@ async fn tls_connect(addr: std::net::SocketAddr, ca: &str) -> tokio_rustls::clie
 }
 
 #[tokio::test]
+async fn a_silent_tls_connection_gets_the_header_timeout_not_the_idle_timeout() {
+    let mut config = ServerConfig::local();
+    config.header_read_timeout = Duration::from_millis(300);
+    config.idle_timeout = Duration::from_secs(60);
+    let server = start(config).await;
+    let mut tls = tls_connect(server.webhook_addr(), server.ca_pem().unwrap()).await;
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a connection that never sends a request is closed after the header-read timeout");
+    server.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_out_of_range_refuse_to_start() {
+    let mut config = ServerConfig::local();
+    config.max_connections = 0;
+    let err = Server::new(config, [pipeline()]).start().await.unwrap_err().to_string();
+    assert!(err.contains("max_connections must be between 1 and"), "{err}");
+}
+
+#[tokio::test]
 async fn connection_cap_refuses_extra_connections() {
     let mut config = ServerConfig::local();
     config.max_connections = 3;

@@ -173,7 +173,7 @@ impl DynamicMutator for SidecarMutator {
         let Some(request) = annotations.get(&self.annotations.inject).and_then(Value::as_str) else { return Ok(()) };
         let catalog = self.catalog.current();
         let namespace = ctx.request().namespace.clone().unwrap_or_default();
-        let mut entries: Vec<Arc<SidecarEntry>> = Vec::new();
+        let mut entries: Vec<(Arc<SidecarEntry>, bool)> = Vec::new();
         for name in requested(request) {
             let from_namespace = match (catalog.get(name), &self.namespaced) {
                 (Some(_), _) | (None, None) => None,
@@ -182,8 +182,7 @@ impl DynamicMutator for SidecarMutator {
             match from_namespace {
                 Some(Ok(found)) => {
                     for entry in &found {
-                        self.count("(namespace ConfigMap)", "injected");
-                        entries.push(entry.clone());
+                        entries.push((entry.clone(), false));
                     }
                     continue;
                 }
@@ -214,7 +213,7 @@ impl DynamicMutator for SidecarMutator {
                     allowed.join(", ")
                 )));
             }
-            entries.push(entry.clone());
+            entries.push((entry.clone(), true));
         }
         if entries.is_empty() {
             return Ok(());
@@ -236,15 +235,17 @@ impl SidecarMutator {
     fn inject(
         &self,
         pod: &mut Value,
-        entries: &[Arc<SidecarEntry>],
+        entries: &[(Arc<SidecarEntry>, bool)],
         ctx: &mut Context<'_>,
     ) -> Result<Status, MutationError> {
         let spec = object_at(pod, "spec");
         let mut taken = Taken::of(spec);
         let mut status = Status::default();
         let mut native: Vec<Value> = Vec::new();
-        for entry in entries {
+        for (entry, from_catalog) in entries {
             let name = entry.name.as_str();
+            // Names from a namespace ConfigMap are tenants' input: never a metric label.
+            let label = if *from_catalog { name } else { "(namespace ConfigMap)" };
             // Containers first: a collision either denies the pod or skips the item.
             let add = |item: &Value,
                        set: &mut BTreeSet<String>,
@@ -255,7 +256,7 @@ impl SidecarMutator {
                 if set.insert(item_name.to_owned()) {
                     return Ok(true);
                 }
-                self.count(name, "collision");
+                self.count(label, "collision");
                 let message =
                     format!("sidecar `{name}` adds {what} `{item_name}`, but the pod already has one with that name");
                 match self.settings.on_collision {
@@ -297,7 +298,7 @@ impl SidecarMutator {
                 }
             }
             status.sidecars.push(name.to_owned());
-            self.count(name, "injected");
+            self.count(label, "injected");
         }
         if !native.is_empty() {
             let init = array_at(spec, "initContainers");
@@ -309,7 +310,7 @@ impl SidecarMutator {
             }
         }
         let metadata = object_at(pod, "metadata");
-        for entry in entries {
+        for (entry, _) in entries {
             for (field, values) in [("annotations", &entry.annotations), ("labels", &entry.labels)] {
                 if values.is_empty() {
                     continue;

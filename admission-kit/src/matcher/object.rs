@@ -74,6 +74,11 @@ impl Matcher for NamespaceNameMatcher {
     }
 
     fn server_filter(&self) -> ServerFilter {
+        if self.names.is_empty() {
+            // `NotIn ()` is rejected by the API server; an empty list excludes nothing (or, for
+            // `one_of`, admits nothing and is decided in-process).
+            return ServerFilter { exact: self.negate, ..ServerFilter::none() };
+        }
         let op = if self.negate { LabelOp::NotIn(self.names.clone()) } else { LabelOp::In(self.names.clone()) };
         // Exact for namespaced objects; cluster-scoped ones are never filtered by a namespaceSelector
         // and are decided in-process, so the filter stays a necessary condition.

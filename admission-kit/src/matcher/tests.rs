@@ -130,6 +130,20 @@ fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
 }
 
 #[test]
+fn an_empty_name_list_renders_no_selector_the_api_server_would_reject() {
+    assert_eq!(
+        namespace_not_in(Vec::<String>::new()).server_filter(),
+        ServerFilter { exact: true, ..ServerFilter::none() }
+    );
+    let req = request(Some("kube-system"), "Pod");
+    let labels = BTreeMap::new();
+    assert_eq!(
+        eval(&namespace_not_in(Vec::<String>::new()), &req, &json!({}), NamespaceView::Known(&labels)),
+        Decision::Match
+    );
+}
+
+#[test]
 fn cel_strings_are_escaped() {
     assert_eq!(label::cel_string("it's \\ \n"), "'it\\'s \\\\ \\n'");
     let f = annotation_in("k", ["a'b"]).server_filter();

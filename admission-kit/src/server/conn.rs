@@ -149,7 +149,9 @@ impl Connection {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(1),
-            request_started: AtomicU64::new(0),
+            // The first request's headers are due within the header-read timeout of the handshake:
+            // a connection that opens and says nothing is not an idle keep-alive connection.
+            request_started: AtomicU64::new(1),
         });
         let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
         let service = TrackedService { router: self.router.clone(), activity: activity.clone() };
@@ -158,7 +160,8 @@ impl Connection {
         let tick = (config.header_read_timeout.min(config.idle_timeout) / 4).max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut closing = false;
+        // When a graceful close was asked for (drain or idle), in milliseconds since the epoch.
+        let mut closing: Option<u64> = None;
         let header_limit = u64::try_from(config.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
         let idle_limit = u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         loop {
@@ -169,11 +172,11 @@ impl Connection {
                     }
                     break;
                 }
-                () = stopped(&mut self.stop), if !closing => {
+                () = stopped(&mut self.stop), if closing.is_none() => {
                     // Finishes the request in flight, answers it with `Connection: close`, and
                     // closes an idle keep-alive connection at once.
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(activity.now());
                 }
                 _ = ticker.tick() => {
                     if activity.in_flight.load(Ordering::Acquire) > 0 {
@@ -185,9 +188,16 @@ impl Connection {
                         tracing::debug!("header read timeout: closing connection");
                         break;
                     }
-                    if started == 0 && !closing && now.saturating_sub(activity.last.load(Ordering::Relaxed)) > idle_limit {
+                    if started == 0 && closing.is_none() && now.saturating_sub(activity.last.load(Ordering::Relaxed)) > idle_limit {
                         conn.as_mut().graceful_shutdown();
-                        closing = true;
+                        closing = Some(now);
+                    }
+                    // No request is in flight, yet a graceful close has not finished: the peer is
+                    // not reading what was written (a full TCP window). Drop the connection rather
+                    // than hold its slot under the connection cap forever.
+                    if closing.is_some_and(|since| now.saturating_sub(since) > header_limit) {
+                        tracing::debug!("peer stopped reading: closing connection");
+                        break;
                     }
                 }
             }
@@ -216,7 +226,8 @@ impl hyper::service::Service<http::Request<Incoming>> for TrackedService {
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
-    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(super::webhook::Arrived(tokio::time::Instant::now()));
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.request_started.store(0, Ordering::Release);
         let guard = InFlight(self.activity.clone());

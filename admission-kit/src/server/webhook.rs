@@ -17,6 +17,10 @@ use crate::metrics::{ReviewLabels, StepLabels, WebhookLabels};
 use crate::pipeline::{FailureMode, Outcome, Pipeline, StepResult};
 use crate::review::{Answer, DecodeError, Review};
 
+/// When a request's headers arrived (set by the connection; absent in-process).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arrived(pub(crate) Instant);
+
 struct Hook {
     pipeline: Pipeline,
     shared: Arc<Shared>,
@@ -101,8 +105,15 @@ fn json(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
-    let start = Instant::now();
+async fn review(
+    State(hook): State<Arc<Hook>>,
+    RawQuery(query): RawQuery,
+    arrived: Option<axum::Extension<Arrived>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // The deadline counts from when the request arrived, not from when its body was read.
+    let start = arrived.map_or_else(Instant::now, |a| a.0.0);
     let shared = &hook.shared;
     let metrics = &shared.metrics;
     let webhook = hook.pipeline.name();
@@ -136,7 +147,7 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
             return text(StatusCode::BAD_REQUEST, error.to_string());
         }
     };
-    metrics.in_flight.inc();
+    let _in_flight = InFlightGauge::new(&metrics.in_flight);
     let request = &review.request;
     let span = tracing::info_span!(
         "review",
@@ -168,8 +179,24 @@ async fn review(State(hook): State<Arc<Hook>>, RawQuery(query): RawQuery, header
         .duration
         .get_or_create(&WebhookLabels { webhook: webhook.to_owned() })
         .observe(start.elapsed().as_secs_f64());
-    metrics.in_flight.dec();
     response
+}
+
+/// Counts a review in flight until dropped — also when the review is cancelled (client gone,
+/// request timeout, shutdown) in the middle of an `.await`.
+struct InFlightGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlightGauge<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn count_invalid(shared: &Shared, webhook: &str) {
