@@ -81,7 +81,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ADMISSION_KIT_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// Idle keep-alive connections are closed after this.
-    #[arg(long, env = "ADMISSION_KIT_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, env = "ADMISSION_KIT_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// On SIGTERM, keep serving this long while unready.
     #[arg(long, env = "ADMISSION_KIT_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]

@@ -85,7 +85,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
+            // Longer than Go's http.Transport IdleConnTimeout (90 s), so that the API server, not
+            // this server, closes an idle connection: no request races a close.
+            idle_timeout: Duration::from_secs(120),
             max_connections: 1024,
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
@@ -144,6 +146,10 @@ pub(crate) struct Readiness {
 impl Readiness {
     pub(crate) fn is_ready(&self) -> bool {
         self.pending_gates.load(Ordering::Acquire) == 0 && !self.draining.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     pub(crate) fn reasons(&self) -> String {

@@ -365,6 +365,17 @@ async fn drain_under_load_fails_no_request_and_finishes_in_flight_ones() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     draining.store(true, Ordering::Relaxed);
+    // Answers given while draining close their connection, so the API server moves to other replicas.
+    let url = format!("https://localhost:{}/mutate", server.webhook_addr().port());
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(pod_body("on", "closing", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
     for l in load {
         l.await.unwrap();
     }

@@ -154,7 +154,8 @@ impl Connection {
             request_started: AtomicU64::new(1),
         });
         let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
-        let service = TrackedService { router: self.router.clone(), activity: activity.clone() };
+        let service =
+            TrackedService { router: self.router.clone(), activity: activity.clone(), shared: self.shared.clone() };
         let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
         tokio::pin!(conn);
         let tick = (config.header_read_timeout.min(config.idle_timeout) / 4).max(Duration::from_millis(10));
@@ -210,6 +211,7 @@ impl Connection {
 struct TrackedService {
     router: Router,
     activity: Arc<Activity>,
+    shared: Arc<Shared>,
 }
 
 struct InFlight(Arc<Activity>);
@@ -232,8 +234,16 @@ impl hyper::service::Service<http::Request<Incoming>> for TrackedService {
         self.activity.request_started.store(0, Ordering::Release);
         let guard = InFlight(self.activity.clone());
         let router = self.router.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let response = router.oneshot(request.map(axum::body::Body::new)).await;
+            let mut response = router.oneshot(request.map(axum::body::Body::new)).await;
+            // While draining, every answer closes its connection, so that the API server opens new
+            // ones (to other replicas) instead of reusing one this replica is about to close.
+            if shared.readiness.is_draining()
+                && let Ok(response) = &mut response
+            {
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
             drop(guard);
             response
         })
