@@ -129,6 +129,13 @@ pub trait Matcher: Send + Sync + fmt::Debug {
     fn describe(&self) -> String {
         format!("{self:?}")
     }
+
+    /// Every namespace label requirement this matcher may need to decide, wherever it sits in the
+    /// tree (also under `any` and `not`), so the server can say at start what it cannot check
+    /// without a namespace cache.
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        Vec::new()
+    }
 }
 
 impl<M: Matcher + ?Sized> Matcher for Arc<M> {
@@ -141,6 +148,9 @@ impl<M: Matcher + ?Sized> Matcher for Arc<M> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        (**self).namespace_requirements()
+    }
 }
 
 impl<M: Matcher + ?Sized> Matcher for Box<M> {
@@ -152,6 +162,9 @@ impl<M: Matcher + ?Sized> Matcher for Box<M> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        (**self).namespace_requirements()
     }
 }
 
@@ -195,6 +208,10 @@ impl Matcher for All {
     fn describe(&self) -> String {
         format!("all of ({})", self.0.iter().map(Matcher::describe).collect::<Vec<_>>().join(", "))
     }
+
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        self.0.iter().flat_map(Matcher::namespace_requirements).collect()
+    }
 }
 
 impl Matcher for Any {
@@ -226,6 +243,10 @@ impl Matcher for Any {
     fn describe(&self) -> String {
         format!("any of ({})", self.0.iter().map(Matcher::describe).collect::<Vec<_>>().join(", "))
     }
+
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        self.0.iter().flat_map(Matcher::namespace_requirements).collect()
+    }
 }
 
 impl Matcher for Not {
@@ -249,6 +270,10 @@ impl Matcher for Not {
 
     fn describe(&self) -> String {
         format!("not ({})", self.0.describe())
+    }
+
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        self.0.namespace_requirements()
     }
 }
 

@@ -493,7 +493,8 @@ impl Pipeline {
             self.inner.filter.namespace.iter().filter(|r| by_label(r)).cloned().collect();
         let mut unchecked = Vec::new();
         for step in &self.inner.steps {
-            for r in step.filter().namespace {
+            let needed = step.gate.as_ref().map(super::matcher::Matcher::namespace_requirements).unwrap_or_default();
+            for r in needed {
                 if by_label(&r) && !trusted.contains(&r) && !unchecked.contains(&r) {
                     unchecked.push(r);
                 }

@@ -40,6 +40,10 @@ impl Matcher for NamespaceLabelMatcher {
     fn describe(&self) -> String {
         format!("namespace label {}", self.0)
     }
+
+    fn namespace_requirements(&self) -> Vec<LabelRequirement> {
+        vec![self.0.clone()]
+    }
 }
 
 /// The request's namespace is (or is not) one of a list of names.

@@ -307,4 +307,10 @@ fn namespace_requirements_are_split_into_trusted_and_undecidable() {
     assert_eq!(trusted, vec![shared().0]);
     // The name requirement is decided from the request's namespace, never from labels.
     assert_eq!(unchecked, vec![matcher::namespace_label("tier", "gold").0]);
+    // Requirements under `any`/`not` cannot be rendered as a namespaceSelector: they are named too.
+    let nested = pipeline(vec![Step::new("a", AddSidecar).when(matcher::any([
+        Box::new(matcher::namespace_label("x", "y")) as Box<dyn Matcher>,
+        Box::new(matcher::has_annotation("z")),
+    ]))]);
+    assert_eq!(nested.namespace_label_needs(), (vec![], vec![matcher::namespace_label("x", "y").0]));
 }
