@@ -15,12 +15,13 @@ pub struct NamespaceLabelMatcher(pub LabelRequirement);
 
 impl Matcher for NamespaceLabelMatcher {
     fn evaluate(&self, input: &MatchInput<'_>) -> Decision {
+        // A Namespace object is matched on its own labels, as the API server does (whatever the
+        // request's `namespace` field holds for it).
+        if input.request.kind.kind == "Namespace" && input.request.kind.group.is_empty() {
+            let labels = input.object_map("labels");
+            return Decision::from_bool(self.0.matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str)));
+        }
         if input.request.namespace.is_none() {
-            // A Namespace object is matched on its own labels, as the API server does.
-            if input.request.kind.kind == "Namespace" && input.request.kind.group.is_empty() {
-                let labels = input.object_map("labels");
-                return Decision::from_bool(self.0.matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str)));
-            }
             return Decision::NoMatch;
         }
         match input.namespace {
