@@ -41,6 +41,8 @@ fn namespace_label_known_unknown_and_trusted() {
         eval(&m, &request(None, "Namespace"), &ns_obj, NamespaceView::Unknown { enforced: &[] }),
         Decision::Match
     );
+    // Also when the request names the namespace itself, and against stale cached labels.
+    assert_eq!(eval(&m, &request(Some("team"), "Namespace"), &ns_obj, NamespaceView::Known(&off)), Decision::Match);
 }
 
 #[test]
