@@ -306,6 +306,41 @@ pub fn check_property<S: proptest::strategy::Strategy>(
     }
 }
 
+/// proptest strategies for the inputs that break mutating webhooks: map keys that need JSON
+/// pointer escaping and fields that k8s-openapi does not model.
+pub mod strategies {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// A short map key that often needs JSON pointer escaping: `a.io/a~1`, `b~0`, `x/y~1/`, `""`.
+    pub fn tricky_key() -> impl Strategy<Value = String> {
+        (prop::sample::select(vec!["", "a.io/", "b~", "x/y~1"]), "[a/~01]{0,2}")
+            .prop_map(|(prefix, rest)| format!("{prefix}{rest}"))
+    }
+
+    /// A small JSON value, the content of a field k8s-openapi does not model.
+    pub fn unknown_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            "[a/~]{0,2}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 6, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map(tricky_key(), inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An optional unknown field.
+    pub fn maybe_unknown() -> impl Strategy<Value = Option<Value>> {
+        prop::option::of(unknown_value())
+    }
+}
+
 /// Sends `body` to an in-process router at `path`, as the API server would, and returns the status
 /// and body. See [`crate::server::router`].
 pub async fn call_router(router: &axum::Router, path: &str, body: Vec<u8>) -> (http::StatusCode, Vec<u8>) {

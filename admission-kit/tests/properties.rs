@@ -22,6 +22,7 @@ use proptest::sample::Index;
 use serde_json::{Map, Value, json};
 
 use admission_kit::testing::check_property;
+use admission_kit::testing::strategies::{maybe_unknown, tricky_key};
 
 /// Object keys starting with this are fields k8s-openapi does not model.
 const UNKNOWN_PREFIX: &str = "future";
@@ -30,40 +31,9 @@ const UNKNOWN_PREFIX: &str = "future";
 // Generators
 // ---------------------------------------------------------------------------------------------
 
-prop_compose! {
-    /// A short map key that often needs JSON pointer escaping: `a.io/a~1`, `b~0`, `x/y~1/`, `""`.
-    fn tricky_key()(
-        prefix in prop::sample::select(vec!["", "a.io/", "b~", "x/y~1"]),
-        rest in "[a/~01]{0,2}",
-    ) -> String {
-        format!("{prefix}{rest}")
-    }
-}
-
 /// Annotations or labels: absent, empty (`{}`) or a few entries with tricky keys.
 fn string_map() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
     prop::option::of(prop::collection::btree_map(tricky_key(), "[a-z0-9]{0,2}", 0..4))
-}
-
-/// A small JSON value, the content of a field k8s-openapi does not model.
-fn unknown_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        (-3i64..3).prop_map(Value::from),
-        "[a/~]{0,2}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(2, 6, 3, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            prop::collection::btree_map(tricky_key(), inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-/// An optional unknown field.
-fn maybe_unknown() -> impl Strategy<Value = Option<Value>> {
-    prop::option::of(unknown_value())
 }
 
 prop_compose! {

@@ -31,6 +31,7 @@ use sidecar_injector::settings::{CollisionPolicy, EnvNames, NativePlacement, Unk
 
 use admission_kit::testing::MIN_PROPERTY_CASES as MIN_CASES;
 use admission_kit::testing::check_property;
+use admission_kit::testing::strategies::{maybe_unknown, tricky_key};
 
 /// The namespace every review is in; it is opted in.
 const NAMESPACE: &str = "apps";
@@ -113,37 +114,6 @@ fn policy() -> impl Strategy<Value = Policy> {
 // ---------------------------------------------------------------------------------------------
 // Generators: values
 // ---------------------------------------------------------------------------------------------
-
-prop_compose! {
-    /// A short map key that often needs JSON pointer escaping: `a.io/a~1`, `b~0`, `x/y~1/`, `""`.
-    fn tricky_key()(
-        prefix in prop::sample::select(vec!["", "a.io/", "b~", "x/y~1"]),
-        rest in "[a/~01]{0,2}",
-    ) -> String {
-        format!("{prefix}{rest}")
-    }
-}
-
-/// A small JSON value, the content of a field k8s-openapi does not model.
-fn unknown_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        (-3i64..3).prop_map(Value::from),
-        "[a/~]{0,2}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(2, 6, 3, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            prop::collection::btree_map(tricky_key(), inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-/// An optional unknown field.
-fn maybe_unknown() -> impl Strategy<Value = Option<Value>> {
-    prop::option::of(unknown_value())
-}
 
 fn set(object: &mut Value, key: &str, value: Option<Value>) {
     if let Some(value) = value {
