@@ -9,6 +9,8 @@
 //! module proxy into that cache.
 
 pub mod control_plane;
+pub mod helm;
+pub mod scenarios;
 pub mod webhook;
 
 pub use control_plane::{Binaries, ControlPlane};

@@ -16,7 +16,12 @@ use crate::ControlPlane;
 
 /// A kube client with the control plane's admin credentials.
 pub async fn client(plane: &ControlPlane) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&plane.kubeconfig)?;
+    client_from_kubeconfig(&plane.kubeconfig).await
+}
+
+/// A kube client for the current context of the kubeconfig file at `path`.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }
@@ -92,12 +97,45 @@ pub async fn start_injector_with(
     server_config: ServerConfig,
     ca_pem: Option<&str>,
 ) -> anyhow::Result<Injector> {
+    let (server, pipeline) = injector_server(client, config, server_config)?;
+    let server = match ca_pem {
+        None => serve_and_register_with(server, client, &[pipeline], configuration).await?,
+        Some(ca) => {
+            let server = server.start().await?;
+            let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
+            register(client, &[pipeline], configuration, &url, ca.as_bytes()).await?;
+            server
+        }
+    };
+    wait_ready(&server).await?;
+    Ok(Injector { server, configuration: configuration.to_owned() })
+}
+
+/// Starts the injector with `config` on loopback without registering it (something else, such as
+/// the Helm chart, registers it), and waits until it is ready.
+pub async fn serve_injector(
+    client: &kube::Client,
+    config: &Config,
+    server_config: ServerConfig,
+) -> anyhow::Result<RunningServer> {
+    let (server, _) = injector_server(client, config, server_config)?;
+    let server = server.start().await?;
+    wait_ready(&server).await?;
+    Ok(server)
+}
+
+/// The injector's server for `config`: catalog files hot-reloaded, and both watch caches running
+/// against the real API server (namespace labels for the matchers, and `ConfigMap` catalogs in
+/// pods' namespaces when the configuration asks for them), gating readiness.
+fn injector_server(
+    client: &kube::Client,
+    config: &Config,
+    server_config: ServerConfig,
+) -> anyhow::Result<(Server, admission_kit::Pipeline)> {
     let mut sources = vec![CatalogSource::inline(config.sidecars.clone())];
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     let store = Arc::new(CatalogStore::load(sources)?);
     store.clone().spawn_reload(config.catalog_reload_interval()?, None);
-    // Both watch caches run against the real API server: namespace labels for the matchers, and
-    // ConfigMap catalogs in pods' namespaces when the configuration asks for them.
     let (namespaces, namespaces_synced) = NamespaceSource::watch(client.clone());
     let mut gates =
         vec![Box::pin(namespaces_synced) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>];
@@ -114,17 +152,7 @@ pub async fn start_injector_with(
     for gate in gates {
         server = server.ready_when(gate);
     }
-    let server = match ca_pem {
-        None => serve_and_register_with(server, client, &[pipeline], configuration).await?,
-        Some(ca) => {
-            let server = server.start().await?;
-            let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
-            register(client, &[pipeline], configuration, &url, ca.as_bytes()).await?;
-            server
-        }
-    };
-    wait_ready(&server).await?;
-    Ok(Injector { server, configuration: configuration.to_owned() })
+    Ok((server, pipeline))
 }
 
 /// Waits until the server's `/readyz` says its caches have synced.

@@ -1,0 +1,165 @@
+//! Helm, for testing `charts/sidecar-injector`: the binaries come from `ADMISSION_KIT_HELM3` /
+//! `ADMISSION_KIT_HELM4` when set, else `scripts/build-helm.sh` builds them from the Go module
+//! proxy (once; they are cached). Every run gets its own Helm home directories, so a person's
+//! repositories and plugins never leak into a test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+/// The repository root (`integration-tests` is one level down).
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The chart's directory.
+#[must_use]
+pub fn chart_dir() -> PathBuf {
+    repo_root().join("charts/sidecar-injector")
+}
+
+/// A Helm binary with private home directories.
+#[derive(Debug)]
+pub struct Helm {
+    binary: PathBuf,
+    home: tempfile::TempDir,
+    kubeconfig: Option<PathBuf>,
+}
+
+/// What a Helm command did.
+#[derive(Debug)]
+pub struct Run {
+    /// Whether it exited 0.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: &Output) -> Self {
+        Self {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The run's output, or an error with both streams when it failed.
+    pub fn success(self) -> anyhow::Result<Self> {
+        anyhow::ensure!(self.ok, "helm failed:\n{}\n{}", self.stdout, self.stderr);
+        Ok(self)
+    }
+}
+
+impl Helm {
+    /// Helm `major` (3 or 4).
+    pub fn locate(major: u8) -> anyhow::Result<Self> {
+        let binary = if let Some(path) = std::env::var_os(format!("ADMISSION_KIT_HELM{major}")) {
+            PathBuf::from(path)
+        } else {
+            {
+                let script = repo_root().join("scripts/build-helm.sh");
+                let output = Command::new("bash")
+                    .arg(&script)
+                    .arg(format!("v{major}"))
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .with_context(|| format!("failed to run {}", script.display()))?;
+                anyhow::ensure!(output.status.success(), "{} failed", script.display());
+                let stdout = String::from_utf8(output.stdout)?;
+                PathBuf::from(stdout.lines().last().context("build-helm.sh printed no path")?.trim())
+            }
+        };
+        anyhow::ensure!(binary.is_file(), "no helm binary at {}", binary.display());
+        Ok(Self { binary, home: tempfile::Builder::new().prefix("admission-kit-helm-").tempdir()?, kubeconfig: None })
+    }
+
+    /// Points Helm at a cluster.
+    #[must_use]
+    pub fn kubeconfig(mut self, path: &Path) -> Self {
+        self.kubeconfig = Some(path.to_owned());
+        self
+    }
+
+    /// Runs `helm <args>`.
+    pub fn run<I, S>(&self, args: I) -> anyhow::Result<Run>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
+            .env("HELM_DATA_HOME", self.home.path().join("data"))
+            .env_remove("HELM_NAMESPACE")
+            .env_remove("HELM_KUBECONTEXT");
+        match &self.kubeconfig {
+            Some(path) => command.env("KUBECONFIG", path),
+            // Offline commands must not read a person's cluster.
+            None => command.env("KUBECONFIG", self.home.path().join("no-cluster")),
+        };
+        let output = command.output().with_context(|| format!("failed to run {}", self.binary.display()))?;
+        Ok(Run::from(&output))
+    }
+
+    /// `helm version --short`.
+    pub fn version(&self) -> anyhow::Result<String> {
+        Ok(self.run(["version", "--short"])?.success()?.stdout.trim().to_owned())
+    }
+
+    /// Renders the chart (`helm template`) with `--set`/`--values` style arguments and returns
+    /// every document.
+    pub fn template(&self, release: &str, namespace: &str, args: &[&str]) -> anyhow::Result<Rendered> {
+        let chart = chart_dir();
+        let mut all =
+            vec!["template", release, chart.to_str().context("chart path is UTF-8")?, "--namespace", namespace];
+        all.extend_from_slice(args);
+        let run = self.run(&all)?.success()?;
+        Rendered::parse(&run.stdout)
+    }
+}
+
+/// The documents of a rendered chart.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Every non-empty document, in order.
+    pub documents: Vec<Value>,
+}
+
+impl Rendered {
+    /// Parses a multi-document YAML stream.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let documents: Vec<Value> = serde_saphyr::from_multiple(text).context("rendered chart is not YAML")?;
+        Ok(Self { documents: documents.into_iter().filter(|d| !d.is_null()).collect() })
+    }
+
+    /// Every document of `kind`.
+    #[must_use]
+    pub fn all(&self, kind: &str) -> Vec<&Value> {
+        self.documents.iter().filter(|d| d["kind"] == kind).collect()
+    }
+
+    /// The one document of `kind` (named `name` when several are).
+    pub fn one(&self, kind: &str, name: Option<&str>) -> anyhow::Result<&Value> {
+        let found: Vec<&Value> =
+            self.all(kind).into_iter().filter(|d| name.is_none_or(|n| d["metadata"]["name"] == n)).collect();
+        anyhow::ensure!(found.len() == 1, "expected one {kind} {name:?}, found {}", found.len());
+        Ok(found[0])
+    }
+
+    /// The kinds rendered, sorted.
+    #[must_use]
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> =
+            self.documents.iter().filter_map(|d| d["kind"].as_str().map(str::to_owned)).collect();
+        kinds.sort();
+        kinds
+    }
+}
