@@ -239,9 +239,11 @@ impl WebhookConfigArgs {
 
 #[derive(Debug, Parser)]
 #[command(about = "An admission-kit mutating webhook", version)]
-struct Cli {
+struct Cli<A: Args> {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    plugin: A,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -254,11 +256,52 @@ enum Command {
     WebhookConfig(WebhookConfigArgs),
 }
 
+/// No flags of the plugin's own (see [`run`]).
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct NoFlags {}
+
 /// Runs the standard command line for `pipelines`: serve by default, or print the webhook
 /// configuration.
 pub async fn run(pipelines: Vec<Pipeline>) -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    run_with(|_: NoFlags| Ok(pipelines)).await
+}
+
+/// [`run`] for a webhook with flags of its own: `A` is the plugin's [`clap::Args`] struct (mark
+/// its flags `global = true` to accept them after a subcommand too; give each an `env`), and
+/// `build` makes the pipelines from the parsed flags. Logging is set up first, so `build` may log;
+/// an error from `build` ends the program with that error.
+///
+/// ```no_run
+/// # use admission_kit::prelude::*;
+/// #[derive(Debug, clap::Args)]
+/// struct Flags {
+///     /// The label every pod gets.
+///     #[arg(long, global = true, env = "TEAM_LABEL", default_value = "unassigned")]
+///     team: String,
+/// }
+/// # fn pipeline(team: &str) -> anyhow::Result<Pipeline> { unimplemented!() }
+///
+/// #[tokio::main]
+/// async fn main() -> anyhow::Result<()> {
+///     admission_kit::cli::run_with(|flags: Flags| Ok(vec![pipeline(&flags.team)?])).await
+/// }
+/// ```
+pub async fn run_with<A, F>(build: F) -> anyhow::Result<()>
+where
+    A: Args,
+    F: FnOnce(A) -> anyhow::Result<Vec<Pipeline>>,
+{
+    let mut command = <Cli<A> as clap::CommandFactory>::command();
+    if let Some(name) = std::env::args_os().next().as_deref().map(std::path::Path::new).and_then(|p| p.file_stem()) {
+        command = command.name(name.to_string_lossy().into_owned());
+    }
+    let matches = command.get_matches();
+    let cli = match <Cli<A> as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     telemetry::init(cli.serve.log_format, cli.serve.log.as_deref())?;
+    let pipelines = build(cli.plugin)?;
     match cli.command {
         None | Some(Command::Serve) => cli.serve.serve(pipelines, None).await,
         Some(Command::WebhookConfig(args)) => {
