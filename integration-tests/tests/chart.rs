@@ -167,6 +167,17 @@ fn default_values_render_a_hardened_helm_generated_release() {
         container["resources"]["requests"]["cpu"].is_string() && container["resources"]["limits"]["memory"].is_string()
     );
     assert_eq!(container["image"], "admission-kit/sidecar-injector:0.1.0");
+    // The image's entrypoint is `sidecar-injector serve`: no args, the file comes by env, from the
+    // config volume's mount (sidecar-injector/tests/cli.rs proves the variable is read).
+    assert!(container.get("args").is_none() && container.get("command").is_none());
+    assert_eq!(
+        container["env"][0],
+        json!({"name": "SIDECAR_INJECTOR_CONFIG", "value": "/etc/sidecar-injector/config/config.yaml"})
+    );
+    assert_eq!(
+        container["volumeMounts"][0],
+        json!({"name": "config", "mountPath": "/etc/sidecar-injector/config", "readOnly": true})
+    );
     let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
     assert!(annotations["checksum/config"].is_string() && annotations["checksum/tls"].is_string());
     assert_eq!(
@@ -414,4 +425,63 @@ fn every_value_is_documented_in_values_yaml() {
         enclosing.push((indent, documented));
     }
     assert!(undocumented.is_empty(), "values without a `# --` comment: {undocumented:?}");
+}
+
+/// The values table of the book's Helm reference, from `values.yaml`: each documented key (a
+/// `# --` comment block above it), its default and its comment. Sections (`image:`) are the path.
+fn values_table() -> String {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let values: Value = serde_saphyr::from_str(&text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut rows = vec!["| Value | Default | Meaning |".to_owned(), "|---|---|---|".to_owned()];
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else { continue };
+        let indent = line.len() - trimmed.len();
+        while path.last().is_some_and(|(at, _)| *at >= indent) {
+            path.pop();
+        }
+        path.push((indent, key.to_owned()));
+        let comment: Vec<&str> =
+            lines[..i].iter().rev().take_while(|l| l.trim_start().starts_with('#')).copied().collect();
+        let Some(start) = comment.iter().position(|l| l.trim_start().starts_with("# --")) else { continue };
+        // The `# --` line and the lines after it, in file order; an `Example:` block ends it.
+        let mut doc: Vec<&str> =
+            comment[..=start].iter().rev().map(|l| l.trim_start().trim_start_matches('#').trim()).collect();
+        doc[0] = doc[0].trim_start_matches("--").trim();
+        if let Some(example) = doc.iter().position(|l| l.starts_with("Example:")) {
+            doc.truncate(example);
+        }
+        let pointer: String = path.iter().map(|(_, k)| format!("/{k}")).collect();
+        let default = serde_json::to_string(values.pointer(&pointer).unwrap()).unwrap();
+        let dotted: Vec<&str> = path.iter().map(|(_, k)| k.as_str()).collect();
+        rows.push(format!("| `{}` | `{}` | {} |", dotted.join("."), default.replace('|', "\\|"), doc.join(" ")));
+    }
+    rows.join("\n") + "\n"
+}
+
+/// The book's Helm values page lists every value of `values.yaml`, with its default and meaning
+/// (`UPDATE_BOOK_REFERENCE=1` rewrites it after a change to the chart).
+#[test]
+fn the_books_helm_reference_lists_every_value() {
+    let page_path = integration_tests::helm::repo_root().join("book/src/helm-values.md");
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    let (begin, end) = ("<!-- BEGIN values table -->\n", "<!-- END values table -->");
+    let (before, rest) = page.split_once(begin).expect("the page has a values table");
+    let (current, after) = rest.split_once(end).expect("the values table ends");
+    let table = values_table();
+    if std::env::var_os("UPDATE_BOOK_REFERENCE").is_some() {
+        std::fs::write(&page_path, format!("{before}{begin}{table}{end}{after}")).unwrap();
+        return;
+    }
+    assert_eq!(
+        current, table,
+        "book/src/helm-values.md is out of date: run UPDATE_BOOK_REFERENCE=1 cargo test -p integration-tests --test chart"
+    );
+    // Every key is in it (the table is the documented keys; every key is documented).
+    assert!(table.lines().count() > 60, "{table}");
 }

@@ -206,7 +206,13 @@ pub fn figment(file: Option<&Path>, overrides: &[(String, Value)]) -> Figment {
     };
     // Keys keep the case the camelCase mapping gives them; dots nest (`server.webhookAddr`).
     // `lowercase(false)` must come after `map`: figment's `map` resets it.
-    figment = figment.merge(Env::prefixed(ENV_PREFIX).map(|k| env_key_to_camel(k.as_str()).into()).lowercase(false));
+    // `SIDECAR_INJECTOR_CONFIG` names the file (the `--config` flag); it is not a key.
+    figment = figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| !k.as_str().eq_ignore_ascii_case("CONFIG"))
+            .map(|k| env_key_to_camel(k.as_str()).into())
+            .lowercase(false),
+    );
     for (key, value) in overrides {
         figment = figment.merge(Serialized::global(key, value.clone()));
     }

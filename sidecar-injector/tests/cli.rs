@@ -17,7 +17,7 @@ fn data(name: &str) -> String {
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out =
-        Command::new(BIN).args(args).envs(env.iter().copied()).env_remove("SIDECAR_INJECTOR_CONFIG").output().unwrap();
+        Command::new(BIN).args(args).env_remove("SIDECAR_INJECTOR_CONFIG").envs(env.iter().copied()).output().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
@@ -70,6 +70,7 @@ fn layers_defaults_file_environment_flags() {
     };
     assert_eq!(timeout(&["webhook-config"], &[]), json!(10), "default");
     assert_eq!(timeout(&["--config", config, "webhook-config"], &[]), json!(3), "file over defaults");
+    assert_eq!(timeout(&["webhook-config"], &[("SIDECAR_INJECTOR_CONFIG", config)]), json!(3), "the file named by env");
     assert_eq!(
         timeout(&["--config", config, "webhook-config"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "7")]),
         json!(7),
