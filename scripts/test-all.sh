@@ -34,8 +34,12 @@ set -e
 # One closing line over every test binary, so the total is not hidden behind the last binary's.
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
-echo "summary: $passed passed, $failed failed"
-[ "$status" -eq 0 ] || exit "$status"
+summary="summary: $passed passed, $failed failed"
+if [ "$status" -ne 0 ]; then echo "$summary"; exit "$status"; fi
+
+# The book: mdBook build, includes/anchors/links, and every page in headless Chromium.
+echo "== book"
+bash scripts/test-book.sh
 
 # The same scenarios on a kind cluster with the chart's own pods: needs a Docker engine. Without
 # one the script says so and exits 2, reported here as not run (never as passed).
@@ -45,7 +49,9 @@ bash integration-tests/cluster/kind-e2e.sh
 kind_status=$?
 set -e
 case $kind_status in
-  0) echo "kind e2e: passed" ;;
-  2) echo "kind e2e: NOT RUN (no Docker engine here; the scenarios ran against the local control plane)" ;;
+  0) kind="kind e2e: passed" ;;
+  2) kind="kind e2e: NOT RUN (no Docker engine here; the scenarios ran against the local control plane)" ;;
   *) echo "kind e2e: FAILED"; exit "$kind_status" ;;
 esac
+echo "$kind"
+echo "$summary"
