@@ -132,7 +132,7 @@ impl SidecarMutator {
         self
     }
 
-    /// Reports each sidecar's outcome (`injected`, `unknown`, `not_allowed`, `collision`, `skipped`).
+    /// Reports each sidecar's outcome (`injected`, `unknown`, `not_allowed`, `collision`).
     #[must_use]
     pub fn counting(mut self, count: InjectionCounter) -> Self {
         self.count = Some(count);

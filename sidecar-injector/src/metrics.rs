@@ -15,9 +15,11 @@ use crate::inject::InjectionCounter;
 /// Labels of an injection outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InjectionLabels {
-    /// The sidecar name as requested.
+    /// The catalog's name of the sidecar; `(unknown)` for a name in no catalog and
+    /// `(namespace ConfigMap)` for a sidecar from a namespace `ConfigMap` (requested names are user
+    /// input and never become label values).
     pub sidecar: String,
-    /// `injected`, `unknown`, `not_allowed` or `collision`.
+    /// `injected`, `unknown`, `not_allowed` or `collision` (counted under either collision policy).
     pub outcome: String,
 }
 

@@ -181,6 +181,18 @@ pub async fn explain(
         for warning in &outcome.answer.warnings {
             let _ = writeln!(out, "  - warning: {warning}");
         }
+        // The most common mistake: the annotation on a workload's own metadata, where the API
+        // server never copies it to the pods.
+        let on_workload = object["kind"] != "Pod"
+            && object.pointer("/metadata/annotations").and_then(|a| a.get(&annotations.inject)).is_some();
+        if !outcome.answer.is_patched() && on_workload {
+            let _ = writeln!(
+                out,
+                "  - hint: `{}` is on the {}'s own metadata; pods get only the pod template's annotations, so put it there",
+                annotations.inject,
+                object["kind"].as_str().unwrap_or("object")
+            );
+        }
     }
     out
 }

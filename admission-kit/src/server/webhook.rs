@@ -228,17 +228,17 @@ fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Spa
         match &report.result {
             StepResult::Panicked(message) => {
                 shared.metrics.panics.get_or_create(&labels()).inc();
-                tracing::error!(step = %report.step, %message, "mutator panicked; denied");
+                tracing::error!(step = %report.step, reason = %message, "mutator panicked; denied");
             }
             StepResult::Failed { message, mode: FailureMode::AllowWithWarning } => {
                 shared.metrics.fail_open.get_or_create(&labels()).inc();
-                tracing::warn!(step = %report.step, %message, "step failed; admitted without its change");
+                tracing::warn!(step = %report.step, reason = %message, "step failed; admitted without its change");
             }
             StepResult::Failed { message, .. } => {
                 shared.metrics.failures.get_or_create(&labels()).inc();
-                tracing::warn!(step = %report.step, %message, "step failed; denied");
+                tracing::warn!(step = %report.step, reason = %message, "step failed; denied");
             }
-            StepResult::Denied(message) => tracing::info!(step = %report.step, %message, "denied"),
+            StepResult::Denied(message) => tracing::info!(step = %report.step, reason = %message, "denied"),
             StepResult::Applied { changed } => {
                 tracing::debug!(step = %report.step, changed, "applied");
             }

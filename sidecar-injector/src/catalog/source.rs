@@ -173,8 +173,20 @@ impl CatalogStore {
     /// nothing changed since the last attempt (so a broken file is reported once, not every poll);
     /// on error the last good catalog stays in service.
     pub fn reload(&self) -> Result<bool, CatalogError> {
-        let files = snapshot(&self.sources)?;
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let files = match snapshot(&self.sources) {
+            Ok(files) => files,
+            Err(error) => {
+                // An unreadable source is recorded like a snapshot (no real file has an empty
+                // name), so the same failure is reported once too.
+                let failed = vec![(String::new(), error.to_string().into_bytes())];
+                if *seen == failed {
+                    return Ok(false);
+                }
+                *seen = failed;
+                return Err(error);
+            }
+        };
         if *seen == files {
             return Ok(false);
         }

@@ -105,6 +105,22 @@ fn mounted_configmap_hot_reload_keeps_the_last_good_catalog() {
 }
 
 #[test]
+fn a_missing_catalog_file_is_reported_once_and_the_last_good_catalog_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecars.yaml");
+    std::fs::write(&file, "- name: a\n").unwrap();
+    let store = CatalogStore::load(vec![CatalogSource::path(&file)]).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let error = store.reload().unwrap_err().to_string();
+    assert!(error.contains("sidecars.yaml"), "{error}");
+    assert!(!store.reload().unwrap(), "reported once, not on every poll");
+    assert_eq!(store.current().names(), vec!["a"], "the last good catalog stays in service");
+    std::fs::write(&file, "- name: b\n").unwrap();
+    assert!(store.reload().unwrap());
+    assert_eq!(store.current().names(), vec!["b"]);
+}
+
+#[test]
 fn the_first_load_must_succeed() {
     let err = CatalogStore::load(vec![CatalogSource::path("/nonexistent/catalog.yaml")]).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/catalog.yaml"), "{err}");
