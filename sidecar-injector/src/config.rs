@@ -158,9 +158,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// figment could not read or type a value; its message names the key and the source.
-    #[error("invalid configuration")]
-    Load(#[from] Box<figment::Error>),
+    /// A value could not be read or has the wrong type; the message names the key (camelCase,
+    /// dotted) and where the value came from (the file, or the environment variable's name).
+    #[error("invalid configuration: {}", describe(.0))]
+    Load(Box<figment::Error>),
     /// A value has the right type but is not acceptable.
     #[error("invalid configuration: `{key}` {problem}")]
     Value {
@@ -169,6 +170,58 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
+}
+
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(error: Box<figment::Error>) -> Self {
+        Self::Load(error)
+    }
+}
+
+/// Each of figment's errors as "`key`: problem (from source)", with the key as it is written in
+/// the file and the source a person can find: the file's path, the environment variable's name,
+/// or the `--set` flag.
+fn describe(errors: &figment::Error) -> String {
+    errors
+        .clone()
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let source = match error.metadata.as_ref() {
+                Some(metadata) => match &metadata.source {
+                    Some(figment::Source::File(path)) => format!("file {}", path.display()),
+                    _ if metadata.name.contains("environment") => format!("environment variable {}", env_var(&key)),
+                    _ => format!("--set {key}"),
+                },
+                None => "the configuration".to_owned(),
+            };
+            if key.is_empty() {
+                format!("{} (from {source})", error.kind)
+            } else {
+                format!("`{key}`: {} (from {source})", error.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The environment variable of a dotted camelCase key: `server.tlsCertFile` is
+/// `SIDECAR_INJECTOR_SERVER__TLS_CERT_FILE`.
+fn env_var(key: &str) -> String {
+    let parts: Vec<String> = key
+        .split('.')
+        .map(|part| {
+            let mut out = String::new();
+            for c in part.chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        })
+        .collect();
+    format!("{ENV_PREFIX}{}", parts.join("__"))
 }
 
 /// `snake_case` (figment's view of an environment variable) to camelCase, per `__`-separated part.

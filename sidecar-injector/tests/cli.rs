@@ -47,7 +47,17 @@ fn check_validates_config_and_catalogs() {
 fn config_errors_name_the_key_and_the_source_and_exit_non_zero() {
     let (ok, _, err) = run(&["check"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "soon")]);
     assert!(!ok);
-    assert!(err.contains("TIMEOUTSECONDS") && err.contains("SIDECAR_INJECTOR_") && err.contains("soon"), "{err}");
+    assert!(
+        err.contains("`timeoutSeconds`: invalid type: found string \"soon\", expected i32 (from environment variable SIDECAR_INJECTOR_TIMEOUT_SECONDS)"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["check"], &[("SIDECAR_INJECTOR_SERVER__TLS_CERT_FILE", "3")]);
+    assert!(
+        !ok && err.contains("`server.tlsCertFile`") && err.contains("SIDECAR_INJECTOR_SERVER__TLS_CERT_FILE"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--set", "timeoutSeconds=soon", "check"], &[]);
+    assert!(!ok && err.contains("`timeoutSeconds`") && err.contains("(from --set timeoutSeconds)"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.yaml");
     std::fs::write(&file, "annotationPrefix: x.io\nnamespaceLabel: oops\n").unwrap();

@@ -266,13 +266,16 @@ fn each_documented_environment_variable_sets_its_key() {
             // Any shape is a document; the catalog then names where it came from.
             assert!(stderr.contains("the configuration's `sidecars`"), "{variable}: {stderr}");
         } else {
-            // figment names the key in upper case, and an enum read from a map adds the variant
-            // (`"ENVNAMES.BOGUS"`): the key must be followed by `"` or `.`, not by more letters.
-            let named = format!("\"{}", key.to_uppercase());
+            // The error names the key (an enum read from a map adds the variant: `envNames.bogus`),
+            // so the key must be followed by "`" or ".", not by more letters.
+            let named = format!("`{key}");
             let names_key = stderr
                 .match_indices(&named)
-                .any(|(at, _)| matches!(stderr[at + named.len()..].chars().next(), Some('"' | '.')));
-            assert!(names_key && stderr.contains(ENV_PREFIX), "{variable} did not set `{key}`: {stderr}");
+                .any(|(at, _)| matches!(stderr[at + named.len()..].chars().next(), Some('`' | '.')));
+            assert!(
+                names_key && stderr.contains(&format!("(from environment variable {ENV_PREFIX}")),
+                "{variable} did not set `{key}`: {stderr}"
+            );
         }
     }
 }
