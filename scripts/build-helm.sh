@@ -47,9 +47,11 @@ pin() {
     [[ $version =~ ^v([34])\.[0-9]+\.[0-9]+$ ]] || die "--pin wants a Helm release like v3.22.0 or v4.3.1, got '$version'"
     local major="v${BASH_REMATCH[1]}"
     local mod_dir="$tools_dir/helm-$major" module="helm.sh/helm/$major"
-    local go_directive
-    go_directive=$(cd "${TMPDIR:-/tmp}" && go mod download -json "$module@$version" | awk -F'"' '$2 == "GoMod" { print $4 }' |
-        xargs awk '$1 == "go" { print $2; exit }')
+    # The release's own go directive (its go.mod, as the module proxy serves it).
+    local upstream go_directive
+    upstream=$(cd "${TMPDIR:-/tmp}" && go mod download -json "$module@$version" | awk -F'"' '$2 == "GoMod" { print $4 }')
+    [[ -f $upstream ]] || die "no go.mod for $module@$version on the module proxy"
+    go_directive=$(awk '$1 == "go" { print $2; exit }' "$upstream")
     [[ -n $go_directive ]] || die "cannot read the go directive of $module@$version"
     mkdir -p "$mod_dir"
     cat >"$mod_dir/go.mod" <<EOF
