@@ -83,6 +83,16 @@ fn app_pod(name: &str, annotations: &Value, labels: &Value) -> anyhow::Result<Po
     }))?)
 }
 
+/// A client of the admin kubeconfig that acts as `user` (impersonation), to run with that user's
+/// permissions only.
+async fn client_as(kubeconfig: &Path, user: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// A CA and a serving certificate for 127.0.0.1, as a user would bring them.
 fn user_certificates() -> anyhow::Result<(String, String, String)> {
     let ca_key = rcgen::KeyPair::generate()?;
@@ -103,12 +113,16 @@ async fn chart_installs_into_a_real_api_server() -> anyhow::Result<()> {
     let helm4 = Helm::locate(4)?.kubeconfig(&plane.kubeconfig);
     let helm3 = Helm::locate(3)?.kubeconfig(&plane.kubeconfig);
 
-    Box::pin(url_mode_injects_through_the_charts_webhook(&client, &helm4)).await?;
+    Box::pin(url_mode_injects_through_the_charts_webhook(&client, &helm4, &plane.kubeconfig)).await?;
     Box::pin(helm_generated_ca_survives_upgrades(&client, &helm3, &helm4)).await?;
     Ok(())
 }
 
-async fn url_mode_injects_through_the_charts_webhook(client: &kube::Client, helm: &Helm) -> anyhow::Result<()> {
+async fn url_mode_injects_through_the_charts_webhook(
+    client: &kube::Client,
+    helm: &Helm,
+    plane_kubeconfig: &Path,
+) -> anyhow::Result<()> {
     namespace(client, SYSTEM, &RESTRICTED).await?;
     namespace(client, "chart-apps", &[("kubernetes-sidecar-injector", "enabled")]).await?;
     namespace(
@@ -158,11 +172,13 @@ async fn url_mode_injects_through_the_charts_webhook(client: &kube::Client, helm
     config.catalog_paths = vec![write("sidecars.yaml", &catalog)?];
     config.server.tls_cert_file = Some(write("tls.crt", &cert_pem)?);
     config.server.tls_key_file = Some(write("tls.key", &key_pem)?);
-    config.server.webhook_addr = "127.0.0.1:0".parse()?;
+    // The port is chosen before the install (the webhook's URL names it); the injector starts
+    // after it, because it runs as the chart's ServiceAccount, whose RBAC the chart creates.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    config.server.webhook_addr = format!("127.0.0.1:{port}").parse()?;
     config.server.admin_addr = "127.0.0.1:0".parse()?;
     "0s".clone_into(&mut config.server.drain_delay);
-    let injector = serve_injector(client, &config, config.server_config()?).await?;
-    let url = format!("https://127.0.0.1:{}", injector.webhook_addr().port());
+    let url = format!("https://127.0.0.1:{port}");
 
     let mut install = vec!["install", "sidecar-injector"];
     let chart = chart_dir();
@@ -177,6 +193,11 @@ async fn url_mode_injects_through_the_charts_webhook(client: &kube::Client, helm
         "{}",
         run.stdout
     );
+
+    // The injector runs with the chart's RBAC only: as its ServiceAccount (impersonated), its
+    // namespace and ConfigMap caches must sync, or it never becomes ready.
+    let as_chart = client_as(plane_kubeconfig, &format!("system:serviceaccount:{SYSTEM}:sidecar-injector")).await?;
+    let _injector = serve_injector(&as_chart, &config, config.server_config()?).await?;
 
     // What was installed is what the injector here runs with.
     let installed = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM).get("sidecar-injector-config").await?;
