@@ -77,8 +77,12 @@ try {
       if (message.type() === 'error') problems.push(`${state.current}: console error: ${message.text()}`);
     });
     page.on('pageerror', (error) => problems.push(`${state.current}: page error: ${error.message}`));
-    page.on('requestfailed', (request) =>
-      problems.push(`${state.current}: request failed: ${request.url()} (${request.failure()?.errorText})`));
+    // A request the page itself cancelled (net::ERR_ABORTED: e.g. the favicon while a screenshot
+    // ends the page's loading) is not a broken page; a missing file still shows as an HTTP error.
+    page.on('requestfailed', (request) => {
+      const error = request.failure()?.errorText;
+      if (error !== 'net::ERR_ABORTED') problems.push(`${state.current}: request failed: ${request.url()} (${error})`);
+    });
     page.on('response', (response) => {
       if (response.status() >= 400) problems.push(`${state.current}: HTTP ${response.status()} for ${response.url()}`);
     });
