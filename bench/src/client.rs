@@ -1,0 +1,183 @@
+//! The HTTPS client of the harness: HTTP/1.1 keep-alive over rustls, as the API server calls
+//! webhooks (hyper's low-level connection API, one request at a time per connection).
+//!
+//! Two TLS configurations: [`Tls::verifying`] checks the server's certificate against the CA the
+//! runner generated (used by the correctness gate and readiness probes); [`Tls::handshake_load`]
+//! skips certificate and signature checks and session resumption, so that the new-connection
+//! benchmark makes the server do every full handshake while the client spends as little as it can
+//! (its one core must not be what is measured).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// The path both servers serve reviews on, with the `?timeout=` the API server adds.
+pub const REVIEW_PATH: &str = "/mutate?timeout=10s";
+
+/// A TLS client configuration and the name to ask for.
+#[derive(Clone)]
+pub struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Verifies the server against `ca_pem` under the name `localhost`.
+    pub fn verifying(ca_pem: &str) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.context("failed to read the CA PEM")?)?;
+        }
+        let config = ClientConfig::builder_with_provider(admission_kit::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self { connector: TlsConnector::from(Arc::new(config)), name: ServerName::try_from("localhost")? })
+    }
+
+    /// Accepts any certificate and never resumes a session: every connection is a full handshake
+    /// for the server and as cheap as possible for the client.
+    pub fn handshake_load() -> anyhow::Result<Self> {
+        let provider = admission_kit::tls::provider();
+        let schemes = provider.signature_verification_algorithms.supported_schemes();
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(schemes)))
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Self { connector: TlsConnector::from(Arc::new(config)), name: ServerName::try_from("localhost")? })
+    }
+}
+
+/// A benchmark client's verifier: the gate has already checked the certificate with
+/// [`Tls::verifying`]; load runs only need the server to do its part of the handshake.
+#[derive(Debug)]
+struct AcceptAny(Vec<SignatureScheme>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.clone()
+    }
+}
+
+/// One keep-alive HTTPS connection.
+#[derive(Debug)]
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+/// A response: status and body.
+#[derive(Debug)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Whether this is the answer of a patched, allowed review (HTTP 200 and `"allowed":true`).
+    #[must_use]
+    pub fn is_admitted(&self) -> bool {
+        self.status == http::StatusCode::OK && memmem(&self.body, b"\"allowed\":true")
+    }
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Connection {
+    /// Connects and completes the TLS handshake. The connection's driver runs as a task on the
+    /// current runtime.
+    pub async fn open(addr: SocketAddr, tls: &Tls) -> anyhow::Result<Self> {
+        let tcp = TcpStream::connect(addr).await.with_context(|| format!("failed to connect to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let stream =
+            tls.connector.connect(tls.name.clone(), tcp).await.with_context(|| format!("TLS handshake with {addr}"))?;
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        Ok(Self { sender })
+    }
+
+    /// Posts `body` as JSON to `path` and reads the whole answer. `close` asks the server to close
+    /// the connection after answering (no keep-alive).
+    pub async fn post(&mut self, path: &str, body: Bytes, close: bool) -> anyhow::Result<Reply> {
+        self.sender.ready().await?;
+        let mut request = http::Request::post(path)
+            .header(http::header::HOST, "localhost")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if close {
+            request = request.header(http::header::CONNECTION, "close");
+        }
+        let response = self.sender.send_request(request.body(Full::new(body))?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    /// Whether the connection can take another request.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}
+
+/// Opens a connection, posts one review and returns the answer, within `timeout`.
+pub async fn post_once(addr: SocketAddr, tls: &Tls, body: Bytes, timeout: Duration) -> anyhow::Result<Reply> {
+    tokio::time::timeout(timeout, async {
+        let mut conn = Connection::open(addr, tls).await?;
+        conn.post(REVIEW_PATH, body, true).await
+    })
+    .await
+    .context("timed out")?
+}

@@ -1,0 +1,117 @@
+//! sidecar-injector in-process, through the public API the server uses.
+//!
+//! The axum handler (`admission-kit/src/server/webhook.rs`, private `review`) calls three public
+//! functions: [`Review::from_slice`] (decode), [`admission_kit::Pipeline::review_until`] (match,
+//! mutate, diff; with no namespace labels under `namespaceCache: never`, and the deadline from
+//! `?timeout=`), and [`admission_kit::Answer::to_review_json`] (encode). [`Injector::review`] makes
+//! exactly those calls. [`Injector::route`] goes through the whole router instead
+//! ([`admission_kit::server::router`] with [`admission_kit::testing::call_router`]), adding axum,
+//! the body limit, the timeout layer, tracing spans and metrics: the handler's full cost without
+//! sockets or TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use admission_kit::namespaces::NamespaceSource;
+use admission_kit::review::Review;
+use admission_kit::server::ServerConfig;
+use anyhow::Context as _;
+use sidecar_injector::catalog::{CatalogSource, CatalogStore};
+use sidecar_injector::config::Config;
+
+/// The deadline the API server's `?timeout=10s` gives the handler (less its 10% margin).
+const DEADLINE: Duration = Duration::from_secs(9);
+
+/// The injector as `sidecar-injector serve` builds it from the embedded default configuration.
+#[derive(Debug)]
+pub struct Injector {
+    pipeline: admission_kit::Pipeline,
+    router: axum::Router,
+}
+
+impl Injector {
+    /// Builds the pipeline and router from the embedded default configuration with
+    /// `server.namespaceCache: never`, as the runner starts the server.
+    pub fn new() -> anyhow::Result<Self> {
+        let config = Config::load(None, &[("server.namespaceCache".to_owned(), "never".into())])?;
+        let store = Arc::new(CatalogStore::load(vec![CatalogSource::inline(config.sidecars.clone())])?);
+        let pipeline = sidecar_injector::pipeline(&config, store, None)?;
+        let router = admission_kit::server::router(
+            ServerConfig::local(),
+            std::slice::from_ref(&pipeline),
+            NamespaceSource::Unknown,
+        );
+        Ok(Self { pipeline, router })
+    }
+
+    /// Decode → match → mutate → diff → encode, as the handler does. Returns the response body.
+    pub async fn review(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let review = Review::from_slice(body)?;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let outcome = self.pipeline.review_until(&review, None, Some(deadline)).await;
+        outcome.answer.to_review_json().context("failed to encode the answer")
+    }
+
+    /// The cost of each step the handler's path repeats, measured alone on `body` over `budget`
+    /// each, in µs per call: what a profile of [`Injector::review`] is made of.
+    pub async fn breakdown(&self, body: &[u8], budget: Duration) -> anyhow::Result<Vec<(&'static str, f64)>> {
+        use std::hint::black_box;
+        let review = Review::from_slice(body)?;
+        let outcome = self.pipeline.review(&review, None).await;
+        let pod = review.request.object.clone().context("the review has no object")?;
+        let mutated = outcome.mutated.clone().context("the review was not mutated")?;
+        let twin = pod.clone();
+        let per_call = |f: &mut dyn FnMut()| {
+            let start = std::time::Instant::now();
+            let mut n = 0u32;
+            while start.elapsed() < budget || n < 3 {
+                f();
+                n += 1;
+            }
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        };
+        let mut out = vec![
+            (
+                "serde_json parse to Value (reference)",
+                per_call(&mut || drop(black_box(serde_json::from_slice::<serde_json::Value>(body)))),
+            ),
+            ("Review::from_slice (decode)", per_call(&mut || drop(black_box(Review::from_slice(body))))),
+            ("clone of the pod + its drop", per_call(&mut || drop(black_box(pod.clone())))),
+            (
+                "== of two equal pods",
+                per_call(&mut || {
+                    black_box(black_box(&pod) == black_box(&twin));
+                }),
+            ),
+            (
+                "patch::diff(original, mutated)",
+                per_call(&mut || drop(black_box(admission_kit::patch::diff(&pod, &mutated)))),
+            ),
+            ("Answer::to_review_json (encode)", per_call(&mut || drop(black_box(outcome.answer.to_review_json())))),
+        ];
+        let start = std::time::Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < budget || n < 3 {
+            drop(black_box(self.pipeline.review(&review, None).await));
+            n += 1;
+        }
+        out.push(("Pipeline::review (match, mutate, diff)", start.elapsed().as_secs_f64() * 1e6 / f64::from(n)));
+        out.push(("the handler's path (Injector::review)", {
+            let start = std::time::Instant::now();
+            let mut n = 0u32;
+            while start.elapsed() < budget || n < 3 {
+                drop(black_box(self.review(body).await?));
+                n += 1;
+            }
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        }));
+        Ok(out)
+    }
+
+    /// The whole router in-process. Returns the response body.
+    pub async fn route(&self, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let (status, body) = admission_kit::testing::call_router(&self.router, "/mutate?timeout=10s", body).await;
+        anyhow::ensure!(status == http::StatusCode::OK, "router answered {status}");
+        Ok(body)
+    }
+}

@@ -1,0 +1,21 @@
+//! The benchmark harness of issue #7: sidecar-injector against the Go (controller-runtime)
+//! baseline, over loopback TLS and HTTP/1.1 keep-alive, as the API server calls webhooks.
+//!
+//! - [`corpus`]: the deterministic `AdmissionReview` corpus (2 KB, 10 KB, 100 KB, 1 MB).
+//! - [`gate`]: the correctness gate (same pod from every server's patch) run before any timing.
+//! - [`inprocess`]: sidecar-injector through the public API the server's handler calls.
+//! - [`client`], [`load`]: the HTTPS client and the open-loop load driver.
+//! - [`servers`]: the servers as pinned child processes, measured through `/proc`.
+//! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
+//!
+//! See `bench/README.md`.
+
+pub mod client;
+pub mod corpus;
+pub mod gate;
+pub mod inprocess;
+pub mod load;
+pub mod regress;
+pub mod report;
+pub mod runner;
+pub mod servers;

@@ -1,0 +1,204 @@
+//! `cargo run -p bench --release -- <command>`: see `bench/README.md`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "sidecar-injector vs the Go baseline: corpus, gate, load, report, regression check")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the request corpus as files (`review-<size>.json`).
+    Corpus {
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the gate and every measurement; write bench/results/latest.{md,json}.
+    Run {
+        /// One short run of everything (seconds, for CI smoke).
+        #[arg(long)]
+        quick: bool,
+        /// Runs of every measurement (medians and min–max over them).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The Go baseline binary (default: ask `bash bench/build-go-baseline.sh | tail -1`).
+        #[arg(long)]
+        go: Option<PathBuf>,
+        /// The sidecar-injector binary (default: target/release/sidecar-injector).
+        #[arg(long)]
+        ours: Option<PathBuf>,
+        /// Run even if the sidecar-injector binary is older than its sources.
+        #[arg(long)]
+        allow_stale: bool,
+        /// Keep-alive connections of the load driver.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Where to write latest.md and latest.json (default: bench/results; with --quick,
+        /// target/bench-quick, so that a smoke run never replaces the committed results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Niceness of the servers and the load generator (0 leaves it; negative needs root).
+        #[arg(long, default_value_t = -19, allow_negative_numbers = true)]
+        nice: i32,
+        /// Run the servers under the normal scheduler instead of `SCHED_RR`.
+        #[arg(long)]
+        no_realtime: bool,
+    },
+    /// One open-loop run against one freshly started server (for investigating a figure).
+    Load {
+        /// `ours` or `go`.
+        #[arg(long, default_value = "ours")]
+        server: String,
+        /// The server's binary (default as for `run`).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Corpus size: 2k, 10k, 100k or 1m.
+        #[arg(long, default_value = "10k")]
+        size: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Measured seconds (after a one-second warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Niceness (see `run`).
+        #[arg(long, default_value_t = -19, allow_negative_numbers = true)]
+        nice: i32,
+        /// Run the server under the normal scheduler instead of `SCHED_RR`.
+        #[arg(long)]
+        no_realtime: bool,
+    },
+    /// Loop the in-process review of one corpus size (for `perf record`): decode → review → encode.
+    Profile {
+        /// Corpus size: 2k, 10k, 100k or 1m.
+        size: String,
+        /// How long to loop.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Go through the whole router instead of the pipeline API.
+        #[arg(long)]
+        router: bool,
+        /// Only parse the body into a `serde_json::Value` (a reference for this machine's speed).
+        #[arg(long, conflicts_with = "router")]
+        parse_only: bool,
+        /// Instead of looping, time each step of the path alone and print the table.
+        #[arg(long, conflicts_with_all = ["router", "parse_only"])]
+        breakdown: bool,
+    },
+    /// Write bench/results/latest.md again from latest.json (after a change to the table's layout).
+    Render,
+    /// Fail if the latest run's key ratios to Go regressed by more than 10% against baseline.json.
+    Check,
+    /// Make the latest run the baseline (copy latest.{json,md} to baseline.{json,md}).
+    Accept,
+}
+
+fn results_dir() -> PathBuf {
+    bench::runner::workspace_root().join("bench/results")
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Corpus { out } => {
+            for (size, path, bytes) in bench::corpus::write(&out)? {
+                println!("{}\t{bytes} B\t{}", size.name(), path.display());
+            }
+            Ok(())
+        }
+        Command::Run { quick, runs, go, ours, allow_stale, connections, out, nice, no_realtime } => {
+            let options = bench::runner::Options {
+                quick,
+                runs,
+                go,
+                ours,
+                allow_stale,
+                connections,
+                out_dir: out.unwrap_or_else(|| {
+                    if quick { bench::runner::workspace_root().join("target/bench-quick") } else { results_dir() }
+                }),
+                nice,
+                realtime: !no_realtime,
+            };
+            let report = bench::runner::run(&options)?;
+            print!("{}", report.markdown());
+            Ok(())
+        }
+        Command::Profile { size, seconds, router, parse_only, breakdown } => {
+            let size = bench::corpus::Size::parse(&size).ok_or_else(|| anyhow::anyhow!("unknown size `{size}`"))?;
+            let entry = bench::corpus::entry(size);
+            let injector = bench::inprocess::Injector::new()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if breakdown {
+                let budget = std::time::Duration::from_secs_f64(seconds / 8.0);
+                for (step, us) in rt.block_on(injector.breakdown(&entry.body, budget))? {
+                    println!("{us:>10.1} µs  {step}");
+                }
+                return Ok(());
+            }
+            let start = std::time::Instant::now();
+            let mut count = 0u32;
+            while start.elapsed().as_secs_f64() < seconds {
+                if parse_only {
+                    std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&entry.body)?);
+                } else if router {
+                    rt.block_on(injector.route(entry.body.clone()))?;
+                } else {
+                    rt.block_on(injector.review(&entry.body))?;
+                }
+                count += 1;
+            }
+            println!(
+                "{}: {count} reviews, {:.1} µs each",
+                size.name(),
+                start.elapsed().as_secs_f64() * 1e6 / f64::from(count)
+            );
+            Ok(())
+        }
+        Command::Load { server, binary, size, rate, seconds, connections, nice, no_realtime } => {
+            let kind = match server.as_str() {
+                "ours" => bench::servers::Kind::Ours,
+                "go" => bench::servers::Kind::Go,
+                other => anyhow::bail!("--server is `ours` or `go`, not `{other}`"),
+            };
+            let size = bench::corpus::Size::parse(&size).ok_or_else(|| anyhow::anyhow!("unknown size `{size}`"))?;
+            bench::runner::single_load(&bench::runner::LoadOptions {
+                kind,
+                binary,
+                size,
+                rate,
+                seconds,
+                connections,
+                nice,
+                realtime: !no_realtime,
+            })
+        }
+        Command::Render => {
+            let dir = results_dir();
+            let report = bench::regress::load(&dir.join("latest.json"))?;
+            std::fs::write(dir.join("latest.md"), report.markdown())?;
+            print!("{}", report.markdown());
+            Ok(())
+        }
+        Command::Check => bench::regress::check(&results_dir()),
+        Command::Accept => bench::regress::accept(&results_dir()),
+    }
+}
