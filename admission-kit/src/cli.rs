@@ -272,18 +272,30 @@ pub async fn run(pipelines: Vec<Pipeline>) -> anyhow::Result<()> {
 /// an error from `build` ends the program with that error.
 ///
 /// ```no_run
-/// # use admission_kit::prelude::*;
+/// use admission_kit::prelude::*;
+/// use admission_kit::{mutator, pipeline::ResourceTarget};
+/// use k8s_openapi::api::core::v1::Pod;
+///
 /// #[derive(Debug, clap::Args)]
 /// struct Flags {
-///     /// The label every pod gets.
+///     /// The team label pods get when they name none.
 ///     #[arg(long, global = true, env = "TEAM_LABEL", default_value = "unassigned")]
 ///     team: String,
 /// }
-/// # fn pipeline(team: &str) -> anyhow::Result<Pipeline> { unimplemented!() }
+///
+/// fn pipeline(team: String) -> anyhow::Result<Pipeline> {
+///     let label = mutator::from_fn(move |pod: &mut serde_json::Value, _ctx: &mut Context<'_>| {
+///         if pod["metadata"]["labels"]["team"].is_null() {
+///             pod["metadata"]["labels"]["team"] = team.clone().into();
+///         }
+///         Ok(())
+///     });
+///     Ok(Pipeline::builder("team.example.com").step(Step::dynamic("team", ResourceTarget::of::<Pod>(), label)).build()?)
+/// }
 ///
 /// #[tokio::main]
 /// async fn main() -> anyhow::Result<()> {
-///     admission_kit::cli::run_with(|flags: Flags| Ok(vec![pipeline(&flags.team)?])).await
+///     admission_kit::cli::run_with(|flags: Flags| Ok(vec![pipeline(flags.team)?])).await
 /// }
 /// ```
 pub async fn run_with<A, F>(build: F) -> anyhow::Result<()>

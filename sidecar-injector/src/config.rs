@@ -207,7 +207,8 @@ fn describe(errors: &figment::Error) -> String {
 
 /// The environment variable of a dotted camelCase key: `server.tlsCertFile` is
 /// `SIDECAR_INJECTOR_SERVER__TLS_CERT_FILE`.
-fn env_var(key: &str) -> String {
+#[must_use]
+pub fn env_var(key: &str) -> String {
     let parts: Vec<String> = key
         .split('.')
         .map(|part| {

@@ -17,7 +17,7 @@ use std::process::Command;
 
 use admission_kit::metrics::{Metrics, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels};
 use serde_json::Value;
-use sidecar_injector::config::{Config, ENV_PREFIX};
+use sidecar_injector::config::{Config, ENV_PREFIX, env_var};
 use sidecar_injector::metrics::{InjectionLabels, InjectorMetrics};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidecar-injector");
@@ -214,24 +214,6 @@ fn config_keys() -> Vec<(String, Value)> {
         }
     }
     keys
-}
-
-/// `server.webhookAddr` → `SIDECAR_INJECTOR_SERVER__WEBHOOK_ADDR`.
-fn env_var(key: &str) -> String {
-    let parts: Vec<String> = key
-        .split('.')
-        .map(|part| {
-            let mut out = String::new();
-            for c in part.chars() {
-                if c.is_ascii_uppercase() {
-                    out.push('_');
-                }
-                out.push(c.to_ascii_uppercase());
-            }
-            out
-        })
-        .collect();
-    format!("{ENV_PREFIX}{}", parts.join("__"))
 }
 
 #[test]
