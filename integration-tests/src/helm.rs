@@ -163,3 +163,19 @@ impl Rendered {
         kinds
     }
 }
+
+/// Checks with OpenSSL (an implementation independent of Helm's and of rustls) that `cert`
+/// chains to `ca` for TLS serving as `host`; the error is OpenSSL's own message.
+pub fn verify_chain(ca: &str, cert: &str, host: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("ca.crt"), ca)?;
+    std::fs::write(dir.path().join("tls.crt"), cert)?;
+    let out = Command::new("openssl")
+        .args(["verify", "-purpose", "sslserver", "-verify_hostname", host, "-CAfile"])
+        .arg(dir.path().join("ca.crt"))
+        .arg(dir.path().join("tls.crt"))
+        .output()
+        .context("failed to run openssl")?;
+    anyhow::ensure!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}

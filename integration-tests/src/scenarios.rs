@@ -81,7 +81,9 @@ fn pod(name: &str, annotations: Value) -> anyhow::Result<Pod> {
     }))?)
 }
 
-fn names(pod: &Pod) -> Vec<String> {
+/// The names of the pod's containers, in order.
+#[must_use]
+pub fn names(pod: &Pod) -> Vec<String> {
     pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default()
 }
 

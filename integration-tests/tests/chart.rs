@@ -4,10 +4,9 @@
 //! (`chart_cluster.rs` installs the chart into the local control plane.)
 
 use std::path::Path;
-use std::process::Command;
 
 use base64::Engine as _;
-use integration_tests::helm::{Helm, Rendered, chart_dir};
+use integration_tests::helm::{Helm, Rendered, chart_dir, verify_chain};
 use serde_json::{Value, json};
 use sidecar_injector::catalog::{CatalogSource, load_sources};
 use sidecar_injector::config::Config;
@@ -69,21 +68,6 @@ fn every_ci_values_file_renders_with_helm_3_and_4() {
             assert!(rendered.one("MutatingWebhookConfiguration", None).is_ok(), "{}", values.display());
         }
     }
-}
-
-/// Checks `cert` chains to `ca` for TLS serving as `host`, with OpenSSL (an implementation
-/// independent of Helm's).
-fn verify_chain(ca: &str, cert: &str, host: &str) -> Result<(), String> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.crt"), ca).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-    let out = Command::new("openssl")
-        .args(["verify", "-purpose", "sslserver", "-verify_hostname", host, "-CAfile"])
-        .arg(dir.path().join("ca.crt"))
-        .arg(dir.path().join("tls.crt"))
-        .output()
-        .expect("openssl runs");
-    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
 }
 
 #[test]

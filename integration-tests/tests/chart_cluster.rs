@@ -11,7 +11,6 @@
 //!   is not due), renews the serving certificate under the same CA when due; a Helm 4 upgrade of a
 //!   Helm 3 release keeps it too.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,8 @@ use admission_kit::reexports::kube::{
     api::{ListParams, PostParams},
 };
 use anyhow::Context as _;
-use integration_tests::helm::{Helm, Rendered, chart_dir};
-use integration_tests::scenarios::{forget_previous_run, portable_scenarios};
+use integration_tests::helm::{Helm, Rendered, chart_dir, verify_chain};
+use integration_tests::scenarios::{forget_previous_run, names, namespace, portable_scenarios};
 use integration_tests::webhook::{client, serve_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -37,13 +36,6 @@ const RESTRICTED: [(&str, &str); 3] = [
     ("pod-security.kubernetes.io/enforce-version", "latest"),
     ("pod-security.kubernetes.io/warn", "restricted"),
 ];
-
-async fn namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
-    let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-    Ok(())
-}
 
 fn data(secret: &Secret, key: &str) -> anyhow::Result<String> {
     let bytes = secret.data.as_ref().and_then(|d| d.get(key)).with_context(|| format!("no {key} in the Secret"))?;
@@ -70,10 +62,6 @@ where
         anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn container_names(pod: &Pod) -> Vec<String> {
-    pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default()
 }
 
 fn app_pod(name: &str, annotations: &Value, labels: &Value) -> anyhow::Result<Pod> {
@@ -218,7 +206,7 @@ async fn url_mode_injects_through_the_charts_webhook(
     eventually("the chart's webhook to take effect", || async {
         let probe = app_pod("probe", &json!({INJECT: "haystack-agent"}), &json!({}))?;
         let created = apps.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await?;
-        Ok(container_names(&created).contains(&"haystack-agent".to_owned()).then_some(()))
+        Ok(names(&created).contains(&"haystack-agent".to_owned()).then_some(()))
     })
     .await?;
 
@@ -259,7 +247,7 @@ async fn deployment_pods_are_injected(client: &kube::Client) -> anyhow::Result<(
     })
     .await?;
     for pod in &pods {
-        assert_eq!(container_names(pod), ["app", "haystack-agent"]);
+        assert_eq!(names(pod), ["app", "haystack-agent"]);
         let sidecar = &pod.spec.as_ref().context("spec")?.containers[1];
         let env: Vec<(String, Option<String>)> =
             sidecar.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
@@ -280,12 +268,12 @@ async fn opt_outs_are_respected(client: &kube::Client) -> anyhow::Result<()> {
         &json!({"sidecar-injector.expedia.com/inject": "skip"}),
     )?;
     let stored = apps.create(&PostParams::default(), &skipped).await?;
-    assert_eq!(container_names(&stored), ["app"], "the pod opted out by label");
+    assert_eq!(names(&stored), ["app"], "the pod opted out by label");
     let opted_out: Api<Pod> = Api::namespaced(client.clone(), "chart-opted-out");
     let stored = opted_out
         .create(&PostParams::default(), &app_pod("p", &json!({INJECT: "haystack-agent"}), &json!({}))?)
         .await?;
-    assert_eq!(container_names(&stored), ["app"], "the namespace opted out by label");
+    assert_eq!(names(&stored), ["app"], "the namespace opted out by label");
     // The release namespace is never sent to the webhook, even when labelled.
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let label = json!({"metadata": {"labels": {"kubernetes-sidecar-injector": "enabled"}}});
@@ -301,7 +289,7 @@ async fn opt_outs_are_respected(client: &kube::Client) -> anyhow::Result<()> {
             }))?,
         )
         .await?;
-    assert_eq!(container_names(&stored), ["app"], "the release namespace is excluded");
+    assert_eq!(names(&stored), ["app"], "the release namespace is excluded");
 
     Ok(())
 }
@@ -356,19 +344,5 @@ async fn helm_generated_ca_survives_upgrades(client: &kube::Client, helm3: &Helm
     helm4.run(&reinstall)?.success()?;
     let (ca4, _, bundle4) = read().await?;
     assert_eq!((ca4.as_str(), bundle4.as_str()), (ca.as_str(), ca.as_str()), "a reinstall reuses the CA");
-    Ok(())
-}
-
-/// Checks `cert` chains to `ca` for serving `host`, with OpenSSL.
-fn verify_chain(ca: &str, cert: &str, host: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("ca.crt"), ca)?;
-    std::fs::write(dir.path().join("tls.crt"), cert)?;
-    let out = std::process::Command::new("openssl")
-        .args(["verify", "-purpose", "sslserver", "-verify_hostname", host, "-CAfile"])
-        .arg(dir.path().join("ca.crt"))
-        .arg(dir.path().join("tls.crt"))
-        .output()?;
-    anyhow::ensure!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
