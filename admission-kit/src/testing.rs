@@ -498,10 +498,11 @@ fn remove(doc: &mut Value, pointer: &str) -> Result<Value, String> {
 }
 
 /// JSON pointers of `original`'s leaves that are missing from `result`. Values may differ (a
-/// mutator may change them); paths must not disappear. List items are followed to where they went:
-/// by their merge key (`name`, `mountPath`, …) when they have one, otherwise by position — so a
-/// sidecar inserted before the pod's own init containers does not count as losing them. Paths are
-/// reported as they were in the original.
+/// mutator may change them); paths must not disappear. List items are matched in order: each
+/// original item to the earliest later result item that keeps all of it, so items inserted around
+/// them (a sidecar before the pod's own init containers) and items sharing a name are not losses.
+/// An item kept nowhere is reported down to the missing field through its merge key (`name`,
+/// `mountPath`, …) when it has one, else as the whole item. Paths are as in the original.
 #[must_use]
 pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
     let mut lost = Vec::new();
@@ -511,6 +512,19 @@ pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
 
 /// Keys Kubernetes uses to identify list items, tried in order.
 const MERGE_KEYS: [&str; 4] = ["mountPath", "devicePath", "name", "containerPort"];
+
+/// Whether `result` still has everything of `original`: the same keys (recursively) and its list
+/// items as an ordered subsequence; scalars may change value, as in [`lost_paths`].
+fn keeps(original: &Value, result: &Value) -> bool {
+    match (original, result) {
+        (Value::Object(o), Value::Object(r)) => o.iter().all(|(k, v)| r.get(k).is_some_and(|rv| keeps(v, rv))),
+        (Value::Array(o), Value::Array(r)) => {
+            let mut rest = r.iter();
+            o.iter().all(|item| rest.any(|candidate| keeps(item, candidate)))
+        }
+        _ => true,
+    }
+}
 
 fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: &mut Vec<String>) {
     let Some(result) = result else {
@@ -528,14 +542,20 @@ fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: 
             }
         }
         (Value::Array(o), Value::Array(r)) => {
+            // Mutators insert around items, never drop or reorder them: each original item must be
+            // kept by a distinct result item, in order (an ordered subsequence), so that two items
+            // sharing a name, or an unnamed item shifted by an insertion, are matched correctly.
+            let mut next = 0;
             for (i, v) in o.iter().enumerate() {
+                if let Some(j) = (next..r.len()).find(|&j| keeps(v, &r[j])) {
+                    next = j + 1;
+                    continue;
+                }
+                // Not kept: report what is missing from its merge-key counterpart, if it has one.
                 path.push('/');
                 path.push_str(&i.to_string());
                 let key = v.as_object().and_then(|m| MERGE_KEYS.iter().find_map(|k| m.get(*k).map(|x| (*k, x))));
-                let counterpart = match key {
-                    Some((k, x)) => r.iter().find(|item| item.get(k) == Some(x)),
-                    None => r.get(i),
-                };
+                let counterpart = key.and_then(|(k, x)| r.iter().find(|item| item.get(k) == Some(x)));
                 walk_lost(v, counterpart, path, lost);
                 path.truncate(len);
             }
@@ -610,5 +630,21 @@ mod tests {
             lost_paths(&original, &wiped),
             vec!["/metadata/annotations/a~1b", "/metadata/annotations/c", "/spec/x/1"]
         );
+    }
+
+    /// Found by the `pipeline` fuzz target (`fuzz/artifacts-found/pipeline/`): two containers
+    /// sharing a name, and an unnamed init container shifted by an inserted native sidecar, are
+    /// not losses.
+    #[test]
+    fn lost_paths_matches_list_items_in_order_not_by_first_name() {
+        let twins = json!({"spec": {"containers": [{"name": "app"}, {"name": "app", "env": [{"name": "A"}]}]}});
+        assert!(lost_paths(&twins, &twins).is_empty());
+        let shifted = json!({"spec": {"initContainers": [{"command": ["setup"]}]}});
+        let inserted =
+            json!({"spec": {"initContainers": [{"name": "proxy", "restartPolicy": "Always"}, {"command": ["setup"]}]}});
+        assert!(lost_paths(&shifted, &inserted).is_empty());
+        // A real loss is still named down to the field, through the item's merge key.
+        let lost_env = json!({"spec": {"containers": [{"name": "app"}, {"name": "app"}]}});
+        assert_eq!(lost_paths(&twins, &lost_env), vec!["/spec/containers/1/env"]);
     }
 }

@@ -207,73 +207,8 @@ pub fn check_pipeline(pipeline: &Pipeline, review: &Review) {
     // replace env vars of the containers the status names (by design), so only a fresh injection
     // must keep every path of the original.
     if !has_status(original) {
-        let lost = lost_paths(original, &result);
+        let lost = admission_kit::testing::lost_paths(original, &result);
         assert!(lost.is_empty(), "the mutation lost paths of the original: {lost:?}");
-    }
-}
-
-/// JSON pointers of `original` that `result` lost. Object keys must stay; every list item must
-/// still be in the list, in its original order, wherever sidecars were inserted around it;
-/// scalars may change value and a value may change shape (the injector replaces a `spec` or
-/// `containers` of the wrong type), as in `admission_kit::testing::lost_paths`.
-///
-/// Not the testing kit's function: that one follows list items by their merge key (`name`, …)
-/// or else by position, which reports losses that are not there when two items share a name or
-/// when an unnamed item moved because a native sidecar was inserted before it (see
-/// `fuzz/artifacts-found/pipeline/lost-paths-*.json` and README.md). Here list items are matched
-/// as an ordered subsequence: the earliest item of the result that keeps everything of the
-/// original item, which finds a matching whenever one exists.
-#[must_use]
-pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
-    let mut lost = Vec::new();
-    walk_lost(original, result, &mut String::new(), &mut lost);
-    lost
-}
-
-fn keeps(original: &Value, result: &Value) -> bool {
-    if original == result {
-        return true;
-    }
-    match (original, result) {
-        (Value::Object(o), Value::Object(r)) => o.iter().all(|(k, v)| r.get(k).is_some_and(|rv| keeps(v, rv))),
-        (Value::Array(o), Value::Array(r)) => {
-            let mut rest = r.iter();
-            o.iter().all(|item| rest.any(|candidate| keeps(item, candidate)))
-        }
-        _ => true,
-    }
-}
-
-fn walk_lost(original: &Value, result: &Value, path: &mut String, lost: &mut Vec<String>) {
-    if original == result {
-        return;
-    }
-    let len = path.len();
-    match (original, result) {
-        (Value::Object(o), Value::Object(r)) => {
-            for (k, v) in o {
-                path.push('/');
-                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                match r.get(k) {
-                    Some(rv) => walk_lost(v, rv, path, lost),
-                    None => lost.push(path.clone()),
-                }
-                path.truncate(len);
-            }
-        }
-        (Value::Array(o), Value::Array(r)) => {
-            let mut next = 0;
-            for (i, item) in o.iter().enumerate() {
-                path.push('/');
-                path.push_str(&i.to_string());
-                match (next..r.len()).find(|&j| keeps(item, &r[j])) {
-                    Some(j) => next = j + 1,
-                    None => lost.push(path.clone()),
-                }
-                path.truncate(len);
-            }
-        }
-        _ => {}
     }
 }
 
