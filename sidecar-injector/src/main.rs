@@ -19,6 +19,11 @@ use sidecar_injector::inject::Annotations;
 use sidecar_injector::metrics::InjectorMetrics;
 use sidecar_injector::{offline, pipeline};
 
+/// mimalloc: the review path allocates and frees many small JSON nodes; the system allocator spent
+/// a third of the in-process time on them (`bench profile 10k --breakdown`, see book/src/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sidecar-injector",
