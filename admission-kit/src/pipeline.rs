@@ -533,6 +533,7 @@ impl Pipeline {
             None => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
         };
         let mut current = original.clone();
+        let mut tracker = ChangeTracker::default();
         for step in &self.inner.steps {
             let input = MatchInput { request, object: Some(&current), namespace };
             let result = match applies(step, &input) {
@@ -541,7 +542,8 @@ impl Pipeline {
                     self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer)
                 }
                 Gate::Apply => {
-                    self.run_step(step, &mut current, &mut answer, request, namespace_labels, deadline).await
+                    let run = Run { request, namespace_labels, deadline, original };
+                    self.run_step(step, &mut current, &mut tracker, &mut answer, run).await
                 }
             };
             let denial = match &result {
@@ -572,40 +574,44 @@ impl Pipeline {
         Outcome { answer, steps: reports, mutated: Some(current) }
     }
 
-    /// Runs one step's mutator on a copy of `current`; on success the copy replaces `current`, on
-    /// any failure `current` is left as it was.
+    /// Runs one step's mutator on `current`. On success `current` carries the step's change; on a
+    /// failure that admits the object ([`FailureMode::AllowWithWarning`]) `current` is put back as
+    /// it was before the step. Other failures deny the object, so `current` is thrown away and the
+    /// step needs no copy to roll back to: the common path clones nothing.
     async fn run_step(
         &self,
         step: &Step,
         current: &mut Value,
+        tracker: &mut ChangeTracker,
         answer: &mut Answer,
-        request: &crate::review::Request,
-        namespace_labels: Option<&BTreeMap<String, String>>,
-        deadline: Option<Instant>,
+        run: Run<'_>,
     ) -> StepResult {
-        let mut candidate = current.clone();
-        let mut ctx = Context::new(request, namespace_labels);
-        let run = AssertUnwindSafe(step.mutator.mutate(&mut candidate, &mut ctx)).catch_unwind();
-        let ran = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, run).await.ok(),
-            None => Some(run.await),
+        let rollback = (step.on_error == FailureMode::AllowWithWarning).then(|| current.clone());
+        let before = tracker.before_step(current);
+        let mut ctx = Context::new(run.request, run.namespace_labels);
+        let mutation = AssertUnwindSafe(step.mutator.mutate(current, &mut ctx)).catch_unwind();
+        let ran = match run.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, mutation).await.ok(),
+            None => Some(mutation.await),
         };
         let (warnings, audit) = ctx.into_parts();
-        match ran {
+        let result = match ran {
             None => self.failed(step, "did not finish before the API server's deadline".to_owned(), answer),
             Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
             Some(Ok(Ok(()))) => {
                 answer.warnings.extend(warnings);
                 answer.audit_annotations.extend(audit);
-                let changed = candidate != *current;
-                *current = candidate;
-                StepResult::Applied { changed }
+                return StepResult::Applied { changed: tracker.after_step(before, current, run.original) };
             }
             Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
             Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
                 self.failed(step, error_chain(&e), answer)
             }
+        };
+        if let Some(previous) = rollback {
+            *current = previous;
         }
+        result
     }
 
     fn failed(&self, step: &Step, message: String, answer: &mut Answer) -> StepResult {
@@ -616,6 +622,84 @@ impl Pipeline {
         }
         StepResult::Failed { message, mode: step.on_error }
     }
+}
+
+/// What [`Pipeline::run_step`] needs of the request.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    request: &'a crate::review::Request,
+    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    deadline: Option<Instant>,
+    original: &'a Value,
+}
+
+/// Tells whether a step changed the object without copying the object before each step.
+///
+/// While no step has changed anything, the object equals the one the API server sent, so a step's
+/// change is `object != original`: exact, one comparison. After the first change, it is told by a
+/// 64-bit fingerprint of the object before and after the step (a wrong "unchanged" has a 2⁻⁶⁴
+/// chance); it only feeds [`StepResult::Applied`]'s `changed` (logs, `explain`), never the patch,
+/// which is always the exact diff against the original.
+#[derive(Default)]
+struct ChangeTracker {
+    /// Some step has changed the object.
+    diverged: bool,
+    /// The fingerprint of the object now, when known.
+    print: Option<u64>,
+}
+
+impl ChangeTracker {
+    fn before_step(&mut self, current: &Value) -> Option<u64> {
+        if !self.diverged {
+            return None;
+        }
+        Some(*self.print.get_or_insert_with(|| fingerprint(current)))
+    }
+
+    fn after_step(&mut self, before: Option<u64>, current: &Value, original: &Value) -> bool {
+        match before {
+            None => {
+                let changed = current != original;
+                self.diverged = changed;
+                self.print = None;
+                changed
+            }
+            Some(before) => {
+                let now = fingerprint(current);
+                self.print = Some(now);
+                now != before
+            }
+        }
+    }
+}
+
+/// A hash of a JSON value's content (object keys in order, which `serde_json`'s maps keep sorted).
+fn fingerprint(value: &Value) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    fn walk(value: &Value, h: &mut std::hash::DefaultHasher) {
+        match value {
+            Value::Null => h.write_u8(0),
+            Value::Bool(b) => (1u8, b).hash(h),
+            Value::Number(n) => (2u8, n.as_i64(), n.as_u64(), n.as_f64().map(f64::to_bits)).hash(h),
+            Value::String(s) => (3u8, s).hash(h),
+            Value::Array(items) => {
+                (4u8, items.len()).hash(h);
+                for item in items {
+                    walk(item, h);
+                }
+            }
+            Value::Object(map) => {
+                (5u8, map.len()).hash(h);
+                for (key, item) in map {
+                    key.hash(h);
+                    walk(item, h);
+                }
+            }
+        }
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    walk(value, &mut h);
+    h.finish()
 }
 
 enum Gate {

@@ -314,3 +314,70 @@ fn namespace_requirements_are_split_into_trusted_and_undecidable() {
     ]))]);
     assert_eq!(nested.namespace_label_needs(), (vec![], vec![matcher::namespace_label("x", "y").0]));
 }
+
+/// Sets a label on the raw object, then fails or succeeds: a step that has changed the object in
+/// place when its error comes.
+#[derive(Debug)]
+struct LabelThen(Result<(), &'static str>);
+
+#[async_trait]
+impl DynamicMutator for LabelThen {
+    async fn mutate(&self, object: &mut Value, _: &mut Context<'_>) -> MutationResult {
+        object["metadata"]["labels"] = json!({"set-by": "label-then"});
+        self.0.map_err(|e| MutationError::caused_by("half done", std::io::Error::other(e)))
+    }
+}
+
+fn changes(outcome: &Outcome) -> Vec<Option<bool>> {
+    outcome
+        .steps
+        .iter()
+        .map(|r| match r.result {
+            StepResult::Applied { changed } => Some(changed),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_step_reports_whether_it_changed_the_object() {
+    let review = pod_review(pod(), "apps", "CREATE");
+    let target = ResourceTarget::of::<Pod>();
+    let outcome = pipeline(vec![
+        Step::new("unchanged-first", Fails("never")).when(matcher::has_annotation("absent.example.com/x")),
+        Step::new("sidecar", AddSidecar),
+        Step::new("sidecar-again", AddSidecar),
+        Step::dynamic("label", target.clone(), LabelThen(Ok(()))),
+        Step::dynamic("label-again", target, LabelThen(Ok(()))),
+    ])
+    .review(&review, None)
+    .await;
+    assert_eq!(changes(&outcome), vec![None, Some(true), Some(false), Some(true), Some(false)]);
+}
+
+#[tokio::test]
+async fn a_lenient_step_failing_after_its_own_change_is_rolled_back_to_the_earlier_steps_result() {
+    let review = pod_review(pod(), "apps", "CREATE");
+    let outcome = pipeline(vec![
+        Step::new("sidecar", AddSidecar),
+        Step::dynamic("label", ResourceTarget::of::<Pod>(), LabelThen(Err("no")))
+            .on_error(FailureMode::AllowWithWarning),
+    ])
+    .review(&review, None)
+    .await;
+    assert!(outcome.answer.allowed);
+    let mutated = outcome.mutated.unwrap();
+    assert!(mutated["metadata"].get("labels").is_none(), "the failed step's change is rolled back");
+    assert_eq!(mutated["spec"]["containers"][1]["name"], "sidecar", "the earlier step's change is kept");
+    let patch = serde_json::to_string(outcome.answer.patch.as_ref().unwrap()).unwrap();
+    assert!(!patch.contains("label-then"), "{patch}");
+
+    let strict = pipeline(vec![
+        Step::new("sidecar", AddSidecar),
+        Step::dynamic("label", ResourceTarget::of::<Pod>(), LabelThen(Err("no"))),
+    ])
+    .review(&review, None)
+    .await;
+    assert!(!strict.answer.allowed, "a failing step in Deny mode denies");
+    assert!(strict.answer.patch.is_none() && strict.mutated.is_none(), "nothing of a denied review is sent");
+}
