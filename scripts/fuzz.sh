@@ -15,8 +15,10 @@
 #   FUZZ_TOOLCHAIN=nightly|stable default: nightly when rustup has it, else stable with
 #                                 RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags to rustc).
 #   FUZZ_CORPUS_DIR               where libFuzzer keeps the corpus it grows (default
-#                                 fuzz/target/corpus/<target>; the committed seeds are never written).
+#                                 <target dir>/corpus/<target>; the committed seeds are never written).
 #   FUZZ_JOBS=N                   run N targets at a time (default 1; the machine has 2 cores).
+#   FUZZ_TARGET_DIR               build directory (default fuzz/target); CI keeps one in the cache
+#                                 root so that a warm run rebuilds only the project's own crates.
 #   ADMISSION_KIT_CACHE           cache root (default ~/.cache/admission-kit); cargo-fuzz is
 #                                 installed from crates.io into its tools/cargo-fuzz-<version>/.
 #
@@ -103,10 +105,12 @@ stable)
 esac
 fuzz() { cargo "${toolchain[@]}" fuzz "$@"; }
 
-# fuzz/ is a workspace of its own; its target dir is fuzz/target whatever CARGO_TARGET_DIR says,
-# so the shared target/ is neither clobbered nor locked.
+# fuzz/ is a workspace of its own; its target dir is fuzz/target (or FUZZ_TARGET_DIR) whatever
+# CARGO_TARGET_DIR says, so the shared target/ is neither clobbered nor locked.
 unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR
-target_dir="$repo/fuzz/target"
+target_dir=${FUZZ_TARGET_DIR:-$repo/fuzz/target}
+mkdir -p "$target_dir"
+target_dir=$(cd "$target_dir" && pwd)
 logs="$target_dir/fuzz-logs"
 corpus_root=${FUZZ_CORPUS_DIR:-$target_dir/corpus}
 mkdir -p "$logs"
