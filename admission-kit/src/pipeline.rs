@@ -674,7 +674,7 @@ impl ChangeTracker {
 }
 
 /// A hash of a JSON value's content (object keys in order, which `serde_json`'s maps keep sorted),
-/// with foldhash (a fast, well-mixed non-cryptographic hash; SipHash took twice as long).
+/// with foldhash (a fast, well-mixed non-cryptographic hash; `SipHash` took twice as long).
 fn fingerprint(value: &Value) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     fn walk(value: &Value, h: &mut impl std::hash::Hasher) {
