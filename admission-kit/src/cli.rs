@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cache::CacheHealth;
 use crate::namespaces::NamespaceSource;
 use crate::pipeline::Pipeline;
 use crate::server::{Server, ServerConfig, shutdown_signal};
@@ -20,6 +21,23 @@ use crate::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_c
 /// Parses a duration like `5s`, `250ms` or `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::server::parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration like 5s, 250ms or 1m30s"))
+}
+
+/// Parses a cache staleness bound: a duration like `10m`, or `never` (also `0`) for none.
+pub fn parse_staleness(text: &str) -> Result<Option<Duration>, String> {
+    match text.trim() {
+        "never" | "0" => Ok(None),
+        other => match crate::server::parse_duration(other) {
+            Some(d) if d.is_zero() => Ok(None),
+            Some(d) => Ok(Some(d)),
+            None => Err(format!("`{text}` is neither `never` nor a duration like 30s, 10m or 1h")),
+        },
+    }
+}
+
+/// A cache staleness bound as a flag: a duration, `Duration::ZERO` for `never`.
+fn parse_staleness_flag(text: &str) -> Result<Duration, String> {
+    parse_staleness(text).map(Option::unwrap_or_default)
 }
 
 /// Whether to watch namespaces for their labels.
@@ -92,10 +110,16 @@ pub struct ServeArgs {
     /// Namespace label cache.
     #[arg(long, env = "ADMISSION_KIT_NAMESPACE_CACHE", value_enum, default_value_t = NamespaceCacheMode::Auto)]
     pub namespace_cache: NamespaceCacheMode,
+    /// How long a watch cache may be out of contact with the API server before /readyz fails
+    /// (`never` or `0`: it never fails for that). Until then the webhook answers from the cache and
+    /// /readyz says `ok (degraded)`. Every replica loses contact at once in most outages, and no
+    /// ready replica means failurePolicy for every request: keep it long.
+    #[arg(long, env = "ADMISSION_KIT_CACHE_MAX_STALENESS", default_value = "10m", value_parser = parse_staleness_flag)]
+    pub cache_max_staleness: Duration,
     /// Log format.
     #[arg(long, env = "ADMISSION_KIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log filter, `RUST_LOG` syntax (default: `$RUST_LOG`, else `info`).
+    /// Log filter, `RUST_LOG` syntax (default: `$RUST_LOG`, else `info,kube_runtime::watcher=error`).
     #[arg(long, env = "ADMISSION_KIT_LOG")]
     pub log: Option<String>,
 }
@@ -122,20 +146,19 @@ impl ServeArgs {
             max_connections: self.max_connections,
             drain_delay: self.drain_delay,
             shutdown_timeout: self.shutdown_timeout,
+            cache_max_staleness: (!self.cache_max_staleness.is_zero()).then_some(self.cache_max_staleness),
         }
     }
 
-    /// The namespace source for this mode, and a readiness gate for its first sync.
-    pub async fn namespace_source(
-        &self,
-    ) -> anyhow::Result<(NamespaceSource, Option<impl std::future::Future<Output = ()> + Send + 'static>)> {
+    /// The namespace source for this mode, and the health of its cache (for [`Server::cache`]).
+    pub async fn namespace_source(&self) -> anyhow::Result<(NamespaceSource, Option<CacheHealth>)> {
         if self.namespace_cache == NamespaceCacheMode::Never {
             return Ok((NamespaceSource::Unknown, None));
         }
         match kube::Client::try_default().await {
             Ok(client) => {
-                let (source, ready) = NamespaceSource::watch(client);
-                Ok((source, Some(ready)))
+                let (source, health) = NamespaceSource::watch(client);
+                Ok((source, Some(health)))
             }
             Err(error) if self.namespace_cache == NamespaceCacheMode::Auto => {
                 tracing::warn!(%error, "no cluster access: namespace labels will not be cached");
@@ -152,10 +175,10 @@ impl ServeArgs {
         pipelines: Vec<Pipeline>,
         metrics: Option<crate::metrics::Metrics>,
     ) -> anyhow::Result<()> {
-        let (namespaces, ready) = self.namespace_source().await?;
+        let (namespaces, cache) = self.namespace_source().await?;
         let mut server = Server::new(self.server_config(), pipelines).namespaces(namespaces);
-        if let Some(ready) = ready {
-            server = server.ready_when(ready);
+        if let Some(cache) = cache {
+            server = server.cache(cache);
         }
         if let Some(metrics) = metrics {
             server = server.metrics(metrics);
@@ -320,5 +343,27 @@ where
             print!("{}", args.render(&pipelines)?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staleness(args: &[&str]) -> Option<Duration> {
+        let cli = <Cli<NoFlags> as Parser>::try_parse_from(std::iter::once("webhook").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        cli.serve.server_config().cache_max_staleness
+    }
+
+    #[test]
+    fn cache_max_staleness_defaults_to_ten_minutes_and_never_turns_it_off() {
+        assert_eq!(staleness(&[]), Some(Duration::from_secs(600)));
+        assert_eq!(staleness(&["--cache-max-staleness", "2s"]), Some(Duration::from_secs(2)));
+        for never in ["never", "0", "0s"] {
+            assert_eq!(staleness(&["--cache-max-staleness", never]), None, "{never}");
+        }
+        let err = <Cli<NoFlags> as Parser>::try_parse_from(["webhook", "--cache-max-staleness", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("`soon` is neither `never` nor a duration"), "{err}");
     }
 }

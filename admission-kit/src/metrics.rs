@@ -51,6 +51,13 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels naming a watch cache.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The cache (`namespaces`, `configmaps`, …).
+    pub cache: String,
+}
+
 /// Every metric the server records.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -79,6 +86,13 @@ pub struct Metrics {
     pub cert_expiry: Gauge<f64, AtomicU64>,
     /// Whether the server is draining (1) or not (0).
     pub draining: Gauge,
+    /// Per watch cache: 1 while synced and in contact with the API server; 0 before its first list
+    /// and while out of contact (see [`crate::cache`]).
+    pub cache_healthy: Family<CacheLabels, Gauge>,
+    /// Per watch cache: when the API server last answered it, as a Unix timestamp (0: never).
+    pub cache_last_contact: Family<CacheLabels, Gauge<f64, AtomicU64>>,
+    /// Per watch cache: failed lists, watches and checks.
+    pub cache_watch_errors: Family<CacheLabels, Counter>,
     registry: Registry,
 }
 
@@ -100,6 +114,9 @@ impl Metrics {
         let cert_reloads = Family::<ReloadLabels, Counter>::default();
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         let draining = Gauge::default();
+        let cache_healthy = Family::<CacheLabels, Gauge>::default();
+        let cache_last_contact = Family::<CacheLabels, Gauge<f64, AtomicU64>>::default();
+        let cache_watch_errors = Family::<CacheLabels, Counter>::default();
         registry.register("requests", "Admission reviews answered", requests.clone());
         registry.register("request_duration_seconds", "Time to answer an admission review", duration.clone());
         registry.register("requests_in_flight", "Admission reviews being answered", in_flight.clone());
@@ -124,6 +141,21 @@ impl Metrics {
             cert_expiry.clone(),
         );
         registry.register("draining", "1 while the server drains before exit", draining.clone());
+        registry.register(
+            "cache_healthy",
+            "1 while a watch cache is synced and in contact with the API server",
+            cache_healthy.clone(),
+        );
+        registry.register(
+            "cache_last_contact_timestamp_seconds",
+            "When the API server last answered a watch cache",
+            cache_last_contact.clone(),
+        );
+        registry.register(
+            "cache_watch_errors",
+            "Failed lists, watches and contact checks of a watch cache",
+            cache_watch_errors.clone(),
+        );
         Self {
             requests,
             duration,
@@ -137,6 +169,9 @@ impl Metrics {
             cert_reloads,
             cert_expiry,
             draining,
+            cache_healthy,
+            cache_last_contact,
+            cache_watch_errors,
             registry,
         }
     }

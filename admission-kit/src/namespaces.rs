@@ -81,12 +81,14 @@ impl NamespaceSource {
         !matches!(self, Self::Unknown)
     }
 
-    /// Starts a namespace metadata watch. Returns the source and a future that resolves once the
-    /// first list has been loaded (wire it into readiness).
-    pub fn watch(client: kube::Client) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        // `Api<PartialObjectMeta<_>>` asks the API server for metadata only.
+    /// Starts a namespace metadata watch (the cache `namespaces`). Returns the source and the
+    /// cache's health: give it to [`crate::server::Server::cache`] (readiness until the first list,
+    /// then while in contact with the API server; metrics).
+    #[must_use]
+    pub fn watch(client: kube::Client) -> (Self, crate::cache::CacheHealth) {
+        // Only the metadata is kept in the store.
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-        let (store, ready) = crate::cache::watch(api, watcher::Config::default(), "namespaces");
-        (Self::Cache(store), ready)
+        let (store, health) = crate::cache::watch(api, watcher::Config::default(), "namespaces");
+        (Self::Cache(store), health)
     }
 }

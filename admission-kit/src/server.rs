@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cache::{CacheHealth, CacheStatus, format_duration, format_time};
 use crate::metrics::Metrics;
 use crate::namespaces::NamespaceSource;
 use crate::pipeline::Pipeline;
@@ -73,7 +74,23 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// After the drain delay, how long in-flight requests may take before connections are cut.
     pub shutdown_timeout: Duration,
+    /// How long a watch cache ([`Server::cache`]) may be out of contact with the API server before
+    /// `/readyz` fails; `None`: never. Until then the server answers from the cache and `/readyz`
+    /// says `ok (degraded)`. Default 10 minutes: see [`DEFAULT_CACHE_MAX_STALENESS`].
+    pub cache_max_staleness: Option<Duration>,
 }
+
+/// The default of [`ServerConfig::cache_max_staleness`]: 10 minutes.
+///
+/// Readiness is per replica, but the usual reasons a cache loses the API server (the API server
+/// restarting or overloaded, a `NetworkPolicy` or RBAC change, a control-plane upgrade) hit every
+/// replica at once, and a webhook with no ready replica is the `failurePolicy` for every request
+/// it selects: `Fail` blocks them all, `Ignore` admits them unmutated. A cache a few minutes stale
+/// costs little (a namespace label or catalog change not yet seen; namespaces the cache has never
+/// seen are decided by the API server's own `namespaceSelector`). So the bound is long enough to
+/// ride out restarts and upgrades of the control plane, and short enough that a replica cut off on
+/// its own (its node's network) leaves the Service before its view drifts far.
+pub const DEFAULT_CACHE_MAX_STALENESS: Duration = Duration::from_secs(600);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -91,6 +108,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
+            cache_max_staleness: Some(DEFAULT_CACHE_MAX_STALENESS),
         }
     }
 }
@@ -136,32 +154,84 @@ pub enum ServerError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Readiness: certificate loaded, every gate passed, not draining.
+/// Readiness: certificate loaded, every gate passed, every cache synced and not out of contact
+/// for longer than the staleness bound, not draining.
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
     pending_gates: AtomicUsize,
     draining: AtomicBool,
+    caches: Vec<CacheHealth>,
+    max_staleness: Option<Duration>,
 }
 
 impl Readiness {
-    pub(crate) fn is_ready(&self) -> bool {
-        self.pending_gates.load(Ordering::Acquire) == 0 && !self.draining.load(Ordering::Acquire)
-    }
-
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
-    pub(crate) fn reasons(&self) -> String {
-        let mut reasons = Vec::new();
-        let pending = self.pending_gates.load(Ordering::Acquire);
-        if pending > 0 {
-            reasons.push(format!("{pending} cache(s) not yet synced"));
+    /// Whether the server is ready, and the `/readyz` body saying why (not).
+    pub(crate) fn check(&self) -> (bool, String) {
+        let caches: Vec<CacheStatus> = self.caches.iter().map(CacheHealth::status).collect();
+        verdict(
+            self.pending_gates.load(Ordering::Acquire),
+            self.draining.load(Ordering::Acquire),
+            &caches,
+            self.max_staleness,
+        )
+    }
+}
+
+/// The readiness decision and `/readyz` body, from the state it depends on.
+fn verdict(
+    pending_gates: usize,
+    draining: bool,
+    caches: &[CacheStatus],
+    max_staleness: Option<Duration>,
+) -> (bool, String) {
+    let mut unready = Vec::new();
+    let mut degraded = Vec::new();
+    if pending_gates > 0 {
+        unready.push(format!("{pending_gates} cache(s) not yet synced"));
+    }
+    for cache in caches {
+        let name = &cache.cache;
+        match (&cache.out_of_contact, cache.synced) {
+            (None, true) => {}
+            (None, false) => unready.push(format!("cache `{name}` not yet synced")),
+            (Some(lost), false) => unready.push(format!("cache `{name}` not yet synced: {}", lost.error)),
+            (Some(lost), true) => {
+                let what = format!(
+                    "cache `{name}` out of contact with the API server since {} ({} ago): {}",
+                    format_time(lost.since),
+                    format_duration(lost.elapsed),
+                    lost.error
+                );
+                match max_staleness {
+                    Some(max) if lost.elapsed > max => {
+                        unready.push(format!(
+                            "{what}; longer than the {} allowed (cache max staleness)",
+                            format_duration(max)
+                        ));
+                    }
+                    Some(max) => degraded.push(format!(
+                        "{what}; serving its last contents, unready after {} out of contact",
+                        format_duration(max)
+                    )),
+                    None => degraded.push(format!("{what}; serving its last contents (no staleness bound)")),
+                }
+            }
         }
-        if self.draining.load(Ordering::Acquire) {
-            reasons.push("draining before shutdown".to_owned());
-        }
-        reasons.join("; ")
+    }
+    if draining {
+        unready.push("draining before shutdown".to_owned());
+    }
+    if !unready.is_empty() {
+        unready.extend(degraded);
+        (false, format!("not ready: {}\n", unready.join("; ")))
+    } else if !degraded.is_empty() {
+        (true, format!("ok (degraded): {}\n", degraded.join("; ")))
+    } else {
+        (true, "ok\n".to_owned())
     }
 }
 
@@ -183,6 +253,7 @@ pub struct Server {
     pipelines: Vec<Pipeline>,
     namespaces: NamespaceSource,
     gates: Vec<Gate>,
+    caches: Vec<CacheHealth>,
     metrics: Metrics,
 }
 
@@ -191,6 +262,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("config", &self.config)
             .field("pipelines", &self.pipelines)
+            .field("caches", &self.caches)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +275,7 @@ impl Server {
             pipelines: pipelines.into_iter().collect(),
             namespaces: NamespaceSource::Unknown,
             gates: Vec::new(),
+            caches: Vec::new(),
             metrics: Metrics::new(),
         }
     }
@@ -216,6 +289,15 @@ impl Server {
     /// Stays unready until `gate` resolves (e.g. a cache's first sync).
     pub fn ready_when(mut self, gate: impl Future<Output = ()> + Send + 'static) -> Self {
         self.gates.push(Box::pin(gate));
+        self
+    }
+
+    /// Serves with a watch cache (from [`crate::cache::watch`], [`NamespaceSource::watch`], …):
+    /// unready until its first list has loaded; unready again while it has been out of contact
+    /// with the API server for longer than [`ServerConfig::cache_max_staleness`] (until then
+    /// `/readyz` says `ok (degraded)`); its health in the metrics (`admission_kit_cache_*`).
+    pub fn cache(mut self, health: CacheHealth) -> Self {
+        self.caches.push(health);
         self
     }
 
@@ -246,6 +328,9 @@ impl Server {
             seen.push(p);
         }
         let metrics = Arc::new(self.metrics);
+        for cache in &self.caches {
+            cache.attach_metrics(&metrics);
+        }
         let (store, reloader, ca_pem) = load_certificate(&self.config.tls)?;
         crate::tls::record_expiry(&metrics, &store.current());
         let tls = Arc::new(crate::tls::server_config(store.clone())?);
@@ -266,6 +351,8 @@ impl Server {
             readiness: Readiness {
                 pending_gates: AtomicUsize::new(self.gates.len()),
                 draining: AtomicBool::new(false),
+                caches: self.caches,
+                max_staleness: self.config.cache_max_staleness,
             },
             config: self.config.clone(),
         });
@@ -442,3 +529,6 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!("SIGTERM received"),
     }
 }
+
+#[cfg(test)]
+mod tests;

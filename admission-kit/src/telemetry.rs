@@ -42,11 +42,18 @@ pub enum TelemetryError {
     },
 }
 
-/// Installs the global subscriber; `filter` defaults to `$RUST_LOG`, then `info`. A second call
-/// (tests) keeps the first subscriber.
+/// The filter without `$RUST_LOG` or a filter given: `info`, except kube-runtime's watcher, which
+/// logs a warning on every retry of a forbidden list or watch; the caches log one warning per
+/// outage instead (see [`crate::cache`]).
+pub const DEFAULT_FILTER: &str = "info,kube_runtime::watcher=error";
+
+/// Installs the global subscriber; `filter` defaults to `$RUST_LOG`, then [`DEFAULT_FILTER`]. A
+/// second call (tests) keeps the first subscriber.
 pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryError> {
-    let text =
-        filter.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".to_owned());
+    let text = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| DEFAULT_FILTER.to_owned());
     let env_filter =
         EnvFilter::try_new(&text).map_err(|source| TelemetryError::Filter { filter: text.clone(), source })?;
     let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);

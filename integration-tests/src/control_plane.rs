@@ -1,6 +1,5 @@
 //! Starting and stopping the control plane.
 
-use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,6 +94,8 @@ fn free_port() -> anyhow::Result<u16> {
 pub struct ControlPlane {
     dir: tempfile::TempDir,
     processes: Vec<(String, Child)>,
+    /// How the API server was started, to start it again the same way ([`Self::restart_api_server`]).
+    api_server_command: (PathBuf, Vec<String>),
     /// The API server's URL, `https://127.0.0.1:<port>`.
     pub server: String,
     /// The admin kubeconfig's path.
@@ -148,7 +149,8 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> anyhow::Result<Child> {
-    let log = File::create(dir.join(format!("{name}.log")))?;
+    // Appended to: a restarted process adds to its log.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -180,6 +182,7 @@ impl ControlPlane {
         let mut plane = Self {
             dir,
             processes: Vec::new(),
+            api_server_command: (binaries.kube_apiserver.clone(), Vec::new()),
             server: server.clone(),
             kubeconfig: path.join("admin.kubeconfig"),
             ca_pem: pki.ca_pem.clone(),
@@ -202,27 +205,24 @@ impl ControlPlane {
         plane.processes.push(("etcd".to_owned(), etcd));
         plane.wait_http("etcd", &format!("{etcd_url}/health"), Duration::from_secs(30))?;
 
-        let apiserver = spawn(
-            &path,
-            "kube-apiserver",
-            &binaries.kube_apiserver,
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                "--advertise-address=127.0.0.1".to_owned(),
-                // The `kubernetes` Service's endpoints cannot be a loopback address; nothing here needs them.
-                "--endpoint-reconciler-type=none".to_owned(),
-                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-                "--authorization-mode=RBAC".to_owned(),
-                format!("--client-ca-file={}", ca.display()),
-                format!("--tls-cert-file={}", serving_cert.display()),
-                format!("--tls-private-key-file={}", serving_key.display()),
-                format!("--service-account-issuer={server}"),
-                format!("--service-account-key-file={}", sa_pub.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-            ],
-        )?;
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            // The `kubernetes` Service's endpoints cannot be a loopback address; nothing here needs them.
+            "--endpoint-reconciler-type=none".to_owned(),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            "--authorization-mode=RBAC".to_owned(),
+            format!("--client-ca-file={}", ca.display()),
+            format!("--tls-cert-file={}", serving_cert.display()),
+            format!("--tls-private-key-file={}", serving_key.display()),
+            format!("--service-account-issuer={server}"),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+        ];
+        let apiserver = spawn(&path, "kube-apiserver", &binaries.kube_apiserver, &apiserver_args)?;
+        plane.api_server_command.1 = apiserver_args;
         plane.processes.push(("kube-apiserver".to_owned(), apiserver));
         plane.write_kubeconfig(&admin_cert, &admin_key)?;
         let cm_kubeconfig = plane.kubeconfig_for(&path, "controller-manager.kubeconfig", &cm_cert, &cm_key)?;
@@ -247,6 +247,51 @@ impl ControlPlane {
         )?;
         plane.processes.push(("kube-controller-manager".to_owned(), controller_manager));
         Ok(plane)
+    }
+
+    fn api_server(&mut self) -> anyhow::Result<&mut Child> {
+        self.processes
+            .iter_mut()
+            .find_map(|(name, child)| (name == "kube-apiserver").then_some(child))
+            .context("the API server is not running")
+    }
+
+    fn signal_api_server(&mut self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.api_server()?.id();
+        let status = Command::new("kill").args([signal, &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed ({status})");
+        Ok(())
+    }
+
+    /// Freezes the API server (SIGSTOP): its port and connections stay open and nothing answers,
+    /// as with a hung API server or a network that drops packets.
+    pub fn pause_api_server(&mut self) -> anyhow::Result<()> {
+        self.signal_api_server("-STOP")
+    }
+
+    /// Lets a paused API server run again (SIGCONT).
+    pub fn resume_api_server(&mut self) -> anyhow::Result<()> {
+        self.signal_api_server("-CONT")
+    }
+
+    /// Kills the API server (paused or not): connections to its port are refused until
+    /// [`Self::restart_api_server`]. etcd and the controller manager keep running.
+    pub fn kill_api_server(&mut self) -> anyhow::Result<()> {
+        let child = self.api_server()?;
+        child.kill()?;
+        child.wait()?;
+        self.processes.retain(|(name, _)| name != "kube-apiserver");
+        Ok(())
+    }
+
+    /// Starts the API server again as it was first started: same port, certificates and etcd (so
+    /// the same objects), and waits until it is ready.
+    pub fn restart_api_server(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.api_server().is_err(), "the API server is still running; kill it first");
+        let (program, args) = self.api_server_command.clone();
+        let apiserver = spawn(self.dir.path(), "kube-apiserver", &program, &args)?;
+        self.processes.push(("kube-apiserver".to_owned(), apiserver));
+        self.wait_ready(Duration::from_secs(180))
     }
 
     /// The directory holding certificates, kubeconfigs and logs.
@@ -346,7 +391,8 @@ impl Drop for ControlPlane {
             let _ = child.wait();
         }
         if failed {
-            for (name, _) in &self.processes {
+            // Every process's log, including an API server killed by a test.
+            for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
                 eprintln!("---- {name} log (last 40 lines) ----\n{}", self.log_tail(name));
             }
         }

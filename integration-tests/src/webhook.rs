@@ -136,21 +136,20 @@ fn injector_server(
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     let store = Arc::new(CatalogStore::load(sources)?);
     store.clone().spawn_reload(config.catalog_reload_interval()?, None);
-    let (namespaces, namespaces_synced) = NamespaceSource::watch(client.clone());
-    let mut gates =
-        vec![Box::pin(namespaces_synced) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>];
+    let (namespaces, namespaces_health) = NamespaceSource::watch(client.clone());
+    let mut caches = vec![namespaces_health];
     let configmaps = if config.namespace_catalogs {
-        let (catalogs, synced) =
+        let (catalogs, health) =
             NamespaceCatalogs::watch(client.clone(), &config.namespace_catalog_key, &config.namespace_catalog_selector);
-        gates.push(Box::pin(synced));
+        caches.push(health);
         Some(Arc::new(catalogs))
     } else {
         None
     };
     let pipeline = sidecar_injector::pipeline_with(config, store, configmaps, None)?;
     let mut server = Server::new(server_config, [pipeline.clone()]).namespaces(namespaces);
-    for gate in gates {
-        server = server.ready_when(gate);
+    for cache in caches {
+        server = server.cache(cache);
     }
     Ok((server, pipeline))
 }

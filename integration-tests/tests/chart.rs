@@ -192,7 +192,9 @@ fn rendered_configuration_and_catalog_load_in_the_injector() {
     assert_eq!(config.timeout_seconds, 5);
     assert_eq!(config.server.tls_cert_file.as_deref(), Some(Path::new("/etc/sidecar-injector/tls/tls.crt")));
     assert_eq!(config.server.drain_delay, "7s");
-    config.server_config().expect("server settings are valid");
+    assert_eq!(config.server.cache_max_staleness, "never");
+    let server = config.server_config().expect("server settings are valid");
+    assert_eq!(server.cache_max_staleness, None, "never: readiness does not depend on the caches' contact");
 
     let catalog = r.one("ConfigMap", Some("sidecar-injector-catalog")).unwrap();
     let catalog_file = dir.path().join("sidecars.yaml");
@@ -357,6 +359,7 @@ fn schema_rejects_bad_values() {
         ("not a PEM bundle", "tls:\n  caBundle: hello\n", "caBundle"),
         ("a webhook name that is not fully qualified", "webhook:\n  name: injector\n", "name"),
         ("a bad duration", "catalog:\n  reloadInterval: soon\n", "reloadInterval"),
+        ("a bad staleness bound", "injector:\n  cacheMaxStaleness: forever\n", "cacheMaxStaleness"),
         ("a plain-HTTP url", "webhook:\n  url: http://10.0.0.1\n", "url"),
     ];
     for (what, values, named) in cases {

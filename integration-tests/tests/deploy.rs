@@ -431,9 +431,8 @@ async fn check_injector_runs(
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     let store = Arc::new(CatalogStore::load(sources)?);
     let pipeline = sidecar_injector::pipeline(&config, store, None)?;
-    let (namespaces, synced) = NamespaceSource::watch(service_account_client(deployer, dir).await?);
-    let server =
-        Server::new(config.server_config()?, [pipeline]).namespaces(namespaces).ready_when(synced).start().await?;
+    let (namespaces, cache) = NamespaceSource::watch(service_account_client(deployer, dir).await?);
+    let server = Server::new(config.server_config()?, [pipeline]).namespaces(namespaces).cache(cache).start().await?;
     wait_ready(&server)
         .await
         .context("the injector never became ready as its ServiceAccount: is the RBAC in deploy/rbac.yaml enough?")?;

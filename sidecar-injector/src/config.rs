@@ -48,6 +48,11 @@ pub struct ServerSettings {
     pub shutdown_timeout: String,
     /// Watch namespaces for their labels: `auto`, `always` or `never`.
     pub namespace_cache: String,
+    /// How long a watch cache (namespace labels, `ConfigMap` catalogs) may be out of contact with
+    /// the API server before `/readyz` fails: a duration, or `never` (also `0`). Until then the
+    /// injector answers from the cache and `/readyz` says `ok (degraded)`.
+    #[serde(deserialize_with = "string_or_number")]
+    pub cache_max_staleness: String,
     /// Log format: `text` or `json`.
     pub log_format: String,
 }
@@ -66,9 +71,32 @@ impl Default for ServerSettings {
             drain_delay: "5s".to_owned(),
             shutdown_timeout: "30s".to_owned(),
             namespace_cache: "auto".to_owned(),
+            cache_max_staleness: "10m".to_owned(),
             log_format: "text".to_owned(),
         }
     }
+}
+
+/// A string, or a number as its text: `0` from an environment variable or `--set` arrives as a
+/// number, and means what `"0"` does.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text)
 }
 
 /// The whole configuration. Defaults reproduce the Expedia injector.
@@ -384,6 +412,8 @@ impl Config {
         config.max_connections = s.max_connections;
         config.drain_delay = duration("server.drainDelay", &s.drain_delay)?;
         config.shutdown_timeout = duration("server.shutdownTimeout", &s.shutdown_timeout)?;
+        config.cache_max_staleness = admission_kit::cli::parse_staleness(&s.cache_max_staleness)
+            .map_err(|problem| ConfigError::Value { key: "server.cacheMaxStaleness", problem })?;
         Ok(config)
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use admission_kit::cache::CacheHealth;
 use admission_kit::metrics::Metrics;
 use admission_kit::namespaces::NamespaceSource;
 use admission_kit::server::{Server, shutdown_signal};
@@ -193,17 +194,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
     let injector_metrics = InjectorMetrics::register(&mut metrics);
     injector_metrics.reloaded(true, store.current().len());
-    let mut gates = Vec::new();
+    let mut caches = Vec::new();
     let configmap_catalogs = if config.namespace_catalogs {
         let client = admission_kit::reexports::kube::Client::try_default()
             .await
             .context("namespaceCatalogs needs cluster access (in-cluster or a kubeconfig)")?;
-        let (catalogs, ready) = sidecar_injector::catalog::NamespaceCatalogs::watch(
+        let (catalogs, health) = sidecar_injector::catalog::NamespaceCatalogs::watch(
             client,
             &config.namespace_catalog_key,
             &config.namespace_catalog_selector,
         );
-        gates.push(ready);
+        caches.push(health);
         Some(Arc::new(catalogs.counting_failures(injector_metrics.namespace_catalog_failures.clone())))
     } else {
         None
@@ -212,13 +213,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sidecar_injector::pipeline_with(&config, store.clone(), configmap_catalogs, Some(&injector_metrics))?;
     store.clone().spawn_reload(config.catalog_reload_interval()?, Some(injector_metrics));
 
-    let (namespaces, ready) = namespace_source(&config.server.namespace_cache).await?;
+    let (namespaces, namespace_cache) = namespace_source(&config.server.namespace_cache).await?;
+    caches.extend(namespace_cache);
     let mut server = Server::new(config.server_config()?, [pipeline]).namespaces(namespaces).metrics(metrics);
-    if let Some(ready) = ready {
-        server = server.ready_when(ready);
-    }
-    for gate in gates {
-        server = server.ready_when(gate);
+    for cache in caches {
+        server = server.cache(cache);
     }
     let running = server.start().await?;
     print_banner(&running, &store, &config);
@@ -251,16 +250,14 @@ fn print_banner(running: &admission_kit::server::RunningServer, store: &CatalogS
     }
 }
 
-async fn namespace_source(
-    mode: &str,
-) -> anyhow::Result<(NamespaceSource, Option<impl std::future::Future<Output = ()> + Send + 'static>)> {
+async fn namespace_source(mode: &str) -> anyhow::Result<(NamespaceSource, Option<CacheHealth>)> {
     if mode == "never" {
         return Ok((NamespaceSource::Unknown, None));
     }
     match admission_kit::reexports::kube::Client::try_default().await {
         Ok(client) => {
-            let (source, ready) = NamespaceSource::watch(client);
-            Ok((source, Some(ready)))
+            let (source, health) = NamespaceSource::watch(client);
+            Ok((source, Some(health)))
         }
         Err(error) if mode == "auto" => {
             tracing::warn!(%error, "no cluster access: namespace labels will not be cached");

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use admission_kit::metrics::{Metrics, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels};
+use admission_kit::metrics::{CacheLabels, Metrics, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels};
 use serde_json::Value;
 use sidecar_injector::config::{Config, ENV_PREFIX, env_var};
 use sidecar_injector::metrics::{InjectionLabels, InjectorMetrics};
@@ -286,6 +286,10 @@ fn exposed_metrics() -> BTreeSet<String> {
     metrics.fail_open.get_or_create(&step).inc();
     metrics.failures.get_or_create(&step).inc();
     metrics.cert_reloads.get_or_create(&ReloadLabels { result: "success".into() }).inc();
+    let cache = CacheLabels { cache: "namespaces".into() };
+    metrics.cache_healthy.get_or_create(&cache).set(1);
+    metrics.cache_last_contact.get_or_create(&cache).set(1.0);
+    metrics.cache_watch_errors.get_or_create(&cache).inc();
     injector.injections.get_or_create(&InjectionLabels { sidecar: "s".into(), outcome: "injected".into() }).inc();
     injector.reloaded(true, 1);
     let text = metrics.encode();

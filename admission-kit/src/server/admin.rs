@@ -21,12 +21,11 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// 200 `ok`, 200 `ok (degraded): …` while a cache is out of contact within its staleness bound, or
+/// 503 `not ready: …` with every reason.
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.readiness.is_ready() {
-        (StatusCode::OK, "ok\n".to_owned())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", shared.readiness.reasons()))
-    }
+    let (ready, body) = shared.readiness.check();
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -172,5 +172,6 @@ server:
   drainDelay: "{{ $i.drainDelaySeconds }}s"
   shutdownTimeout: "{{ $i.shutdownTimeoutSeconds }}s"
   namespaceCache: {{ $i.namespaceCache }}
+  cacheMaxStaleness: {{ $i.cacheMaxStaleness | quote }}
   logFormat: {{ $i.logFormat }}
 {{- end }}

@@ -58,20 +58,22 @@ impl NamespaceCatalogs {
         self
     }
 
-    /// Starts a `ConfigMap` watch over all namespaces (narrowed by `label_selector` when not empty).
-    /// Returns the catalogs and a future resolving after the first list (a readiness gate).
+    /// Starts a `ConfigMap` watch over all namespaces (narrowed by `label_selector` when not empty),
+    /// the cache `configmaps`. Returns the catalogs and the cache's health, for
+    /// [`admission_kit::server::Server::cache`] (readiness, metrics). Without the API server the
+    /// catalogs are served from the cache as last seen.
     pub fn watch(
         client: kube::Client,
         key: impl Into<String>,
         label_selector: &str,
-    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+    ) -> (Self, admission_kit::cache::CacheHealth) {
         let mut config = watcher::Config::default();
         if !label_selector.is_empty() {
             config = config.labels(label_selector);
         }
         let api: kube::Api<ConfigMap> = kube::Api::all(client);
-        let (reader, ready) = admission_kit::cache::watch(api, config, "configmaps");
-        (Self::new(reader, key), ready)
+        let (reader, health) = admission_kit::cache::watch(api, config, "configmaps");
+        (Self::new(reader, key), health)
     }
 
     /// The sidecars of `ConfigMap` `name` in `namespace`: `None` if there is no such `ConfigMap` (or

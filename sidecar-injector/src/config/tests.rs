@@ -66,3 +66,24 @@ fn environment_variable_names_map_to_camel_case_keys() {
     assert_eq!(env_key_to_camel("server__webhook_addr"), "server.webhookAddr");
     assert_eq!(env_key_to_camel("ANNOTATION_PREFIX"), "annotationPrefix");
 }
+
+#[test]
+fn cache_max_staleness_is_a_duration_or_never() {
+    let staleness = |value: Value| Config::load(None, &[("server.cacheMaxStaleness".into(), value)]);
+    let bound = |value: Value| staleness(value).unwrap().server_config().unwrap().cache_max_staleness;
+    assert_eq!(
+        Config::load(None, &[]).unwrap().server_config().unwrap().cache_max_staleness,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(bound(Value::from("2s")), Some(Duration::from_secs(2)));
+    assert_eq!(bound(Value::from("1h30m")), Some(Duration::from_secs(5400)));
+    assert_eq!(bound(Value::from("never")), None);
+    assert_eq!(bound(Value::from("0")), None);
+    assert_eq!(bound(Value::from("0s")), None);
+    assert_eq!(bound(Value::from(0)), None, "`0` from an environment variable or --set is a number");
+    let err = staleness(Value::from("forever")).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "invalid configuration: `server.cacheMaxStaleness` `forever` is neither `never` nor a duration like 30s, 10m or 1h"
+    );
+}
