@@ -21,6 +21,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// The path both servers serve reviews on, with the `?timeout=` the API server adds.
 pub const REVIEW_PATH: &str = "/mutate?timeout=10s";
@@ -41,14 +42,27 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// Verifies the server against `ca_pem` under the name `localhost`.
     pub fn verifying(ca_pem: &str) -> anyhow::Result<Self> {
+        Self::verifying_with(ca_pem, true)
+    }
+
+    /// As [`Tls::verifying`], but never resuming a session: every handshake makes the server send
+    /// the certificate it serves now (a resumed session would report the one it was made with).
+    pub fn verifying_fresh(ca_pem: &str) -> anyhow::Result<Self> {
+        Self::verifying_with(ca_pem, false)
+    }
+
+    fn verifying_with(ca_pem: &str, resumption: bool) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             roots.add(cert.context("failed to read the CA PEM")?)?;
         }
-        let config = ClientConfig::builder_with_provider(admission_kit::tls::provider())
+        let mut config = ClientConfig::builder_with_provider(admission_kit::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        if !resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         Ok(Self { connector: TlsConnector::from(Arc::new(config)), name: ServerName::try_from("localhost")? })
     }
 
@@ -120,6 +134,9 @@ pub struct Reply {
     pub status: http::StatusCode,
     /// The body.
     pub body: Bytes,
+    /// The server answered with `Connection: close`: the connection must not be used again (Go's
+    /// `http.Transport`, the API server's client, then opens a new one for the next request).
+    pub close: bool,
 }
 
 impl Reply {
@@ -134,14 +151,32 @@ fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Connects and completes the TLS handshake; the TLS stream, for writing raw HTTP.
+pub async fn connect_tls(addr: SocketAddr, tls: &Tls) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await.with_context(|| format!("failed to connect to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    tls.connector.connect(tls.name.clone(), tcp).await.with_context(|| format!("TLS handshake with {addr}"))
+}
+
+/// Completes one full handshake with `addr` and returns the leaf certificate the server presented
+/// (DER). Use a [`Tls::verifying_fresh`] configuration, so that the server sends its certificate.
+pub async fn served_certificate(addr: SocketAddr, tls: &Tls) -> anyhow::Result<Vec<u8>> {
+    let stream = connect_tls(addr, tls).await?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.as_ref().to_vec())
+        .context("the server presented no certificate")?;
+    Ok(leaf)
+}
+
 impl Connection {
     /// Connects and completes the TLS handshake. The connection's driver runs as a task on the
     /// current runtime.
     pub async fn open(addr: SocketAddr, tls: &Tls) -> anyhow::Result<Self> {
-        let tcp = TcpStream::connect(addr).await.with_context(|| format!("failed to connect to {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let stream =
-            tls.connector.connect(tls.name.clone(), tcp).await.with_context(|| format!("TLS handshake with {addr}"))?;
+        let stream = connect_tls(addr, tls).await?;
         let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = driver.await;
@@ -161,8 +196,13 @@ impl Connection {
         }
         let response = self.sender.send_request(request.body(Full::new(body))?).await?;
         let status = response.status();
+        let close = response
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
         let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, body })
+        Ok(Reply { status, body, close })
     }
 
     /// Whether the connection can take another request.

@@ -7,11 +7,14 @@
 //! - [`client`], [`load`]: the HTTPS client and the open-loop load driver.
 //! - [`servers`]: the servers as pinned child processes, measured through `/proc`.
 //! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
+//! - [`fault`]: `bench fault`, the fault tests (soak, certificate rotation, SIGTERM takeover,
+//!   stalled connections, hostile bodies, broken catalog).
 //!
 //! See `bench/README.md`.
 
 pub mod client;
 pub mod corpus;
+pub mod fault;
 pub mod gate;
 pub mod inprocess;
 pub mod load;

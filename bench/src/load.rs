@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
-use crate::client::{Connection, REVIEW_PATH, Tls};
+use crate::client::{Connection, REVIEW_PATH, Reply, Tls};
 
 /// Requests that take longer than this count as errors.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +41,26 @@ pub struct OpenLoop {
     pub connections: usize,
     /// The review to send.
     pub body: Bytes,
+    /// A check of every admitted answer beyond `"allowed":true` (the fault tests look into the
+    /// patch); an answer it refuses counts as an error.
+    pub check: Option<Check>,
 }
+
+/// A check of an admitted answer: `Err` says what is wrong with it.
+#[derive(Clone)]
+pub struct Check(pub Arc<CheckFn>);
+
+/// The function of a [`Check`].
+pub type CheckFn = dyn Fn(&Reply) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Check(..)")
+    }
+}
+
+/// How many failures a run describes in [`LoadReport::error_samples`].
+const ERROR_SAMPLES: usize = 5;
 
 /// What an open-loop run measured.
 #[derive(Clone, Debug)]
@@ -60,6 +79,11 @@ pub struct LoadReport {
     pub window: Duration,
     /// Reviews admitted over the whole run, warm-up included (for CPU per review).
     pub answered_total: u64,
+    /// Connections opened during the run, after the initial ones: after the server answered with
+    /// `Connection: close`, or after a failure.
+    pub reopened: u64,
+    /// What the first few failures were (measured window only).
+    pub error_samples: Vec<String>,
 }
 
 impl LoadReport {
@@ -132,6 +156,18 @@ struct Shared {
     ok: AtomicU64,
     errors: AtomicU64,
     answered_total: AtomicU64,
+    reopened: AtomicU64,
+    error_samples: std::sync::Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn failed(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut samples = self.error_samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if samples.len() < ERROR_SAMPLES {
+            samples.push(what);
+        }
+    }
 }
 
 /// Runs an open-loop load against `addr`. Must run inside a tokio runtime (the harness uses a
@@ -149,6 +185,8 @@ pub async fn open_loop(addr: SocketAddr, tls: &Tls, spec: &OpenLoop) -> anyhow::
         ok: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         answered_total: AtomicU64::new(0),
+        reopened: AtomicU64::new(0),
+        error_samples: std::sync::Mutex::new(Vec::new()),
     });
     let (tx, rx) = mpsc::unbounded_channel::<(Instant, bool)>();
     let rx = Arc::new(Mutex::new(rx));
@@ -156,8 +194,8 @@ pub async fn open_loop(addr: SocketAddr, tls: &Tls, spec: &OpenLoop) -> anyhow::
     for conn in connections {
         let rx = rx.clone();
         let shared = shared.clone();
-        let body = spec.body.clone();
-        workers.push(tokio::spawn(worker(addr, tls.clone(), conn, rx, shared, body)));
+        let request = Request { body: spec.body.clone(), check: spec.check.clone() };
+        workers.push(tokio::spawn(worker(addr, tls.clone(), conn, rx, shared, request)));
     }
     // The ticker: a plain thread, so that its sleeps are nanosleep-precise.
     let (start_std, measure_std, end_std) = (start.into_std(), measure_from.into_std(), end.into_std());
@@ -208,7 +246,33 @@ pub async fn open_loop(addr: SocketAddr, tls: &Tls, spec: &OpenLoop) -> anyhow::
         dispatch_lag_us: lag,
         window: spec.duration,
         answered_total: shared.answered_total.load(Ordering::Relaxed),
+        reopened: shared.reopened.load(Ordering::Relaxed),
+        error_samples: std::mem::take(
+            &mut *shared.error_samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
     })
+}
+
+/// What every worker sends.
+struct Request {
+    body: Bytes,
+    check: Option<Check>,
+}
+
+/// The verdict on one outcome: `Ok` for an admitted answer the check (if any) accepts.
+fn verdict(
+    outcome: &Result<anyhow::Result<Reply>, tokio::time::error::Elapsed>,
+    check: Option<&Check>,
+) -> Result<(), String> {
+    match outcome {
+        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(error)) => Err(format!("{error:#}")),
+        Ok(Ok(reply)) if !reply.is_admitted() => {
+            let body = String::from_utf8_lossy(&reply.body);
+            Err(format!("HTTP {}: {}", reply.status, body.chars().take(300).collect::<String>()))
+        }
+        Ok(Ok(reply)) => check.map_or(Ok(()), |c| (c.0)(reply)),
+    }
 }
 
 async fn worker(
@@ -217,7 +281,7 @@ async fn worker(
     conn: Connection,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<(Instant, bool)>>>,
     shared: Arc<Shared>,
-    body: Bytes,
+    request: Request,
 ) {
     let mut conn = Some(conn);
     loop {
@@ -225,31 +289,36 @@ async fn worker(
         let Some((at, measured)) = next else { break };
         if Instant::now() > shared.give_up {
             if measured {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+                shared.failed("still queued when the run's time was up".to_owned());
             }
             continue;
         }
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
             if conn.as_ref().is_none_or(|c| !c.is_open()) {
+                shared.reopened.fetch_add(1, Ordering::Relaxed);
                 conn = Some(Connection::open(addr, &tls).await?);
             }
             let c = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no connection"))?;
-            c.post(REVIEW_PATH, body.clone(), false).await
+            c.post(REVIEW_PATH, request.body.clone(), false).await
         })
         .await;
         let admitted = matches!(&outcome, Ok(Ok(reply)) if reply.is_admitted());
         if admitted {
             shared.answered_total.fetch_add(1, Ordering::Relaxed);
-        } else {
+        }
+        // A connection the server asked to close (`Connection: close`, as while draining) is not
+        // used again, as Go's http.Transport does not; nor is one that failed.
+        if !matches!(&outcome, Ok(Ok(reply)) if reply.is_admitted() && !reply.close) {
             conn = None;
         }
         if !measured {
             continue;
         }
-        if admitted {
-            shared.ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
+        match verdict(&outcome, request.check.as_ref()) {
+            Ok(()) => {
+                shared.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(what) => shared.failed(what),
         }
         let elapsed = Instant::now().saturating_duration_since(at);
         let _ = shared.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(micros(elapsed));
@@ -345,6 +414,7 @@ pub async fn max_throughput(addr: SocketAddr, tls: &Tls, body: Bytes, search: &S
             warmup: search.warmup,
             connections: search.connections,
             body: body.clone(),
+            check: None,
         };
         let report = open_loop(addr, tls, &spec).await?;
         let p99 = report.latency_ms(0.99);

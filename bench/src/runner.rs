@@ -289,8 +289,15 @@ fn newest(paths: &[PathBuf]) -> Option<std::time::SystemTime> {
 }
 
 fn find_ours(root: &Path, opts: &Options) -> anyhow::Result<PathBuf> {
-    let path = match &opts.ours {
-        Some(p) => p.clone(),
+    injector_binary(root, opts.ours.as_deref(), opts.allow_stale)
+}
+
+/// The sidecar-injector binary: `explicit`, else `target/release/sidecar-injector` (under
+/// `CARGO_TARGET_DIR` when set). Refused when missing, or older than its sources unless
+/// `allow_stale`.
+pub fn injector_binary(root: &Path, explicit: Option<&Path>, allow_stale: bool) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
         None => std::env::var_os("CARGO_TARGET_DIR")
             .map_or_else(|| root.join("target"), PathBuf::from)
             .join("release/sidecar-injector"),
@@ -314,7 +321,7 @@ fn find_ours(root: &Path, opts: &Options) -> anyhow::Result<PathBuf> {
     let built = std::fs::metadata(&path)?.modified()?;
     if let Some(newest) = newest(&sources)
         && newest > built
-        && !opts.allow_stale
+        && !allow_stale
     {
         bail!(
             "{} is older than its sources: rebuild it with `cargo build --release -p sidecar-injector` (or pass --allow-stale)",
@@ -324,7 +331,7 @@ fn find_ours(root: &Path, opts: &Options) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
+pub(crate) fn command_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -407,6 +414,7 @@ impl Bench<'_> {
                 warmup: self.plan.warmup,
                 connections: self.connections,
                 body: body(self.corpus, *size),
+                check: None,
             };
             let cpu_before = server.cpu_time()?;
             let report = load::open_loop(server.webhook, self.tls, &spec).await?;
@@ -802,6 +810,7 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
             warmup: Duration::from_secs(1),
             connections: opts.connections,
             body: body(&corpus, opts.size),
+            check: None,
         };
         let report = load::open_loop(server.webhook, &tls, &load).await?;
         let cpu = server.cpu_time()?.saturating_sub(cpu_before);

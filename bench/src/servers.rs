@@ -77,6 +77,12 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 impl Spec {
     /// Spawns the server. Returns at once; see [`Running::wait_ready`].
     pub fn spawn(&self, run: usize) -> anyhow::Result<Running> {
+        self.spawn_with(run, &[], "warn")
+    }
+
+    /// Spawns the server with `extra` arguments after the usual ones (ours: more `--set key=value`
+    /// or `--config FILE`; a later `--set` of a key wins) and `RUST_LOG` at `log_level`.
+    pub fn spawn_with(&self, run: usize, extra: &[String], log_level: &str) -> anyhow::Result<Running> {
         let webhook = free_port()?;
         let log = self.log_dir.join(format!("{}-{run}.log", self.kind.name()));
         let out = std::fs::File::create(&log)?;
@@ -106,7 +112,8 @@ impl Spec {
                     .args(set("server.adminAddr", admin.to_string()))
                     .args(set("server.tlsCertFile", self.cert_dir.join("tls.crt").display().to_string()))
                     .args(set("server.tlsKeyFile", self.cert_dir.join("tls.key").display().to_string()))
-                    .env("RUST_LOG", "warn");
+                    .args(extra)
+                    .env("RUST_LOG", log_level);
                 Some(admin)
             }
             Kind::Go => {
@@ -166,6 +173,25 @@ impl Running {
             bail!("{} exited ({status}); log: {}", self.kind.name(), self.log_tail());
         }
         Ok(())
+    }
+
+    /// Sends `signal` (a name such as `TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status =
+            Command::new("kill").args(["-s", signal, &self.pid.to_string()]).status().context("failed to run kill")?;
+        anyhow::ensure!(status.success(), "kill -s {signal} {} failed: {status}", self.pid);
+        Ok(())
+    }
+
+    /// The exit status, if the server has exited (reaps it).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The file holding the server's stdout and stderr.
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The last lines of the server's log.
