@@ -334,9 +334,7 @@ impl Server {
         let (store, reloader, ca_pem) = load_certificate(&self.config.tls)?;
         crate::tls::record_expiry(&metrics, &store.current());
         let tls = Arc::new(crate::tls::server_config(store.clone())?);
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
-        };
+        let bind = |addr: SocketAddr| async move { listen(addr).map_err(|source| ServerError::Bind { addr, source }) };
         let webhook_listener = bind(self.config.webhook_addr).await?;
         let admin_listener = bind(self.config.admin_addr).await?;
         let webhook_addr = webhook_listener
@@ -410,6 +408,20 @@ impl Server {
 
 /// The serving certificate: loaded from files (with their reloader) or generated (with its CA).
 type LoadedCertificate = (Arc<CertStore>, Option<(FileReloader, Duration)>, Option<String>);
+
+/// The listen backlog of both ports: connections the kernel completes before the server accepts
+/// them. A burst of new connections beyond it (a rolling restart of API servers, a reconnect storm)
+/// is dropped by the kernel and retried by clients a second later; tokio's default is 128, Go's
+/// `net.Listen` uses the system's maximum (`net.core.somaxconn`, which also caps this value).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted server can bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 fn load_certificate(tls: &TlsSource) -> Result<LoadedCertificate, TlsError> {
     match tls {

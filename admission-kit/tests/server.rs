@@ -722,3 +722,25 @@ async fn hostile_bodies_in_process_get_400_not_a_crash() {
         (200, &json!("in-process"), &json!("JSONPatch"))
     );
 }
+
+/// A burst of new connections must not overflow the kernel's accept queue: the webhook port listens
+/// with the system's maximum backlog, not tokio's default of 128 (the `stalled-connections` fault
+/// test saw 128 overflow with 1,000 connections opened at once). `ss` reports a listening socket's
+/// backlog as its Send-Q.
+#[tokio::test]
+async fn both_ports_listen_with_the_system_maximum_backlog() {
+    let server = start(ServerConfig::local()).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let expected = somaxconn.min(admission_kit::server::LISTEN_BACKLOG);
+    assert!(expected > 128, "this machine's somaxconn is {somaxconn}: nothing to tell apart from tokio's default");
+    for addr in [server.webhook_addr(), server.admin_addr()] {
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{}", addr.port())])
+            .output()
+            .expect("`ss` (iproute2) reads the listen backlog");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // State Recv-Q Send-Q Local-Address:Port Peer-Address:Port
+        let backlog: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+        assert_eq!(backlog, vec![expected.to_string()], "ss for {addr}: {text}");
+    }
+}
