@@ -393,6 +393,8 @@ fn report(c: &Circumstances<'_>) -> String {
         if short { " --short" } else { "" },
     );
     let passed = c.outcomes.iter().filter(|o| o.passed()).count();
+    // The book's Benchmarks page includes what lies between the anchors (mdBook `{{#include}}`).
+    let _ = writeln!(md, "<!-- ANCHOR: table -->");
     let _ = writeln!(md, "- Result: **{passed} of {} passed**.", c.outcomes.len());
     let _ = writeln!(
         md,
@@ -450,6 +452,7 @@ fn report(c: &Circumstances<'_>) -> String {
             if short { " --short" } else { "" },
         );
     }
+    md.push_str("\n<!-- ANCHOR_END: table -->\n");
     md.push_str(
         "\nServer logs and scratch files of this run: `target/fault-short/` or `target/fault-full/`, one directory \
          per scenario. Each scenario is described in `bench/README.md`, \"Fault tests\".\n",

@@ -199,6 +199,8 @@ impl Report {
             self.meta.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default()
         };
         let _ = writeln!(md, "# Benchmark: sidecar-injector vs the Go (controller-runtime) baseline\n");
+        // The book's Benchmarks page includes what lies between the anchors (mdBook `{{#include}}`).
+        let _ = writeln!(md, "<!-- ANCHOR: report -->");
         let _ = writeln!(md, "Written by `{}` on {} (commit {}).\n", meta("command"), meta("date"), meta("commit"));
         let _ = writeln!(
             md,
@@ -272,6 +274,7 @@ impl Report {
                     writeln!(md, "- {} — {}: {} ({verdict})", f.label, t.text, value.unwrap_or_else(|| "—".to_owned()));
             }
         }
+        let _ = writeln!(md, "\n<!-- ANCHOR_END: report -->");
         if let Some(notes) = self.meta.get("notes").and_then(|n| n.as_array()) {
             let _ = writeln!(md, "\n## Notes\n");
             for n in notes {
