@@ -41,6 +41,29 @@ if [ "$status" -ne 0 ]; then echo "$summary"; exit "$status"; fi
 echo "== book"
 bash scripts/test-book.sh
 
+# The fault tests' short variant against the real release binary (soak, certificate rotation,
+# SIGTERM with a second replica taking over, stalled connections, hostile bodies, broken catalog):
+# correctness enforced, timing reported. Release builds go to a build directory in the cache root,
+# so that a warm run rebuilds only this project's crates. Cluster access lost is the cluster_access
+# integration test above.
+echo "== fault tests (short)"
+release_target="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/release-target"
+CARGO_TARGET_DIR="$release_target" bash scripts/fault-tests.sh --short
+
+# The benchmark harness end to end, once and briefly: the correctness gate (sidecar-injector's and
+# the Go baseline's patches give the same pods, for every corpus size), then one short run of every
+# figure. No timing is checked here; the figures go to target/bench-quick/.
+echo "== benchmark smoke (bench run --quick)"
+CARGO_TARGET_DIR="$release_target" "$release_target/release/bench" run --quick >/dev/null
+echo "bench smoke: gate passed, every figure measured once (target/bench-quick/latest.md)"
+
+# A short fuzz run of every target (review decoding, the whole pipeline, catalog parsing), from the
+# committed seeds and past findings. The build directory and the corpus libFuzzer grows live in the
+# cache root, so a warm run rebuilds only this project's crates; the first run builds everything
+# (about 15 minutes on 2 cores).
+echo "== fuzz (short run)"
+FUZZ_TARGET_DIR="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/fuzz-target" bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
+
 # The same scenarios on a kind cluster with the chart's own pods: needs a Docker engine. Without
 # one the script says so and exits 2, reported here as not run (never as passed).
 echo "== kind end-to-end (Docker only)"
