@@ -5,7 +5,7 @@
 //! turns the change into the patch. Nothing is shared between requests except the read-only
 //! catalog: one pod's annotations can never reach another pod.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use admission_kit::prelude::*;
@@ -53,13 +53,10 @@ impl Annotations {
 /// ```
 #[must_use]
 pub fn requested(value: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out
+    // A set beside the list: the annotation is pod authors' input, so duplicate removal must stay
+    // linear in the number of names (a list search made 60,000 names take seconds).
+    let mut seen: HashSet<&str> = HashSet::new();
+    value.split(',').map(str::trim).filter(|n| !n.is_empty() && seen.insert(n)).collect()
 }
 
 /// What the status annotation records.
@@ -419,14 +416,22 @@ impl DynamicMutator for EnvFromAnnotations {
                     *list = Value::Array(Vec::new());
                 }
                 let list = list.as_array_mut().unwrap_or_else(|| unreachable!("just made an array"));
+                // Where each existing var sits, by name: one lookup per annotation keeps this linear
+                // in the number of annotations (a list search per var made 60,000 take 30 s).
+                let mut at: HashMap<String, usize> = HashMap::with_capacity(list.len());
+                for (i, e) in list.iter().enumerate() {
+                    if let Some(n) = e.get("name").and_then(Value::as_str) {
+                        at.entry(n.to_owned()).or_insert(i);
+                    }
+                }
                 for (name, value) in &env {
                     // kubelet expands `$(VAR)` and turns `$$` into `$`: doubling every `$` makes
                     // the container see exactly the annotation's bytes.
                     let value = if self.literal { value.replace('$', "$$") } else { (*value).to_owned() };
                     let var = json!({"name": name, "value": value});
-                    match list.iter_mut().find(|e| e.get("name").and_then(Value::as_str) == Some(name)) {
+                    match at.get(name.as_str()) {
                         // An annotation overrides the catalog's var of the same name (and its valueFrom).
-                        Some(existing) => *existing = var,
+                        Some(&i) => list[i] = var,
                         None => list.push(var),
                     }
                 }
