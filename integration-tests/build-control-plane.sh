@@ -91,6 +91,9 @@ pin() {
         echo "	k8s.io/kubernetes/cmd/kube-apiserver"
         echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
         echo "	k8s.io/kubernetes/cmd/kubectl"
+        echo "	k8s.io/kubernetes/cmd/kube-scheduler"
+        echo "	k8s.io/kubernetes/cmd/kubelet"
+        echo "	k8s.io/kubernetes/cmd/kube-proxy"
         echo ")"
         echo
         echo "require ("
@@ -125,7 +128,7 @@ k8s_minor=${BASH_REMATCH[1]}
 
 cache_root="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/control-plane"
 out="$cache_root/$k8s_version"
-binaries=(kube-apiserver kube-controller-manager etcd kubectl)
+binaries=(kube-apiserver kube-controller-manager etcd kubectl kube-scheduler kubelet kube-proxy)
 
 have_all() {
     local b
@@ -177,6 +180,10 @@ build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags"
 build etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kubectl k8s.io/kubernetes/cmd/kubectl "$ldflags"
+# The node: the real scheduler, the kubelet and kube-proxy (the node tests run pods on them).
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$ldflags"
+build kubelet k8s.io/kubernetes/cmd/kubelet "$ldflags"
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$ldflags"
 
 mkdir -p "$out"
 for b in "${binaries[@]}"; do
