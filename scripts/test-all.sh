@@ -5,12 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The TLS tests use the openssl CLI as an independent TLS client (TLS 1.1 must be refused); the
-# control-plane harness uses curl for health checks.
+# control-plane harness uses curl for health checks. The container tests build and run images with
+# podman + runc (busybox-static for the test images); the node tests run containerd, runc and the
+# CNI plugins, with iptables and conntrack for kube-proxy and ip (iproute2) for the node's network
+# namespace. Debian packages, installed when missing: package name, then a program it provides.
 missing=()
-for tool in openssl curl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+for pair in openssl:openssl curl:curl podman:podman runc:runc busybox-static:busybox containerd:containerd \
+  containernetworking-plugins:/usr/lib/cni/bridge iptables:iptables conntrack:conntrack iproute2:ip; do
+  package=${pair%%:*} program=${pair#*:}
+  if [[ $program == /* ]]; then [ -x "$program" ] || missing+=("$package"); continue; fi
+  command -v "$program" >/dev/null 2>&1 || missing+=("$package")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The integration tests build etcd and kube-apiserver from the Go module proxy when not cached.
 command -v go >/dev/null 2>&1 || echo "WARNING: go is not installed; the integration tests can only use cached or TEST_ASSET_* binaries"

@@ -10,6 +10,8 @@
 
 pub mod control_plane;
 pub mod helm;
+pub mod images;
+pub mod podman;
 pub mod scenarios;
 pub mod webhook;
 
