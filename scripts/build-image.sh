@@ -20,7 +20,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf '[build-image] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 # Whether an executable needs no dynamic loader (ldd's exit status differs between releases).
-is_static() { LC_ALL=C ldd "$1" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; }
+is_static() {
+    local out
+    out=$(LC_ALL=C ldd "$1" 2>&1 || true)
+    grep -qE 'statically linked|not a dynamic executable' <<<"$out"
+}
 
 what=injector
 out="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/images"
