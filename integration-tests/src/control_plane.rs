@@ -1,6 +1,6 @@
 //! Starting and stopping the control plane.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-/// Paths of the three programs.
+/// Paths of the programs: the control plane's, and the node's (see [`crate::node`]).
 #[derive(Clone, Debug)]
 pub struct Binaries {
     /// `etcd`.
@@ -19,14 +19,23 @@ pub struct Binaries {
     pub kube_apiserver: PathBuf,
     /// `kube-controller-manager`.
     pub kube_controller_manager: PathBuf,
+    /// `kube-scheduler`.
+    pub kube_scheduler: PathBuf,
+    /// `kubelet`.
+    pub kubelet: PathBuf,
+    /// `kube-proxy`.
+    pub kube_proxy: PathBuf,
     /// `kubectl`, when found next to `kube-apiserver` (for people using the dev cluster).
     pub kubectl: Option<PathBuf>,
 }
 
-const NAMES: [(&str, &str); 3] = [
+const NAMES: [(&str, &str); 6] = [
     ("etcd", "TEST_ASSET_ETCD"),
     ("kube-apiserver", "TEST_ASSET_KUBE_APISERVER"),
     ("kube-controller-manager", "TEST_ASSET_KUBE_CONTROLLER_MANAGER"),
+    ("kube-scheduler", "TEST_ASSET_KUBE_SCHEDULER"),
+    ("kubelet", "TEST_ASSET_KUBELET"),
+    ("kube-proxy", "TEST_ASSET_KUBE_PROXY"),
 ];
 
 impl Binaries {
@@ -50,16 +59,16 @@ impl Binaries {
                 }
             }
         }
-        let mut it = found.into_iter().map(std::option::Option::unwrap_or_default);
-        let (etcd, kube_apiserver, kube_controller_manager) =
-            (it.next().unwrap_or_default(), it.next().unwrap_or_default(), it.next().unwrap_or_default());
-        for p in [&etcd, &kube_apiserver, &kube_controller_manager] {
+        let found: Vec<PathBuf> = found.into_iter().map(Option::unwrap_or_default).collect();
+        for p in &found {
             if !p.is_file() {
                 bail!("control-plane binary {} does not exist", p.display());
             }
         }
+        let [etcd, kube_apiserver, kube_controller_manager, kube_scheduler, kubelet, kube_proxy]: [PathBuf; 6] =
+            found.try_into().map_err(|_| anyhow::anyhow!("one path per binary"))?;
         let kubectl = kube_apiserver.parent().map(|d| d.join("kubectl")).filter(|p| p.is_file());
-        Ok(Self { etcd, kube_apiserver, kube_controller_manager, kubectl })
+        Ok(Self { etcd, kube_apiserver, kube_controller_manager, kube_scheduler, kubelet, kube_proxy, kubectl })
     }
 }
 
@@ -88,15 +97,48 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// How to start a [`ControlPlane`]; the default is what [`ControlPlane::start`] does (loopback,
+/// no scheduler).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ControlPlaneOptions {
+    /// Run every process inside this network namespace, serving the API on `address`.
+    pub network: Option<(String, Ipv4Addr)>,
+    /// Also start `kube-scheduler` (pods are only bound to nodes by it).
+    pub scheduler: bool,
+}
+
+impl ControlPlaneOptions {
+    /// Runs every process inside the existing network namespace `name` (as `ip netns exec`),
+    /// with the API server bound to all of that namespace's addresses and advertising `address`:
+    /// the `kubernetes` Service's endpoint, so pods reach it, and kubelets are called on their
+    /// `InternalIP` with a client certificate.
+    #[must_use]
+    pub fn network_namespace(mut self, name: &str, address: Ipv4Addr) -> Self {
+        self.network = Some((name.to_owned(), address));
+        self
+    }
+
+    /// Also starts `kube-scheduler`.
+    #[must_use]
+    pub fn scheduler(mut self) -> Self {
+        self.scheduler = true;
+        self
+    }
+}
+
 /// A started control plane. Dropping it stops every process (and prints their logs if the thread
 /// is panicking, i.e. a test failed).
 #[derive(Debug)]
 pub struct ControlPlane {
     dir: tempfile::TempDir,
     processes: Vec<(String, Child)>,
+    /// What every process is started through (`ip netns exec <ns>`, or nothing).
+    prefix: Vec<String>,
+    pki: Pki,
     /// How the API server was started, to start it again the same way ([`Self::restart_api_server`]).
     api_server_command: (PathBuf, Vec<String>),
-    /// The API server's URL, `https://127.0.0.1:<port>`.
+    /// The API server's URL, `https://127.0.0.1:<port>` (or the network namespace's address).
     pub server: String,
     /// The admin kubeconfig's path.
     pub kubeconfig: PathBuf,
@@ -107,6 +149,12 @@ pub struct ControlPlane {
 struct Pki {
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki").finish_non_exhaustive()
+    }
 }
 
 impl Pki {
@@ -148,10 +196,26 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> anyhow::Result<Child> {
+/// Starts `program` through `prefix` (e.g. `ip netns exec <ns>`, which execs it: the child is the
+/// program itself), logging to `<dir>/<name>.log`.
+pub(crate) fn spawn(
+    dir: &Path,
+    name: &str,
+    prefix: &[String],
+    program: &Path,
+    args: &[String],
+) -> anyhow::Result<Child> {
     // Appended to: a restarted process adds to its log.
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
-    Command::new(program)
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -164,11 +228,27 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API server is
     /// ready (up to 3 minutes: a cold start on 2 cores takes tens of seconds).
     pub fn start(binaries: &Binaries) -> anyhow::Result<Self> {
+        Self::start_with(binaries, &ControlPlaneOptions::default())
+    }
+
+    /// [`Self::start`] with options: inside a network namespace, with a scheduler.
+    pub fn start_with(binaries: &Binaries, options: &ControlPlaneOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("admission-kit-cp-").tempdir()?;
         let path = dir.path().to_owned();
         let pki = Pki::new()?;
         let ca = write(&path, "ca.crt", &pki.ca_pem)?;
-        let (serving_cert, serving_key) = pki.leaf(&["127.0.0.1", "localhost"], "kube-apiserver", None, false)?;
+        let (prefix, host, serving_names) = match &options.network {
+            // 10.0.0.1 is the `kubernetes` Service, which pods call.
+            Some((netns, address)) => (
+                vec!["ip".to_owned(), "netns".to_owned(), "exec".to_owned(), netns.clone()],
+                address.to_string(),
+                vec![address.to_string(), "10.0.0.1".to_owned(), "kubernetes.default.svc".to_owned()],
+            ),
+            None => (Vec::new(), "127.0.0.1".to_owned(), Vec::new()),
+        };
+        let mut names: Vec<&str> = vec!["127.0.0.1", "localhost"];
+        names.extend(serving_names.iter().map(String::as_str));
+        let (serving_cert, serving_key) = pki.leaf(&names, "kube-apiserver", None, false)?;
         let (admin_cert, admin_key) = pki.leaf(&[], "admin", Some("system:masters"), true)?;
         let (cm_cert, cm_key) = pki.leaf(&[], "system:kube-controller-manager", None, true)?;
         let sa = KeyPair::generate()?;
@@ -177,19 +257,22 @@ impl ControlPlane {
         let sa_key = write(&path, "sa.key", &sa.serialize_pem())?;
         let sa_pub = write(&path, "sa.pub", &sa.public_key_pem())?;
 
+        // Inside a fresh network namespace every port is free; these are free on the host too.
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{host}:{api_port}");
         let mut plane = Self {
             dir,
             processes: Vec::new(),
+            prefix,
+            pki,
             api_server_command: (binaries.kube_apiserver.clone(), Vec::new()),
             server: server.clone(),
             kubeconfig: path.join("admin.kubeconfig"),
-            ca_pem: pki.ca_pem.clone(),
+            ca_pem: String::new(),
         };
+        plane.ca_pem.clone_from(&plane.pki.ca_pem);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let etcd = spawn(
-            &path,
+        plane.spawn(
             "etcd",
             &binaries.etcd,
             &[
@@ -202,18 +285,12 @@ impl ControlPlane {
                 "--unsafe-no-fsync=true".to_owned(),
             ],
         )?;
-        plane.processes.push(("etcd".to_owned(), etcd));
         plane.wait_http("etcd", &format!("{etcd_url}/health"), Duration::from_secs(30))?;
 
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
             format!("--secure-port={api_port}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
-            // The `kubernetes` Service's endpoints cannot be a loopback address; nothing here needs them.
-            "--endpoint-reconciler-type=none".to_owned(),
             "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-            "--authorization-mode=RBAC".to_owned(),
             format!("--client-ca-file={}", ca.display()),
             format!("--tls-cert-file={}", serving_cert.display()),
             format!("--tls-private-key-file={}", serving_key.display()),
@@ -221,15 +298,54 @@ impl ControlPlane {
             format!("--service-account-key-file={}", sa_pub.display()),
             format!("--service-account-signing-key-file={}", sa_key.display()),
         ];
-        let apiserver = spawn(&path, "kube-apiserver", &binaries.kube_apiserver, &apiserver_args)?;
+        if options.network.is_some() {
+            let (kubelet_cert, kubelet_key) =
+                plane.pki.leaf(&[], "kube-apiserver-kubelet-client", Some("system:masters"), true)?;
+            apiserver_args.extend([
+                // Only the namespace's own addresses exist in there.
+                "--bind-address=0.0.0.0".to_owned(),
+                format!("--advertise-address={host}"),
+                // The `kubernetes` Service's endpoint is this server's namespace address.
+                "--endpoint-reconciler-type=lease".to_owned(),
+                // Kubelets authenticate with `system:node:<name>` certificates.
+                "--authorization-mode=Node,RBAC".to_owned(),
+                // Logs and exec go to the kubelet on its node IP, as a client it trusts.
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    write(&path, "kubelet-client.crt", &kubelet_cert)?.display()
+                ),
+                format!("--kubelet-client-key={}", write(&path, "kubelet-client.key", &kubelet_key)?.display()),
+            ]);
+        } else {
+            apiserver_args.extend([
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                // The `kubernetes` Service's endpoints cannot be a loopback address; nothing here needs them.
+                "--endpoint-reconciler-type=none".to_owned(),
+                "--authorization-mode=RBAC".to_owned(),
+            ]);
+        }
+        plane.spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args)?;
         plane.api_server_command.1 = apiserver_args;
-        plane.processes.push(("kube-apiserver".to_owned(), apiserver));
         plane.write_kubeconfig(&admin_cert, &admin_key)?;
         let cm_kubeconfig = plane.kubeconfig_for(&path, "controller-manager.kubeconfig", &cm_cert, &cm_key)?;
         plane.wait_ready(Duration::from_secs(180))?;
 
-        let controller_manager = spawn(
-            &path,
+        plane.start_controllers(binaries, options.scheduler, &cm_kubeconfig, &sa_key, &ca)?;
+        Ok(plane)
+    }
+
+    /// The controller manager, and the scheduler if asked for.
+    fn start_controllers(
+        &mut self,
+        binaries: &Binaries,
+        scheduler: bool,
+        cm_kubeconfig: &Path,
+        sa_key: &Path,
+        ca: &Path,
+    ) -> anyhow::Result<()> {
+        self.spawn(
             "kube-controller-manager",
             &binaries.kube_controller_manager,
             &[
@@ -243,10 +359,44 @@ impl ControlPlane {
                 format!("--service-account-private-key-file={}", sa_key.display()),
                 format!("--root-ca-file={}", ca.display()),
                 "--controllers=*".to_owned(),
+                // Its default is under /usr/libexec, which it would create.
+                format!("--flex-volume-plugin-dir={}", self.dir.path().join("flex-volume-plugins").display()),
             ],
         )?;
-        plane.processes.push(("kube-controller-manager".to_owned(), controller_manager));
-        Ok(plane)
+        if scheduler {
+            let kubeconfig = self.client_kubeconfig("scheduler.kubeconfig", "system:kube-scheduler", None)?;
+            self.spawn(
+                "kube-scheduler",
+                &binaries.kube_scheduler,
+                &[
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                    "--bind-address=127.0.0.1".to_owned(),
+                    format!("--secure-port={}", free_port()?),
+                    "--leader-elect=false".to_owned(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> anyhow::Result<()> {
+        let child = spawn(self.dir.path(), name, &self.prefix, program, args)?;
+        self.processes.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// Writes a kubeconfig `<dir>/<file>` for a client certificate with `common_name` (the user)
+    /// and `organization` (its group), signed by the cluster's CA.
+    pub fn client_kubeconfig(
+        &self,
+        file: &str,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
+        let (cert, key) = self.pki.leaf(&[], common_name, organization, true)?;
+        self.kubeconfig_for(self.dir.path(), file, &cert, &key)
     }
 
     fn api_server(&mut self) -> anyhow::Result<&mut Child> {
@@ -289,8 +439,7 @@ impl ControlPlane {
     pub fn restart_api_server(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.api_server().is_err(), "the API server is still running; kill it first");
         let (program, args) = self.api_server_command.clone();
-        let apiserver = spawn(self.dir.path(), "kube-apiserver", &program, &args)?;
-        self.processes.push(("kube-apiserver".to_owned(), apiserver));
+        self.spawn("kube-apiserver", &program, &args)?;
         self.wait_ready(Duration::from_secs(180))
     }
 
@@ -335,16 +484,17 @@ impl ControlPlane {
     }
 
     fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        log_tail(self.dir.path(), name)
     }
 
     fn wait_http(&mut self, what: &str, url: &str, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             self.check_alive()?;
-            let ok = Command::new("curl").args(["-sf", "-o", "/dev/null", url]).status().is_ok_and(|s| s.success());
+            // Through the prefix: etcd listens on the loopback of its network namespace.
+            let mut command: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+            command.extend(["curl", "-sf", "-o", "/dev/null", url]);
+            let ok = Command::new(command[0]).args(&command[1..]).status().is_ok_and(|s| s.success());
             if ok {
                 return Ok(());
             }
@@ -392,9 +542,19 @@ impl Drop for ControlPlane {
         }
         if failed {
             // Every process's log, including an API server killed by a test.
-            for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+            for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+                if !self.dir.path().join(format!("{name}.log")).exists() {
+                    continue;
+                }
                 eprintln!("---- {name} log (last 40 lines) ----\n{}", self.log_tail(name));
             }
         }
     }
+}
+
+/// The last 40 lines of `<dir>/<name>.log`.
+pub(crate) fn log_tail(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }

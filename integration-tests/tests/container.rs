@@ -169,7 +169,7 @@ async fn review(client: &reqwest::Client, port: u16, body: &Value) -> anyhow::Re
 }
 
 /// The container's main process as the host sees it: its `Uid:` and `CapEff:` lines.
-async fn process_identity(container: &ContainerAsync<GenericImage>) -> anyhow::Result<(String, String)> {
+fn process_identity(container: &ContainerAsync<GenericImage>) -> anyhow::Result<(String, String)> {
     let out = std::process::Command::new("podman")
         .env("CONTAINERS_CONF", images::containers_conf())
         .args(["inspect", "--format", "{{.State.Pid}}", container.id()])
@@ -218,7 +218,7 @@ async fn serves_reloads_and_drains() -> anyhow::Result<()> {
     let ready = http_ok(admin, "/readyz").await?;
     eprintln!("container: /readyz answered {ready:?}");
     http_ok(admin, "/livez").await?;
-    let (uid, caps) = process_identity(&container).await?;
+    let (uid, caps) = process_identity(&container)?;
     eprintln!("container: {uid}; {caps}");
     ensure!(uid.split_whitespace().skip(1).all(|id| id == USER.to_string()), "the process is not user {USER}: {uid}");
     ensure!(caps.ends_with("0000000000000000"), "the process has capabilities: {caps}");
@@ -287,15 +287,17 @@ async fn calls_the_container() -> anyhow::Result<()> {
     let mut config = Config::default();
     config.sidecars = scenario_sidecars()?;
     config.namespace_catalogs = true;
-    let sidecars = serde_saphyr::to_string(&config.sidecars)?;
-    let indented: String = sidecars.lines().map(|l| format!("  {l}\n")).collect();
-    std::fs::write(
-        dir.path().join("config.yaml"),
-        format!(
-            "server:\n  webhookAddr: 127.0.0.1:{port}\n  adminAddr: 127.0.0.1:{admin}\n  tlsCertFile: /work/tls.crt\n  \
-             tlsKeyFile: /work/tls.key\n  namespaceCache: always\n  drainDelay: 0s\nnamespaceCatalogs: true\nsidecars:\n{indented}"
-        ),
-    )?;
+    // JSON is YAML: the configuration file, with the scenarios' catalog inline.
+    let file = json!({
+        "server": {
+            "webhookAddr": format!("127.0.0.1:{port}"), "adminAddr": format!("127.0.0.1:{admin}"),
+            "tlsCertFile": "/work/tls.crt", "tlsKeyFile": "/work/tls.key",
+            "namespaceCache": "always", "drainDelay": "0s",
+        },
+        "namespaceCatalogs": true,
+        "sidecars": config.sidecars,
+    });
+    std::fs::write(dir.path().join("config.yaml"), serde_json::to_vec_pretty(&file)?)?;
     readable_by_all(dir.path())?;
     let container = start(&image, dir.path(), &[("KUBECONFIG", "/work/kubeconfig")]).await?;
     // Ready means both watch caches (namespaces, ConfigMap catalogs) synced with the API server.
