@@ -50,7 +50,7 @@ pub mod pipeline;
 pub mod review;
 pub mod server;
 pub mod telemetry;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub mod webhook_config;

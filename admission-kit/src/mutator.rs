@@ -68,18 +68,39 @@ impl MutationError {
     }
 }
 
+/// An effect deferred until the object is admitted (see [`Context::on_admit`]).
+pub(crate) type AdmitEffect = Box<dyn FnOnce() + Send>;
+
 /// What a mutator may read about the request and attach to the answer.
-#[derive(Debug)]
 pub struct Context<'a> {
     request: &'a Request,
     namespace_labels: Option<&'a BTreeMap<String, String>>,
     warnings: Vec<String>,
     audit_annotations: BTreeMap<String, String>,
+    on_admit: Vec<AdmitEffect>,
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("request", &self.request)
+            .field("namespace_labels", &self.namespace_labels)
+            .field("warnings", &self.warnings)
+            .field("audit_annotations", &self.audit_annotations)
+            .field("on_admit", &self.on_admit.len())
+            .finish()
+    }
 }
 
 impl<'a> Context<'a> {
     pub(crate) fn new(request: &'a Request, namespace_labels: Option<&'a BTreeMap<String, String>>) -> Self {
-        Self { request, namespace_labels, warnings: Vec::new(), audit_annotations: BTreeMap::new() }
+        Self {
+            request,
+            namespace_labels,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+            on_admit: Vec::new(),
+        }
     }
 
     /// The admission request (uid, operation, namespace, user, old object, dry run, …).
@@ -105,8 +126,16 @@ impl<'a> Context<'a> {
         self.audit_annotations.insert(key.into(), value.into());
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<String>, BTreeMap<String, String>) {
-        (self.warnings, self.audit_annotations)
+    /// Runs `effect` once the review's verdict is known and only if the object is admitted: not
+    /// when this step fails (and its change is dropped), nor when a later step denies the object.
+    /// For counting what was really admitted (a metric that counted at mutation time would count
+    /// objects a later step refused).
+    pub fn on_admit(&mut self, effect: impl FnOnce() + Send + 'static) {
+        self.on_admit.push(Box::new(effect));
+    }
+
+    pub(crate) fn into_parts(self) -> (Vec<String>, BTreeMap<String, String>, Vec<AdmitEffect>) {
+        (self.warnings, self.audit_annotations, self.on_admit)
     }
 }
 

@@ -534,6 +534,7 @@ impl Pipeline {
         };
         let mut current = original.clone();
         let mut tracker = ChangeTracker::default();
+        let mut on_admit = Vec::new();
         for step in &self.inner.steps {
             let input = MatchInput { request, object: Some(&current), namespace };
             let result = match applies(step, &input) {
@@ -543,7 +544,7 @@ impl Pipeline {
                 }
                 Gate::Apply => {
                     let run = Run { request, namespace_labels, deadline, original };
-                    self.run_step(step, &mut current, &mut tracker, &mut answer, run).await
+                    self.run_step(step, &mut current, &mut tracker, &mut answer, &mut on_admit, run).await
                 }
             };
             let denial = match &result {
@@ -571,6 +572,10 @@ impl Pipeline {
         if !patch.0.is_empty() {
             answer.patch = Some(patch);
         }
+        // The verdict is in: admitted.
+        for effect in on_admit {
+            effect();
+        }
         Outcome { answer, steps: reports, mutated: Some(current) }
     }
 
@@ -584,6 +589,7 @@ impl Pipeline {
         current: &mut Value,
         tracker: &mut ChangeTracker,
         answer: &mut Answer,
+        on_admit: &mut Vec<crate::mutator::AdmitEffect>,
         run: Run<'_>,
     ) -> StepResult {
         let rollback = (step.on_error == FailureMode::AllowWithWarning).then(|| current.clone());
@@ -594,13 +600,14 @@ impl Pipeline {
             Some(deadline) => tokio::time::timeout_at(deadline, mutation).await.ok(),
             None => Some(mutation.await),
         };
-        let (warnings, audit) = ctx.into_parts();
+        let (warnings, audit, effects) = ctx.into_parts();
         let result = match ran {
             None => self.failed(step, "did not finish before the API server's deadline".to_owned(), answer),
             Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
             Some(Ok(Ok(()))) => {
                 answer.warnings.extend(warnings);
                 answer.audit_annotations.extend(audit);
+                on_admit.extend(effects);
                 return StepResult::Applied { changed: tracker.after_step(before, current, run.original) };
             }
             Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
@@ -653,7 +660,7 @@ impl ChangeTracker {
         if !self.diverged {
             return None;
         }
-        Some(*self.print.get_or_insert_with(|| fingerprint(current)))
+        Some(*self.print.get_or_insert_with(|| patch::fingerprint(current)))
     }
 
     fn after_step(&mut self, before: Option<u64>, current: &Value, original: &Value) -> bool {
@@ -665,43 +672,12 @@ impl ChangeTracker {
                 changed
             }
             Some(before) => {
-                let now = fingerprint(current);
+                let now = patch::fingerprint(current);
                 self.print = Some(now);
                 now != before
             }
         }
     }
-}
-
-/// A hash of a JSON value's content (object keys in order, which `serde_json`'s maps keep sorted),
-/// with foldhash (a fast, well-mixed non-cryptographic hash; `SipHash` took twice as long).
-fn fingerprint(value: &Value) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    fn walk(value: &Value, h: &mut impl std::hash::Hasher) {
-        match value {
-            Value::Null => h.write_u8(0),
-            Value::Bool(b) => (1u8, b).hash(h),
-            Value::Number(n) => (2u8, n.as_i64(), n.as_u64(), n.as_f64().map(f64::to_bits)).hash(h),
-            Value::String(s) => (3u8, s).hash(h),
-            Value::Array(items) => {
-                (4u8, items.len()).hash(h);
-                for item in items {
-                    walk(item, h);
-                }
-            }
-            Value::Object(map) => {
-                (5u8, map.len()).hash(h);
-                for (key, item) in map {
-                    key.hash(h);
-                    walk(item, h);
-                }
-            }
-        }
-    }
-    use std::hash::BuildHasher as _;
-    let mut h = foldhash::quality::FixedState::with_seed(0x5eed).build_hasher();
-    walk(value, &mut h);
-    h.finish()
 }
 
 enum Gate {

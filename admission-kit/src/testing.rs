@@ -510,8 +510,7 @@ pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
     lost
 }
 
-/// Keys Kubernetes uses to identify list items, tried in order.
-const MERGE_KEYS: [&str; 4] = ["mountPath", "devicePath", "name", "containerPort"];
+use crate::patch::MERGE_KEYS;
 
 /// Whether `result` still has everything of `original`: the same keys (recursively) and its list
 /// items as an ordered subsequence; scalars may change value, as in [`lost_paths`].
