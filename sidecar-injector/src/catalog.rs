@@ -12,7 +12,7 @@
 mod namespaced;
 mod source;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -86,6 +86,19 @@ pub enum CatalogError {
         /// What is wrong, naming the entry and field.
         message: String,
     },
+    /// Two entries that a pod may ask for together add an item of the same name, so every such
+    /// pod would be denied (or lose an item) for the catalog's mistake.
+    #[error("sidecars {first} and {second} both add {what} `{item}`; a pod asking for both could not get both")]
+    Conflict {
+        /// The first entry and where it is defined: "`a` (in one.yaml)".
+        first: String,
+        /// The second entry and where it is defined.
+        second: String,
+        /// `container` or `volume`.
+        what: &'static str,
+        /// The shared name.
+        item: String,
+    },
     /// Two sources define the same sidecar.
     #[error("sidecar `{name}` is defined twice: in {first} and in {second}")]
     Duplicate {
@@ -126,6 +139,37 @@ impl Catalog {
         Ok(())
     }
 
+    /// Checks that no two entries a pod may ask for together (their `namespaces` overlap) add a
+    /// container (of any kind) or a volume of the same name: that pod would be denied, or lose an
+    /// item, for the catalog's mistake. Image pull secrets may be shared (injection adds each once).
+    pub fn check_conflicts(&self) -> Result<(), CatalogError> {
+        type Seen<'a> = HashMap<&'a str, Vec<&'a (Arc<SidecarEntry>, String)>>;
+        let mut containers: Seen<'_> = HashMap::new();
+        let mut volumes: Seen<'_> = HashMap::new();
+        for defined in self.entries.values() {
+            let entry = &defined.0;
+            let kinds: [(&'static str, &mut Seen<'_>, Vec<&str>); 2] = [
+                ("container", &mut containers, entry.container_names().collect()),
+                ("volume", &mut volumes, entry.volume_names().collect()),
+            ];
+            for (what, seen, names) in kinds {
+                for item in names {
+                    let others = seen.entry(item).or_default();
+                    if let Some(other) = others.iter().find(|other| may_meet(&other.0, entry)) {
+                        return Err(CatalogError::Conflict {
+                            first: format!("`{}` (in {})", other.0.name, other.1),
+                            second: format!("`{}` (in {})", entry.name, defined.1),
+                            what,
+                            item: item.to_owned(),
+                        });
+                    }
+                    others.push(defined);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The entry called `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&Arc<SidecarEntry>> {
@@ -148,6 +192,14 @@ impl Catalog {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Whether one pod may get both entries: their namespace allow-lists overlap.
+fn may_meet(a: &SidecarEntry, b: &SidecarEntry) -> bool {
+    match (&a.namespaces, &b.namespaces) {
+        (Some(a), Some(b)) => a.iter().any(|n| b.contains(n)),
+        _ => true,
     }
 }
 
@@ -292,10 +344,19 @@ fn entry(item: &Value, index: usize, nested_2019: bool) -> Result<SidecarEntry, 
         namespaces,
         name,
     };
-    let mut seen = std::collections::BTreeSet::new();
-    for n in entry.container_names() {
-        if !seen.insert(n) {
-            return Err(format!("sidecar `{}`: container name `{n}` is used twice", entry.name));
+    // Within one entry a repeated name is always a mistake: the second item would collide with the
+    // first in every pod, and the denial would blame the pod.
+    let pull_secret_names = entry.image_pull_secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str));
+    for (what, names) in [
+        ("container", entry.container_names().collect::<Vec<_>>()),
+        ("volume", entry.volume_names().collect()),
+        ("image pull secret", pull_secret_names.collect()),
+    ] {
+        let mut seen = BTreeSet::new();
+        for n in names {
+            if !seen.insert(n) {
+                return Err(format!("sidecar `{}`: {what} name `{n}` is used twice", entry.name));
+            }
         }
     }
     Ok(entry)

@@ -16,7 +16,7 @@ use figment::providers::{Env, Format as _, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, NativePlacement, UnknownSidecarPolicy};
+use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, Limits, NativePlacement, UnknownSidecarPolicy};
 
 /// The prefix of environment variables.
 pub const ENV_PREFIX: &str = "SIDECAR_INJECTOR_";
@@ -148,6 +148,9 @@ pub struct Config {
     pub reinvocation_policy: String,
     /// Whether to render `matchConditions` (Kubernetes ≥ 1.30).
     pub match_conditions: bool,
+    /// Caps on what one pod may ask (`limits.maxInjectNames`, `limits.maxEnvAnnotations`,
+    /// `limits.maxAnnotationBytes`); a pod over one is denied with a message naming it.
+    pub limits: Limits,
     /// The server.
     pub server: ServerSettings,
 }
@@ -177,6 +180,7 @@ impl Default for Config {
             timeout_seconds: 10,
             reinvocation_policy: "IfNeeded".to_owned(),
             match_conditions: true,
+            limits: injection.limits,
             server: ServerSettings::default(),
         }
     }
@@ -325,6 +329,16 @@ impl Config {
         if !(1..=30).contains(&self.timeout_seconds) {
             return bad("timeoutSeconds", &format!("must be between 1 and 30, got {}", self.timeout_seconds));
         }
+        // A cap of 0 would deny every pod that asks for anything: surely a mistake, not a policy.
+        for (key, value) in [
+            ("limits.maxInjectNames", self.limits.max_inject_names),
+            ("limits.maxEnvAnnotations", self.limits.max_env_annotations),
+            ("limits.maxAnnotationBytes", self.limits.max_annotation_bytes),
+        ] {
+            if value == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
         self.failure_policy()?;
         self.reinvocation_policy()?;
         duration("catalogReloadInterval", &self.catalog_reload_interval)?;
@@ -343,6 +357,7 @@ impl Config {
             env_names: self.env_names,
             native_sidecar_placement: self.native_sidecar_placement,
             literal_env_values: self.literal_env_values,
+            limits: self.limits,
         }
     }
 

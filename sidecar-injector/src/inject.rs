@@ -12,7 +12,7 @@ use admission_kit::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::catalog::{CatalogStore, NamespaceCatalogs, SidecarEntry};
-use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, NativePlacement, UnknownSidecarPolicy};
+use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, Limits, NativePlacement, UnknownSidecarPolicy};
 
 /// The annotation names derived from the prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,32 @@ impl Annotations {
             let key = k.strip_prefix(&self.prefix)?;
             (k != &self.inject && k != &self.status && !key.is_empty()).then_some((key, v.as_str().unwrap_or_default()))
         })
+    }
+
+    /// Checks the caps that do not depend on the catalog: the bytes of the `inject` and env
+    /// annotations (keys and values), then the number of env annotations. One pass, before any work
+    /// that grows with them; the error names the cap and its configuration key, for the denial. The
+    /// status annotation is not counted: by the env step it is the injector's own writing.
+    pub fn check_limits(&self, annotations: &Map<String, Value>, limits: &Limits) -> Result<(), String> {
+        let bytes: usize = annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with(&self.prefix) && **k != self.status)
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if bytes > limits.max_annotation_bytes {
+            return Err(format!(
+                "the pod's `inject` and env annotations under `{}` hold {bytes} bytes; the limit is {} (configuration key `limits.maxAnnotationBytes`)",
+                self.prefix, limits.max_annotation_bytes
+            ));
+        }
+        let env = self.env_pairs(annotations).count();
+        if env > limits.max_env_annotations {
+            return Err(format!(
+                "the pod has {env} env var annotations under `{}`; the limit is {} (configuration key `limits.maxEnvAnnotations`)",
+                self.prefix, limits.max_env_annotations
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -129,7 +155,8 @@ impl SidecarMutator {
         self
     }
 
-    /// Reports each sidecar's outcome (`injected`, `unknown`, `not_allowed`, `collision`).
+    /// Reports each sidecar's outcome (`injected`, `unknown`, `not_allowed`, `collision`);
+    /// `injected` is reported only for pods that are admitted.
     #[must_use]
     pub fn counting(mut self, count: InjectionCounter) -> Self {
         self.count = Some(count);
@@ -168,10 +195,21 @@ impl DynamicMutator for SidecarMutator {
             return Ok(());
         }
         let Some(request) = annotations.get(&self.annotations.inject).and_then(Value::as_str) else { return Ok(()) };
+        let limits = &self.settings.limits;
+        self.annotations.check_limits(&annotations, limits).map_err(MutationError::deny)?;
+        let requested = requested(request);
+        if requested.len() > limits.max_inject_names {
+            return Err(MutationError::deny(format!(
+                "annotation `{}` names {} sidecars; the limit is {} (configuration key `limits.maxInjectNames`)",
+                self.annotations.inject,
+                requested.len(),
+                limits.max_inject_names
+            )));
+        }
         let catalog = self.catalog.current();
         let namespace = ctx.request().namespace.clone().unwrap_or_default();
         let mut entries: Vec<(Arc<SidecarEntry>, bool)> = Vec::new();
-        for name in requested(request) {
+        for name in requested {
             let from_namespace = match (catalog.get(name), &self.namespaced) {
                 (Some(_), _) | (None, None) => None,
                 (None, Some(namespaced)) => namespaced.lookup(&namespace, name),
@@ -239,6 +277,7 @@ impl SidecarMutator {
         let mut taken = Taken::of(spec);
         let mut status = Status::default();
         let mut native: Vec<Value> = Vec::new();
+        let mut injected: Vec<String> = Vec::new();
         for (entry, from_catalog) in entries {
             let name = entry.name.as_str();
             // Names from a namespace ConfigMap are tenants' input: never a metric label.
@@ -295,7 +334,16 @@ impl SidecarMutator {
                 }
             }
             status.sidecars.push(name.to_owned());
-            self.count(label, "injected");
+            injected.push(label.to_owned());
+        }
+        // Counted once the review's verdict is in, and only if the pod is admitted: a later
+        // sidecar's collision or the env step may still deny it.
+        if let Some(count) = self.count.clone() {
+            ctx.on_admit(move || {
+                for label in &injected {
+                    count(label, "injected");
+                }
+            });
         }
         if !native.is_empty() {
             let init = array_at(spec, "initContainers");
@@ -328,12 +376,14 @@ impl SidecarMutator {
     }
 }
 
-/// Sets env vars from `<prefix>/<key>` annotations in every injected container.
+/// Sets env vars from `<prefix>/<key>` annotations in every container the status annotation lists
+/// that was added in this review (not in the object the API server sent).
 #[derive(Debug)]
 pub struct EnvFromAnnotations {
     annotations: Annotations,
     names: EnvNames,
     literal: bool,
+    limits: Limits,
 }
 
 impl EnvFromAnnotations {
@@ -344,6 +394,7 @@ impl EnvFromAnnotations {
             annotations: Annotations::new(&settings.annotation_prefix),
             names: settings.env_names,
             literal: settings.literal_env_values,
+            limits: settings.limits,
         }
     }
 }
@@ -359,17 +410,21 @@ pub fn c_identifier(name: &str) -> String {
     out
 }
 
-/// Whether every Kubernetes release accepts `name` as an env var name (`[-._a-zA-Z][-._a-zA-Z0-9]*`).
+/// Whether every Kubernetes release accepts `name` as an env var name: `[-._a-zA-Z][-._a-zA-Z0-9]*`,
+/// and not `.`, `..` nor anything starting with `..` (Kubernetes' `IsEnvVarName` refuses those too,
+/// as they read as directory references).
 #[must_use]
 pub fn is_env_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && name != "."
+        && !name.starts_with("..")
 }
 
 #[async_trait]
 impl DynamicMutator for EnvFromAnnotations {
-    async fn mutate(&self, pod: &mut Value, _ctx: &mut Context<'_>) -> MutationResult {
+    async fn mutate(&self, pod: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
         let annotations = annotations_of(pod);
         let Some(status) = annotations.get(&self.annotations.status).and_then(Value::as_str) else { return Ok(()) };
         let Ok(status) = serde_json::from_str::<Status>(status) else {
@@ -378,6 +433,8 @@ impl DynamicMutator for EnvFromAnnotations {
                 self.annotations.status
             )));
         };
+        // Checked here too: this mutator may run without the sidecar step before it.
+        self.annotations.check_limits(&annotations, &self.limits).map_err(MutationError::deny)?;
         let mut env: BTreeMap<String, &str> = BTreeMap::new();
         for (key, value) in self.annotations.env_pairs(&annotations) {
             let name = match self.names {
@@ -402,7 +459,20 @@ impl DynamicMutator for EnvFromAnnotations {
         if env.is_empty() {
             return Ok(());
         }
-        let targets: BTreeSet<&str> = status.containers.iter().map(String::as_str).collect();
+        // Only containers this review added: a container the API server already sent is the pod's
+        // own, whatever a status annotation (hand-written, or ours from an earlier invocation)
+        // lists, so it never receives annotation env. Sidecars injected in an earlier invocation
+        // got their env then.
+        let sent = ctx.request().object.as_ref().and_then(|o| o.get("spec"));
+        let present: HashSet<String> = ["containers", "initContainers"]
+            .iter()
+            .flat_map(|key| names(sent.and_then(|spec| spec.get(*key))))
+            .collect();
+        let targets: BTreeSet<&str> =
+            status.containers.iter().map(String::as_str).filter(|n| !present.contains(*n)).collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
         let spec = object_at(pod, "spec");
         for key in ["initContainers", "containers"] {
             let Some(containers) = spec.get_mut(key).and_then(Value::as_array_mut) else { continue };

@@ -46,6 +46,29 @@ pub enum NativePlacement {
     Last,
 }
 
+/// Caps on what one pod may ask of the injector, so that a hostile pod costs bounded work and is
+/// denied with a message naming the cap. The defaults are far above what a real pod carries (the
+/// API server itself allows 256 KiB of annotations in all, but checks that only after mutating
+/// webhooks ran, so the webhook may be sent more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Most distinct sidecar names in the `inject` annotation.
+    pub max_inject_names: usize,
+    /// Most env var annotations (`<prefix>/<key>` other than `inject` and `status`).
+    pub max_env_annotations: usize,
+    /// Most bytes in the annotations the injector reads (`inject` and the env annotations), keys
+    /// and values together.
+    pub max_annotation_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_inject_names: 64, max_env_annotations: 1000, max_annotation_bytes: 256 * 1024 }
+    }
+}
+
 /// Everything the mutators need to know.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +89,8 @@ pub struct InjectionSettings {
     /// Write `$` as `$$` in env values, so that kubelet's `$(VAR)` expansion leaves annotation
     /// values exactly as written (values are data, never interpreted).
     pub literal_env_values: bool,
+    /// Caps on one pod's requests.
+    pub limits: Limits,
 }
 
 impl Default for InjectionSettings {
@@ -78,6 +103,7 @@ impl Default for InjectionSettings {
             env_names: EnvNames::AsIs,
             native_sidecar_placement: NativePlacement::First,
             literal_env_values: true,
+            limits: Limits::default(),
         }
     }
 }

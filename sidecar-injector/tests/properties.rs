@@ -263,8 +263,10 @@ fn dedup_by_name(items: Vec<Value>) -> Vec<Value> {
     items.into_iter().filter(|item| seen.insert(item["name"].as_str().unwrap_or_default().to_owned())).collect()
 }
 
-/// The catalog entry `name` made of `parts`: container names are unique within the entry (the
-/// catalog parser requires it), other names may collide with the pod's or another entry's.
+/// The catalog entry `name` made of `parts`: container, volume and pull-secret names are unique
+/// within the entry (the catalog parser requires it), and may collide with the pod's or another
+/// entry's (the loader refuses that across files, but a catalog built in memory, like a namespace
+/// `ConfigMap` next to the administrator's catalog, can still meet the pod's names).
 fn build_entry(name: &str, parts: EntryParts) -> SidecarEntry {
     let mut names = BTreeSet::new();
     let mut containers = |kind: &str, list: Vec<ContainerParts>| -> Vec<Value> {
@@ -287,7 +289,8 @@ fn build_entry(name: &str, parts: EntryParts) -> SidecarEntry {
         volume
     });
     let volumes = dedup_by_name(volumes.collect());
-    let pull_secrets: Vec<Value> = parts.pull_secrets.iter().map(|s| json!({"name": s})).collect();
+    // Unique within the entry, as the catalog parser requires; shared across entries.
+    let pull_secrets = dedup_by_name(parts.pull_secrets.iter().map(|s| json!({"name": s})).collect());
     let mut fields = json!({});
     let mut put = |key: &str, value: Value, empty: bool| {
         if !empty {

@@ -1,10 +1,13 @@
 //! Where catalog entries come from, and hot reload.
 //!
 //! Sources are read again every reload interval; when their bytes changed the whole catalog is
-//! rebuilt and swapped in atomically. A broken update (bad YAML, an invalid entry, a duplicate name)
-//! keeps the last good catalog in service, and the error — naming the file and line — is returned
-//! to the caller, which logs it and counts it. Directories are read the way a mounted `ConfigMap`
-//! looks: every regular file not starting with `.`, following kubelet's `..data` symlinks.
+//! rebuilt and swapped in atomically, never in part. A broken update keeps the last good catalog in
+//! service, and the error — naming the file and, for syntax, the line — is returned to the caller,
+//! which logs it and counts it. Broken means: bad YAML, an invalid entry, a duplicate name, a
+//! configured file that became a directory (or the reverse), a dangling symbolic link, an
+//! unreadable file, or a file whose bytes differ between the two reads around each parse (a writer
+//! caught part-way). Directories are read the way a mounted `ConfigMap` looks: every file not
+//! starting with `.`, following kubelet's `..data` symlinks; anything else in them is an error.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -48,40 +51,136 @@ impl CatalogSource {
 /// The bytes read from every file, to tell whether anything changed.
 type Snapshot = Vec<(String, Vec<u8>)>;
 
-fn io_error(path: &Path, e: &std::io::Error) -> CatalogError {
-    CatalogError::Io { source_name: path.display().to_string(), message: e.to_string() }
+/// What a configured path is. A path that was a file when first loaded must stay a file (and a
+/// directory a directory): a file replaced by a directory would otherwise read as a directory with
+/// no catalog in it, and its sidecars would vanish without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    File,
+    Directory,
 }
 
-fn read_files(path: &Path, out: &mut Snapshot) -> Result<(), CatalogError> {
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
-    if meta.is_file() {
+impl Shape {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::File => "a file",
+            Self::Directory => "a directory",
+        }
+    }
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> CatalogError {
+    failure(path, e.to_string())
+}
+
+fn failure(path: &Path, message: impl Into<String>) -> CatalogError {
+    CatalogError::Io { source_name: path.display().to_string(), message: message.into() }
+}
+
+/// The metadata of `path`, following symbolic links; a link whose target is gone is named as such
+/// (kubelet's `..data` links dangle when a mount is half torn down).
+fn metadata(path: &Path) -> Result<std::fs::Metadata, CatalogError> {
+    std::fs::metadata(path).map_err(|e| {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            failure(path, format!("is a symbolic link whose target cannot be read ({e})"))
+        } else {
+            io_error(path, &e)
+        }
+    })
+}
+
+/// Reads one configured path into `out`. Anything that is not a readable catalog file where one is
+/// expected is an error, never a skipped file: skipping would drop that file's sidecars from the
+/// catalog while the reload reported success.
+fn read_path(path: &Path, expected: Option<Shape>, out: &mut Snapshot) -> Result<Shape, CatalogError> {
+    let meta = metadata(path)?;
+    let shape = if meta.is_file() {
+        Shape::File
+    } else if meta.is_dir() {
+        Shape::Directory
+    } else {
+        return Err(failure(path, "is neither a file nor a directory"));
+    };
+    if let Some(expected) = expected
+        && expected != shape
+    {
+        return Err(failure(
+            path,
+            format!("was {} when the catalog was first loaded and is now {}", expected.describe(), shape.describe()),
+        ));
+    }
+    if shape == Shape::File {
         let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
         out.push((path.display().to_string(), bytes));
-        return Ok(());
+        return Ok(shape);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| io_error(path, &e))?
-        .filter_map(Result::ok)
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| io_error(path, &e))? {
+        let entry = entry.map_err(|e| io_error(path, &e))?;
+        // Hidden names are kubelet's `..data` and timestamped directories of a mounted ConfigMap.
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            files.push(entry.path());
+        }
+    }
     files.sort();
     for file in files {
+        let meta = metadata(&file)?;
+        if meta.is_dir() {
+            return Err(failure(&file, "is a directory; a catalog directory holds only catalog files"));
+        }
+        if !meta.is_file() {
+            return Err(failure(&file, "is not a regular file"));
+        }
         let bytes = std::fs::read(&file).map_err(|e| io_error(&file, &e))?;
         out.push((file.display().to_string(), bytes));
     }
-    Ok(())
+    Ok(shape)
 }
 
-fn snapshot(sources: &[CatalogSource]) -> Result<Snapshot, CatalogError> {
+/// Reads every path source; `shapes` (one per source, `None` for inline ones and on the first
+/// load) says what each path must still be, and is filled in on the first load.
+fn snapshot(sources: &[CatalogSource], shapes: &mut [Option<Shape>]) -> Result<Snapshot, CatalogError> {
     let mut out = Vec::new();
-    for source in sources {
+    for (source, shape) in sources.iter().zip(shapes.iter_mut()) {
         if let SourceKind::Path(path) = &source.kind {
-            read_files(path, &mut out)?;
+            *shape = Some(read_path(path, *shape, &mut out)?);
         }
     }
     Ok(out)
+}
+
+/// Reads the sources, runs `work` on what was read (the parse), and reads them again: the result
+/// stands only when both reads agree. A file caught while a writer is part-way through it (a
+/// truncated copy that may well parse) then fails the comparison instead of replacing the catalog.
+fn read_stable<T>(
+    sources: &[CatalogSource],
+    shapes: &mut [Option<Shape>],
+    work: impl FnOnce(&Snapshot) -> T,
+) -> Result<(Snapshot, T), CatalogError> {
+    let files = snapshot(sources, shapes)?;
+    let result = work(&files);
+    let again = snapshot(sources, shapes)?;
+    if again != files {
+        let changed = files
+            .iter()
+            .zip(&again)
+            .find(|(a, b)| a != b)
+            .map_or_else(|| "a catalog source".to_owned(), |(a, _)| a.0.clone());
+        return Err(CatalogError::Io {
+            source_name: changed,
+            message: "changed while it was being read; it will be read again at the next poll".to_owned(),
+        });
+    }
+    Ok((files, result))
+}
+
+/// [`read_stable`] for tests: `between` runs between the two reads.
+#[cfg(test)]
+pub(super) fn read_stable_for_tests(
+    sources: &[CatalogSource],
+    between: impl FnOnce(&Snapshot),
+) -> Result<(), CatalogError> {
+    read_stable(sources, &mut vec![None; sources.len()], between).map(drop)
 }
 
 fn build(sources: &[CatalogSource], files: &Snapshot) -> Result<Catalog, CatalogError> {
@@ -99,12 +198,27 @@ fn build(sources: &[CatalogSource], files: &Snapshot) -> Result<Catalog, Catalog
             .map_err(|e| CatalogError::Syntax { source_name: name.clone(), message: format!("not UTF-8: {e}") })?;
         catalog.extend(parse_catalog(text, name)?, name)?;
     }
+    catalog.check_conflicts()?;
     Ok(catalog)
+}
+
+/// The first load: a source read while it changes is read again a few times before giving up,
+/// since there is no good catalog to keep yet.
+fn first_load(sources: &[CatalogSource], shapes: &mut [Option<Shape>]) -> Result<(Snapshot, Catalog), CatalogError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match read_stable(sources, shapes, |files| build(sources, files)) {
+            Ok((files, built)) => return Ok((files, built?)),
+            Err(error) if attempts >= 5 => return Err(error),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }
 
 /// Loads every source once.
 pub fn load(sources: &[CatalogSource]) -> Result<Catalog, CatalogError> {
-    build(sources, &snapshot(sources)?)
+    Ok(first_load(sources, &mut vec![None; sources.len()])?.1)
 }
 
 /// The catalog in service, reloaded from its sources.
@@ -112,22 +226,26 @@ pub fn load(sources: &[CatalogSource]) -> Result<Catalog, CatalogError> {
 pub struct CatalogStore {
     sources: Vec<CatalogSource>,
     current: ArcSwap<Catalog>,
-    /// The bytes of the last reload attempt, good or not.
-    seen: Mutex<Snapshot>,
+    /// The bytes of the last reload attempt, good or not, and what each path source is.
+    seen: Mutex<(Snapshot, Vec<Option<Shape>>)>,
 }
 
 impl CatalogStore {
     /// Loads the sources; fails if the first load fails (nothing good to keep yet).
     pub fn load(sources: Vec<CatalogSource>) -> Result<Self, CatalogError> {
-        let files = snapshot(&sources)?;
-        let catalog = build(&sources, &files)?;
-        Ok(Self { sources, current: ArcSwap::from_pointee(catalog), seen: Mutex::new(files) })
+        let mut shapes = vec![None; sources.len()];
+        let (files, catalog) = first_load(&sources, &mut shapes)?;
+        Ok(Self { sources, current: ArcSwap::from_pointee(catalog), seen: Mutex::new((files, shapes)) })
     }
 
     /// A store serving a fixed catalog (tests, offline use).
     #[must_use]
     pub fn fixed(catalog: Catalog) -> Self {
-        Self { sources: Vec::new(), current: ArcSwap::from_pointee(catalog), seen: Mutex::new(Vec::new()) }
+        Self {
+            sources: Vec::new(),
+            current: ArcSwap::from_pointee(catalog),
+            seen: Mutex::new((Vec::new(), Vec::new())),
+        }
     }
 
     /// The catalog in service.
@@ -173,9 +291,13 @@ impl CatalogStore {
     /// nothing changed since the last attempt (so a broken file is reported once, not every poll);
     /// on error the last good catalog stays in service.
     pub fn reload(&self) -> Result<bool, CatalogError> {
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let files = match snapshot(&self.sources) {
-            Ok(files) => files,
+        let mut guard = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (seen, shapes) = &mut *guard;
+        // Building only when the bytes changed keeps an idle poll cheap; the build runs between the
+        // two reads, so that what is swapped in was read identically twice.
+        let read = read_stable(&self.sources, shapes, |files| (*seen != *files).then(|| build(&self.sources, files)));
+        let (files, built) = match read {
+            Ok(read) => read,
             Err(error) => {
                 // An unreadable source is recorded like a snapshot (no real file has an empty
                 // name), so the same failure is reported once too.
@@ -187,10 +309,7 @@ impl CatalogStore {
                 return Err(error);
             }
         };
-        if *seen == files {
-            return Ok(false);
-        }
-        let built = build(&self.sources, &files);
+        let Some(built) = built else { return Ok(false) };
         *seen = files;
         self.current.store(Arc::new(built?));
         Ok(true)

@@ -125,3 +125,171 @@ fn the_first_load_must_succeed() {
     let err = CatalogStore::load(vec![CatalogSource::path("/nonexistent/catalog.yaml")]).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/catalog.yaml"), "{err}");
 }
+
+/// A store over `file`, loaded with `text`; after `change`, a reload must fail naming `expected`
+/// and keep the first catalog.
+fn failed_reload(change: impl FnOnce(&std::path::Path), expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecars.yaml");
+    std::fs::write(&file, "- name: a\n- name: b\n").unwrap();
+    let store = CatalogStore::load(vec![CatalogSource::path(&file)]).unwrap();
+    change(&file);
+    let error = store.reload().expect_err("the reload must fail, not drop sidecars").to_string();
+    assert!(error.contains(&file.display().to_string()) && error.contains(expected), "{error}");
+    assert_eq!(store.current().names(), vec!["a", "b"], "the last good catalog stays in service");
+}
+
+#[test]
+fn a_catalog_file_that_became_a_directory_is_a_failed_reload() {
+    failed_reload(
+        |file| {
+            std::fs::remove_file(file).unwrap();
+            std::fs::create_dir(file).unwrap();
+            // Even with a valid catalog inside: the configured file is gone.
+            std::fs::write(file.join("other.yaml"), "- name: a\n").unwrap();
+        },
+        "was a file when the catalog was first loaded and is now a directory",
+    );
+}
+
+#[test]
+fn a_dangling_symlink_is_a_failed_reload() {
+    failed_reload(
+        |file| {
+            std::fs::remove_file(file).unwrap();
+            std::os::unix::fs::symlink(file.with_extension("gone"), file).unwrap();
+        },
+        "is a symbolic link whose target cannot be read",
+    );
+}
+
+#[test]
+fn an_unreadable_catalog_file_is_a_failed_reload() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, "x").unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&probe).is_ok() {
+        eprintln!(
+            "SKIPPED an_unreadable_catalog_file_is_a_failed_reload: running as root, permissions cannot make a file unreadable (the socket case below still runs)"
+        );
+    } else {
+        failed_reload(
+            |file| std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o000)).unwrap(),
+            "ermission denied",
+        );
+    }
+    // Something that is neither a file nor a directory where the file was.
+    failed_reload(
+        |file| {
+            std::fs::remove_file(file).unwrap();
+            std::os::unix::net::UnixListener::bind(file).unwrap();
+        },
+        "is neither a file nor a directory",
+    );
+}
+
+#[test]
+fn a_broken_key_in_a_mounted_configmap_is_a_failed_reload_not_a_dropped_file() {
+    let dir = tempfile::tempdir().unwrap();
+    mount(dir.path(), 1, &[("one.yaml", "- name: a\n"), ("two.yaml", "- name: b\n")]);
+    let store = CatalogStore::load(vec![CatalogSource::path(dir.path())]).unwrap();
+    assert_eq!(store.current().names(), vec!["a", "b"]);
+    // `two.yaml` now points nowhere.
+    std::fs::remove_file(dir.path().join("two.yaml")).unwrap();
+    std::os::unix::fs::symlink("..data/missing.yaml", dir.path().join("two.yaml")).unwrap();
+    let error = store.reload().unwrap_err().to_string();
+    assert!(error.contains("two.yaml") && error.contains("symbolic link"), "{error}");
+    assert_eq!(store.current().names(), vec!["a", "b"]);
+    // A key that is a directory.
+    std::fs::remove_file(dir.path().join("two.yaml")).unwrap();
+    std::fs::create_dir(dir.path().join("two.yaml")).unwrap();
+    let error = store.reload().unwrap_err().to_string();
+    assert!(error.contains("two.yaml") && error.contains("is a directory"), "{error}");
+    assert_eq!(store.current().names(), vec!["a", "b"]);
+}
+
+#[test]
+fn a_file_that_changes_while_it_is_read_is_not_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecars.yaml");
+    std::fs::write(&file, "- name: a\n- name: b\n").unwrap();
+    let sources = vec![CatalogSource::path(&file)];
+    // A writer part-way through: the first read sees a truncated (and valid) catalog, the second
+    // read the rest of the write.
+    std::fs::write(&file, "- name: a\n").unwrap();
+    let read = source::read_stable_for_tests(&sources, |_| {
+        std::fs::write(&file, "- name: a\n- name: b\n- name: c\n").unwrap();
+    });
+    let error = read.unwrap_err().to_string();
+    assert!(error.contains("sidecars.yaml") && error.contains("changed while it was being read"), "{error}");
+    // Unchanged between the reads: accepted.
+    assert!(source::read_stable_for_tests(&sources, |_| {}).is_ok());
+}
+
+#[tokio::test]
+async fn a_failed_reload_is_counted_stale_until_a_good_one() {
+    let mut registry = admission_kit::metrics::Metrics::default();
+    let metrics = crate::metrics::InjectorMetrics::register(&mut registry);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecars.yaml");
+    std::fs::write(&file, "- name: a\n").unwrap();
+    let store = std::sync::Arc::new(CatalogStore::load(vec![CatalogSource::path(&file)]).unwrap());
+    store.clone().spawn_reload(std::time::Duration::from_millis(20), Some(metrics.clone()));
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let wait = |want: i64| {
+        let metrics = metrics.clone();
+        async move {
+            for _ in 0..250 {
+                if metrics.catalog_stale.get() == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("catalog_stale never became {want}");
+        }
+    };
+    wait(1).await;
+    assert_eq!(store.current().names(), vec!["a"]);
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, "- name: b\n").unwrap();
+    wait(0).await;
+    assert_eq!(store.current().names(), vec!["b"]);
+}
+
+#[test]
+fn duplicate_names_within_an_entry_are_refused() {
+    let err = |text: &str| parse_catalog(text, "cat.yaml").unwrap_err().to_string();
+    let volumes = err("- name: a\n  volumes: [{name: v, emptyDir: {}}, {name: v, configMap: {name: x}}]\n");
+    assert!(volumes.contains("sidecar `a`: volume name `v` is used twice"), "{volumes}");
+    let secrets = err("- name: a\n  imagePullSecrets: [{name: r}, {name: r}]\n");
+    assert!(secrets.contains("sidecar `a`: image pull secret name `r` is used twice"), "{secrets}");
+    let containers = err("- name: a\n  containers: [{name: c}]\n  initContainers: [{name: c}]\n");
+    assert!(containers.contains("sidecar `a`: container name `c` is used twice"), "{containers}");
+}
+
+#[test]
+fn entries_that_can_be_injected_together_may_not_share_container_or_volume_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("one.yaml", "- name: a\n  containers: [{name: proxy}]\n  imagePullSecrets: [{name: regcred}]\n");
+    write("two.yaml", "- name: b\n  initContainers: [{name: proxy}]\n  imagePullSecrets: [{name: regcred}]\n");
+    let err = load_sources(&[CatalogSource::path(dir.path())]).unwrap_err().to_string();
+    assert!(
+        err.contains("sidecars `a` (in ") && err.contains("one.yaml) and `b` (in ") && err.contains("two.yaml)"),
+        "{err}"
+    );
+    assert!(err.contains("both add container `proxy`"), "{err}");
+    write("two.yaml", "- name: b\n  volumes: [{name: shared}]\n- name: c\n  volumes: [{name: shared}]\n");
+    let err = load_sources(&[CatalogSource::path(dir.path())]).unwrap_err().to_string();
+    assert!(err.contains("both add volume `shared`"), "{err}");
+    // Entries for disjoint namespaces never meet in one pod; shared pull secrets are added once.
+    write(
+        "two.yaml",
+        "- name: b\n  namespaces: [team-x]\n  volumes: [{name: shared}]\n- name: c\n  namespaces: [team-y]\n  volumes: [{name: shared}]\n",
+    );
+    let catalog = load_sources(&[CatalogSource::path(dir.path())]).unwrap();
+    assert_eq!(catalog.names(), vec!["a", "b", "c"]);
+}

@@ -87,3 +87,26 @@ fn cache_max_staleness_is_a_duration_or_never() {
         "invalid configuration: `server.cacheMaxStaleness` `forever` is neither `never` nor a duration like 30s, 10m or 1h"
     );
 }
+
+#[test]
+fn limits_default_far_above_real_pods_and_errors_name_their_key() {
+    let limits = Config::load(None, &[]).unwrap().limits;
+    assert_eq!(
+        (limits.max_inject_names, limits.max_env_annotations, limits.max_annotation_bytes),
+        (64, 1000, 256 * 1024)
+    );
+    let file = write("limits:\n  maxInjectNames: 8\n  maxAnnotationBytes: 4096\n");
+    let config = Config::load(Some(file.path()), &[]).unwrap();
+    assert_eq!(config.injection().limits.max_inject_names, 8, "the file's cap reaches the mutators");
+    assert_eq!(config.limits.max_env_annotations, 1000, "an unset cap keeps its default");
+    assert_eq!(config.limits.max_annotation_bytes, 4096);
+    let file = write("limits:\n  maxInjectNames: many\n");
+    let err = Config::load(Some(file.path()), &[]).unwrap_err().to_string();
+    assert!(err.contains("`limits.maxInjectNames`") && err.contains(&file.path().display().to_string()), "{err}");
+    let file = write("limits:\n  maxNames: 3\n");
+    let err = Config::load(Some(file.path()), &[]).unwrap_err().to_string();
+    assert!(err.contains("maxNames"), "an unknown cap is refused: {err}");
+    let err = Config::load(None, &[("limits.maxEnvAnnotations".into(), Value::from(0))]).unwrap_err().to_string();
+    assert_eq!(err, "invalid configuration: `limits.maxEnvAnnotations` must be at least 1");
+    assert_eq!(env_var("limits.maxAnnotationBytes"), "SIDECAR_INJECTOR_LIMITS__MAX_ANNOTATION_BYTES");
+}

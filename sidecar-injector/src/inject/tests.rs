@@ -412,3 +412,110 @@ async fn sidecars_from_configmaps_in_the_pods_namespace() {
         "sidecar `missing` is not in the catalog (known: agent, clash, logger, privileged, proxy) nor a ConfigMap with a sidecars catalog in namespace `apps`",
     );
 }
+
+#[tokio::test]
+async fn caps_deny_naming_the_cap_and_its_configuration_key() {
+    let mut config = Config::default();
+    config.limits.max_inject_names = 2;
+    config.limits.max_env_annotations = 2;
+    config.limits.max_annotation_bytes = 200;
+    let h = harness_with(&config);
+    let run = |annotations: Value| {
+        let h = &h;
+        async move { h.check(&review(pod(annotations), "apps")).await }
+    };
+    // At each cap: admitted.
+    let at = run(json!({INJECT: "agent, logger, agent", "sidecar-injector.expedia.com/a": "1", "sidecar-injector.expedia.com/b": "2"})).await;
+    assert_eq!(containers(at.patched()), vec!["app", "agent", "logger"], "repeats count once: {:?}", at.answer());
+    // One past each: denied, and the message says which cap and where to raise it.
+    run(json!({INJECT: "agent, logger, proxy"})).await.assert_denied(
+        "annotation `sidecar-injector.expedia.com/inject` names 3 sidecars; the limit is 2 (configuration key `limits.maxInjectNames`)",
+    );
+    run(json!({INJECT: "agent", "sidecar-injector.expedia.com/a": "1", "sidecar-injector.expedia.com/b": "2", "sidecar-injector.expedia.com/c": "3"}))
+        .await
+        .assert_denied("the pod has 3 env var annotations under `sidecar-injector.expedia.com/`; the limit is 2 (configuration key `limits.maxEnvAnnotations`)");
+    let big = run(json!({INJECT: "agent", "sidecar-injector.expedia.com/a": "x".repeat(200)})).await;
+    big.assert_denied("the limit is 200 (configuration key `limits.maxAnnotationBytes`)");
+    // Annotations outside the prefix are not the injector's business.
+    let other = run(json!({INJECT: "agent", "example.com/big": "x".repeat(1000)})).await;
+    assert_eq!(containers(other.patched()), vec!["app", "agent"]);
+}
+
+#[tokio::test]
+async fn hostile_annotation_counts_cost_linear_time() {
+    // 60,000 names under the default caps: denied at once, before any catalog lookup.
+    let names: Vec<String> = (0..60_000).map(|i| format!("s{i}")).collect();
+    let started = std::time::Instant::now();
+    check(pod(json!({INJECT: names.join(",")})), "apps").await.assert_denied("`limits.maxAnnotationBytes`");
+    let mut config = Config::default();
+    config.limits.max_inject_names = 100_000;
+    config.limits.max_annotation_bytes = usize::MAX;
+    config.unknown_sidecar = crate::settings::UnknownSidecarPolicy::Warn;
+    harness_with(&config).run(&review(pod(json!({INJECT: names.join(",")})), "apps")).await;
+    // 20,000 env annotations with the caps raised: one map lookup per variable per container.
+    config.limits.max_env_annotations = 100_000;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(INJECT.to_owned(), json!("agent, logger"));
+    for i in 0..20_000 {
+        annotations.insert(format!("sidecar-injector.expedia.com/v{i}"), json!("x"));
+    }
+    let outcome = harness_with(&config).run(&review(pod(Value::Object(annotations)), "apps")).await;
+    assert!(outcome.answer.allowed);
+    // Quadratic code took tens of seconds here even in release builds; linear code takes well
+    // under one second in a debug build.
+    let elapsed = started.elapsed();
+    assert!(elapsed < std::time::Duration::from_secs(15), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn env_names_kubernetes_reads_as_directories_are_refused() {
+    for bad in [".", "..", "..x"] {
+        assert!(!is_env_var_name(bad), "`{bad}` must be refused, as Kubernetes does");
+        let key = format!("sidecar-injector.expedia.com/{bad}");
+        check(pod(json!({INJECT: "agent", key: "v"})), "apps")
+            .await
+            .assert_denied(&format!("would become env var `{bad}`, which Kubernetes rejects"));
+    }
+    for good in [".x", "a..b", "x..", "-", "_"] {
+        assert!(is_env_var_name(good), "`{good}` is a valid env var name");
+    }
+}
+
+#[tokio::test]
+async fn injections_are_counted_only_for_admitted_pods() {
+    let mut registry = admission_kit::metrics::Metrics::default();
+    let metrics = crate::metrics::InjectorMetrics::register(&mut registry);
+    let pipeline =
+        crate::pipeline(&Config::default(), Arc::new(CatalogStore::fixed(catalog())), Some(&metrics)).unwrap();
+    let h = Harness::new(pipeline).namespace("apps", [("kubernetes-sidecar-injector", "enabled")]);
+    let injected = |sidecar: &str| {
+        metrics
+            .injections
+            .get_or_create(&crate::metrics::InjectionLabels {
+                sidecar: sidecar.to_owned(),
+                outcome: "injected".to_owned(),
+            })
+            .get()
+    };
+    // `agent` is injected, then `clash` collides: the pod is denied, so nothing was injected.
+    let denied = h.run(&review(pod(json!({INJECT: "agent, clash"})), "apps")).await;
+    assert!(!denied.answer.allowed);
+    // Injected, then denied by the env step.
+    let denied = h.run(&review(pod(json!({INJECT: "agent", "sidecar-injector.expedia.com/..x": "v"})), "apps")).await;
+    assert!(!denied.answer.allowed);
+    assert_eq!(injected("agent"), 0, "denied pods are not counted as injected");
+    let admitted = h.run(&review(pod(json!({INJECT: "agent, logger"})), "apps")).await;
+    assert!(admitted.answer.allowed);
+    assert_eq!((injected("agent"), injected("logger")), (1, 1));
+}
+
+#[tokio::test]
+async fn a_hand_written_status_does_not_bring_annotation_env_into_the_pods_own_containers() {
+    let status = json!({"sidecars": ["agent"], "containers": ["app", "agent"]}).to_string();
+    let mut p = pod(json!({INJECT: "agent", STATUS: status, "sidecar-injector.expedia.com/SECRET_SINK": "v"}));
+    p["spec"]["initContainers"] = json!([{"name": "agent", "image": "mine:1"}]);
+    let checked = check(p, "apps").await;
+    checked.assert_unchanged();
+    assert_eq!(env_of(checked.patched(), "app"), &Value::Null);
+    assert_eq!(env_of(checked.patched(), "agent"), &Value::Null, "a pod's own container, even named like a sidecar");
+}
