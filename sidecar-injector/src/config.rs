@@ -292,10 +292,13 @@ pub fn figment(file: Option<&Path>, overrides: &[(String, Value)]) -> Figment {
     };
     // Keys keep the case the camelCase mapping gives them; dots nest (`server.webhookAddr`).
     // `lowercase(false)` must come after `map`: figment's `map` resets it.
-    // `SIDECAR_INJECTOR_CONFIG` names the file (the `--config` flag); it is not a key.
+    // `SIDECAR_INJECTOR_CONFIG` names the file (the `--config` flag); it is not a key. Nor are
+    // the variables kubelet gives every container for each Service of its namespace: a Service
+    // named `sidecar-injector` (the chart's) brings `SIDECAR_INJECTOR_PORT=tcp://…`, which the
+    // strict key check would refuse, and the injector would never start in its own pod.
     figment = figment.merge(
         Env::prefixed(ENV_PREFIX)
-            .filter(|k| !k.as_str().eq_ignore_ascii_case("CONFIG"))
+            .filter(|k| !k.as_str().eq_ignore_ascii_case("CONFIG") && !is_service_link(k.as_str()))
             .map(|k| env_key_to_camel(k.as_str()).into())
             .lowercase(false),
     );
@@ -303,6 +306,33 @@ pub fn figment(file: Option<&Path>, overrides: &[(String, Value)]) -> Figment {
         figment = figment.merge(Serialized::global(key, value.clone()));
     }
     figment
+}
+
+/// Whether `key` (an environment variable's name after [`ENV_PREFIX`]) is one kubelet sets for a
+/// Service whose name starts with `sidecar-injector` (Docker-link style, see
+/// <https://kubernetes.io/docs/concepts/services-networking/service/#environment-variables>):
+/// `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<PORT NAME>]`, `<SVC>_PORT` and
+/// `<SVC>_PORT_<N>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`. No configuration key has those shapes, and
+/// section keys (with `__`) never match.
+#[must_use]
+pub fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    if key.contains("__") {
+        return false;
+    }
+    let tokens: Vec<&str> = key.split('_').collect();
+    (0..tokens.len()).any(|i| match (tokens[i], &tokens[i + 1..]) {
+        ("SERVICE", ["HOST"]) => true,
+        ("SERVICE", ["PORT", ..]) => true,
+        ("PORT", []) => true,
+        ("PORT", [number, protocol, rest @ ..]) => {
+            number.bytes().all(|b| b.is_ascii_digit())
+                && !number.is_empty()
+                && matches!(*protocol, "TCP" | "UDP" | "SCTP")
+                && matches!(rest, [] | ["PROTO" | "PORT" | "ADDR"])
+        }
+        _ => false,
+    })
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {

@@ -315,3 +315,20 @@ async fn catalog_hot_reload_from_a_mounted_configmap() {
         "{metrics}"
     );
 }
+
+#[test]
+fn kubelet_service_variables_in_the_environment_do_not_break_the_configuration() {
+    // A pod in the namespace of a Service named `sidecar-injector` gets these from kubelet.
+    let links = [
+        ("SIDECAR_INJECTOR_PORT", "tcp://10.0.0.12:443"),
+        ("SIDECAR_INJECTOR_PORT_443_TCP", "tcp://10.0.0.12:443"),
+        ("SIDECAR_INJECTOR_PORT_443_TCP_ADDR", "10.0.0.12"),
+        ("SIDECAR_INJECTOR_SERVICE_HOST", "10.0.0.12"),
+        ("SIDECAR_INJECTOR_SERVICE_PORT", "443"),
+    ];
+    let (ok, _, stderr) = run(&["check"], &links);
+    assert!(ok, "check failed with kubelet's service variables: {stderr}");
+    // Anything else under the prefix is still a key, and a wrong one is still an error.
+    let (ok, _, stderr) = run(&["check"], &[("SIDECAR_INJECTOR_PORTS", "1")]);
+    assert!(!ok && stderr.contains("SIDECAR_INJECTOR_PORTS"), "{stderr}");
+}

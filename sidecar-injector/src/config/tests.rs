@@ -110,3 +110,34 @@ fn limits_default_far_above_real_pods_and_errors_name_their_key() {
     assert_eq!(err, "invalid configuration: `limits.maxEnvAnnotations` must be at least 1");
     assert_eq!(env_var("limits.maxAnnotationBytes"), "SIDECAR_INJECTOR_LIMITS__MAX_ANNOTATION_BYTES");
 }
+
+#[test]
+fn kubelet_service_link_variables_are_not_configuration_keys() {
+    // What kubelet sets for the chart's Service `sidecar-injector` (port 443, named `https`) and
+    // for a Service `sidecar-injector-metrics` in the same namespace.
+    for name in [
+        "SERVICE_HOST",
+        "SERVICE_PORT",
+        "SERVICE_PORT_HTTPS",
+        "PORT",
+        "PORT_443_TCP",
+        "PORT_443_TCP_PROTO",
+        "PORT_443_TCP_PORT",
+        "PORT_443_TCP_ADDR",
+        "METRICS_SERVICE_HOST",
+        "METRICS_PORT_8080_TCP_ADDR",
+    ] {
+        assert!(is_service_link(name), "{name} is a service link");
+    }
+    for name in [
+        "ANNOTATION_PREFIX",
+        "SERVER__WEBHOOK_ADDR",
+        "LIMITS__MAX_INJECT_NAMES",
+        "PORT_443_HTTP",
+        "PORT_X_TCP",
+        "SERVICE",
+        "PORTS",
+    ] {
+        assert!(!is_service_link(name), "{name} is not a service link");
+    }
+}
