@@ -446,6 +446,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "containerRuntimeEndpoint": format!("unix://{}", self.containerd_socket().display()),
             "podLogsDir": dir.join("pod-logs"),
             "volumePluginDir": dir.join("kubelet/volume-plugins"),
+            // A ConfigMap's new contents reach its volumes at the pod's next sync: every 5 s
+            // here, not every minute, so a catalog update is seen within seconds.
+            "syncFrequency": "5s",
             // Nothing can be pulled again, so nothing is ever collected or evicted for disk.
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,

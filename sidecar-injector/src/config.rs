@@ -322,9 +322,7 @@ pub fn is_service_link(key: &str) -> bool {
     }
     let tokens: Vec<&str> = key.split('_').collect();
     (0..tokens.len()).any(|i| match (tokens[i], &tokens[i + 1..]) {
-        ("SERVICE", ["HOST"]) => true,
-        ("SERVICE", ["PORT", ..]) => true,
-        ("PORT", []) => true,
+        ("SERVICE", ["HOST"] | ["PORT", ..]) | ("PORT", []) => true,
         ("PORT", [number, protocol, rest @ ..]) => {
             number.bytes().all(|b| b.is_ascii_digit())
                 && !number.is_empty()

@@ -1,0 +1,500 @@
+//! The chart installed on a real node (`integration_tests::node`): its own image, built here, runs
+//! as the chart's two replicas, and the pods it injects really run. Only the image reference and the
+//! catalog (`integration-tests/cluster/node-values.yaml`, busybox sidecars that print what the test
+//! reads) differ from the chart's defaults. Assertions read what ran: rollout and readiness, the
+//! webhook reached through the chart's Service (kube-proxy), a sidecar's environment in its own
+//! log, native and init-container sidecars' start order, the kubelet's `..data` swap of the
+//! catalog `ConfigMap`, and pod creation that never fails while a replica is deleted or the chart
+//! is upgraded (`failurePolicy: Fail`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use admission_kit::reexports::kube::{
+    self, Api,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use anyhow::{Context as _, bail, ensure};
+use integration_tests::helm::{Helm, chart_dir};
+use integration_tests::node::Cluster;
+use integration_tests::scenarios::namespace;
+use integration_tests::{Binaries, images};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use serde_json::{Value, json};
+
+const SYSTEM: &str = "injector-system";
+const APPS: &str = "apps";
+const PREFIX: &str = "sidecar-injector.expedia.com";
+const API_KEY: &str = "bd8a1dd2-735d-466e-ba30-201660185e64";
+const RESTRICTED: [(&str, &str); 3] = [
+    ("pod-security.kubernetes.io/enforce", "restricted"),
+    ("pod-security.kubernetes.io/enforce-version", "latest"),
+    ("pod-security.kubernetes.io/warn", "restricted"),
+];
+
+/// Polls `check` until it gives a value, for up to `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        ensure!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `kubectl` (built with the control plane) against the cluster; its stdout.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let kubectl = Binaries::locate()?.kubectl.context("no kubectl next to kube-apiserver")?;
+    let out = Command::new(kubectl).arg("--kubeconfig").arg(kubeconfig).args(args).output()?;
+    ensure!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn kubectl_apply(kubeconfig: &Path, manifest: &Value) -> anyhow::Result<String> {
+    let kubectl = Binaries::locate()?.kubectl.context("no kubectl next to kube-apiserver")?;
+    let mut child = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write as _;
+        child.stdin.take().context("kubectl's stdin")?.write_all(&serde_json::to_vec(manifest)?)?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An app pod (busybox, quick to stop) asking for `inject`, with the env annotation.
+fn app_pod(name: &str, inject: &str, runs: bool) -> anyhow::Result<Pod> {
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{
+            "name": "app", "image": images::busybox()?.reference, "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "echo app-started $(cut -d' ' -f1 /proc/uptime); exec sleep 3600"],
+        }],
+    });
+    if !runs {
+        // Stored and injected, never scheduled: the load runs measure admission, not the node.
+        spec["nodeSelector"] = json!({"admission-kit.test/no-such-node": "true"});
+    }
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {
+            format!("{PREFIX}/inject"): inject,
+            format!("{PREFIX}/api-key"): API_KEY,
+        }},
+        "spec": spec,
+    }))?)
+}
+
+fn status_of<'a>(statuses: Option<&'a Vec<ContainerStatus>>, name: &str) -> anyhow::Result<&'a ContainerStatus> {
+    statuses.into_iter().flatten().find(|s| s.name == name).with_context(|| format!("no status for container {name}"))
+}
+
+/// The `<word> <uptime>` line a test container printed, as seconds of kernel uptime.
+fn uptime_in(log: &str, word: &str) -> anyhow::Result<f64> {
+    let line = log.lines().find(|l| l.starts_with(word)).with_context(|| format!("no `{word}` in {log:?}"))?;
+    Ok(line.split_whitespace().nth(1).context("no uptime")?.parse()?)
+}
+
+async fn wait_running(pods: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
+    eventually(&format!("pod {name} Running"), Duration::from_secs(120), || async {
+        let pod = pods.get(name).await?;
+        Ok((pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).then_some(pod))
+    })
+    .await
+}
+
+/// The chart's Deployment with every replica updated, available and Ready.
+async fn wait_rollout(client: &kube::Client) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SYSTEM);
+    eventually("the chart's rollout", Duration::from_secs(180), || async {
+        let d = deployments.get("sidecar-injector").await?;
+        let want = d.spec.replicas.unwrap_or(1);
+        let s = d.status.unwrap_or_default();
+        let generation = d.metadata.generation.unwrap_or_default();
+        let done = s.observed_generation == Some(generation)
+            && s.updated_replicas == Some(want)
+            && s.ready_replicas == Some(want)
+            && s.available_replicas == Some(want)
+            && s.replicas == Some(want);
+        Ok(done.then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chart_on_a_real_node() -> anyhow::Result<()> {
+    let (injector, busybox, pause) = (images::injector()?, images::busybox()?, images::pause()?);
+    let mut cluster = Cluster::start(&Binaries::locate()?, &pause)?;
+    cluster.import_image(&injector)?;
+    cluster.import_image(&busybox)?;
+    cluster.wait_node_ready(Duration::from_secs(120)).await?;
+    eprintln!("$ kubectl get nodes -o wide\n{}", kubectl(cluster.kubeconfig(), &["get", "nodes", "-o", "wide"])?);
+    let client = cluster.client().await?;
+
+    Box::pin(install_chart(&cluster, &client, &injector)).await?;
+    Box::pin(annotated_deployment_runs_with_its_sidecar(&cluster, &client)).await?;
+    Box::pin(sidecar_start_order(&cluster, &client)).await?;
+    Box::pin(catalog_configmap_update(&cluster, &client)).await?;
+    Box::pin(no_failed_creates_while_replicas_change(&cluster, &client, &injector)).await?;
+
+    cluster.shutdown()
+}
+
+async fn install_chart(cluster: &Cluster, client: &kube::Client, injector: &images::Image) -> anyhow::Result<()> {
+    namespace(client, SYSTEM, &RESTRICTED).await?;
+    let helm = Helm::locate(4)?.kubeconfig(cluster.kubeconfig());
+    let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/node-values.yaml");
+    let chart = chart_dir();
+    let (repository, tag) =
+        (format!("image.repository={}", injector.repository()), format!("image.tag={}", injector.tag()));
+    let started = Instant::now();
+    let installed = helm
+        .run([
+            "install",
+            "sidecar-injector",
+            chart.to_str().context("UTF-8 path")?,
+            "--namespace",
+            SYSTEM,
+            "-f",
+            values.to_str().context("UTF-8 path")?,
+            "--set",
+            &repository,
+            "--set",
+            &tag,
+            "--wait",
+            "--timeout",
+            "3m",
+        ])?
+        .success();
+    let run = match installed {
+        Ok(run) => run,
+        Err(e) => {
+            // What the replicas did: their status, events and last log.
+            let k = |args: &[&str]| kubectl(cluster.kubeconfig(), args).unwrap_or_else(|e| format!("{e:#}"));
+            eprintln!("{}", k(&["-n", SYSTEM, "describe", "pods"]));
+            eprintln!(
+                "{}",
+                k(&[
+                    "-n",
+                    SYSTEM,
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/instance=sidecar-injector",
+                    "--previous",
+                    "--tail=50"
+                ])
+            );
+            eprintln!(
+                "{}",
+                k(&["-n", SYSTEM, "logs", "-l", "app.kubernetes.io/instance=sidecar-injector", "--tail=50"])
+            );
+            return Err(e);
+        }
+    };
+    ensure!(!run.stderr.contains("PodSecurity"), "the chart's pods violate Pod Security restricted:\n{}", run.stderr);
+    wait_rollout(client).await?;
+    eprintln!("helm install --wait: rollout complete after {:?}", started.elapsed());
+    eprintln!(
+        "$ kubectl -n {SYSTEM} get pods -o wide\n{}",
+        kubectl(cluster.kubeconfig(), &["-n", SYSTEM, "get", "pods", "-o", "wide"])?
+    );
+    let pods = Api::<Pod>::namespaced(client.clone(), SYSTEM)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=sidecar-injector"))
+        .await?;
+    ensure!(pods.items.len() == 2, "expected the chart's 2 replicas, found {}", pods.items.len());
+    for pod in &pods.items {
+        let status = pod.status.as_ref().context("no status")?;
+        let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+        ensure!(status.phase.as_deref() == Some("Running") && ready, "replica not Running and Ready: {status:?}");
+        let container = status_of(status.container_statuses.as_ref(), "sidecar-injector")?;
+        ensure!(container.restart_count == 0, "the injector restarted: {container:?}");
+    }
+
+    // The API server calls the webhook through the chart's Service (kube-proxy's rules), not a URL.
+    let configuration = Api::<MutatingWebhookConfiguration>::all(client.clone()).get("sidecar-injector").await?;
+    let target = &configuration.webhooks.as_ref().context("no webhooks")?[0].client_config;
+    ensure!(target.url.is_none(), "the chart's webhook is called by URL: {target:?}");
+    let service = target.service.as_ref().context("the chart's webhook names no Service")?;
+    ensure!(service.namespace == SYSTEM && service.name == "sidecar-injector", "unexpected Service {service:?}");
+
+    namespace(client, APPS, &[("kubernetes-sidecar-injector", "enabled")]).await?;
+    Ok(())
+}
+
+async fn annotated_deployment_runs_with_its_sidecar(cluster: &Cluster, client: &kube::Client) -> anyhow::Result<()> {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "echo"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "echo"}},
+            "template": {
+                "metadata": {"labels": {"app": "echo"}, "annotations": {
+                    format!("{PREFIX}/inject"): "env-printer",
+                    format!("{PREFIX}/api-key"): API_KEY,
+                }},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "echo", "image": images::busybox()?.reference, "imagePullPolicy": "Never",
+                                    "command": ["sh", "-c", "exec sleep 3600"]}],
+                },
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), APPS).create(&PostParams::default(), &deployment).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+    let name = eventually("the Deployment's pod", Duration::from_secs(60), || async {
+        let list = pods.list(&ListParams::default().labels("app=echo")).await?;
+        Ok(list.items.first().and_then(|p| p.metadata.name.clone()))
+    })
+    .await?;
+    let pod = wait_running(&pods, &name).await?;
+    let status = pod.status.as_ref().context("no status")?;
+    let sidecar = status_of(status.container_statuses.as_ref(), "env-printer")?;
+    ensure!(
+        sidecar.state.as_ref().and_then(|s| s.running.as_ref()).is_some(),
+        "the sidecar is not running: {sidecar:?}"
+    );
+    // Inside the sidecar's own process: its environment, printed by `env` in the container.
+    let log = eventually("the sidecar's log", Duration::from_secs(30), || async {
+        let log = cluster.pod_log(APPS, &name, Some("env-printer")).await?;
+        Ok(log.contains("env-printer up").then_some(log))
+    })
+    .await?;
+    let expected = format!("api-key={API_KEY}");
+    let line = log
+        .lines()
+        .find(|l| *l == expected)
+        .with_context(|| format!("no `{expected}` in the sidecar's log:\n{log}"))?;
+    eprintln!("pod {APPS}/{name}: Running; sidecar env-printer's log: {line}");
+    Ok(())
+}
+
+async fn sidecar_start_order(cluster: &Cluster, client: &kube::Client) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+    pods.create(&PostParams::default(), &app_pod("ordered", "proxy,setup", true)?).await?;
+    let pod = wait_running(&pods, "ordered").await?;
+    let spec = pod.spec.as_ref().context("no spec")?;
+    let init: Vec<(&str, Option<&str>)> =
+        spec.init_containers.iter().flatten().map(|c| (c.name.as_str(), c.restart_policy.as_deref())).collect();
+    ensure!(init == [("proxy", Some("Always")), ("setup", None)], "unexpected init containers {init:?}");
+    let log = |container: &'static str| cluster.pod_log(APPS, "ordered", Some(container));
+    let app = eventually("the app's log", Duration::from_secs(30), || async {
+        let l = log("app").await?;
+        Ok(l.contains("app-started").then_some(l))
+    })
+    .await?;
+    let (proxy_started, setup_done, app_started) = (
+        uptime_in(&log("proxy").await?, "proxy-started")?,
+        uptime_in(&log("setup").await?, "setup-done")?,
+        uptime_in(&app, "app-started")?,
+    );
+    eprintln!(
+        "pod {APPS}/ordered, kernel uptime at each start: proxy (native sidecar) {proxy_started}, setup (init container) done {setup_done}, app {app_started}"
+    );
+    ensure!(proxy_started < setup_done && setup_done <= app_started, "wrong start order");
+    let status = pods.get("ordered").await?.status.context("no status")?;
+    let proxy = status_of(status.init_container_statuses.as_ref(), "proxy")?;
+    ensure!(
+        proxy.state.as_ref().and_then(|s| s.running.as_ref()).is_some() && proxy.restart_count == 0,
+        "the native sidecar does not keep running: {proxy:?}"
+    );
+    let setup = status_of(status.init_container_statuses.as_ref(), "setup")?;
+    let exit = setup.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code);
+    ensure!(exit == Some(0), "the init-container sidecar did not run to completion: {setup:?}");
+    Ok(())
+}
+
+async fn catalog_configmap_update(cluster: &Cluster, client: &kube::Client) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let denied = pods.create(&dry_run, &app_pod("late-probe", "late", false)?).await;
+    ensure!(
+        matches!(&denied, Err(kube::Error::Api(e)) if e.message.contains("sidecar `late` is not in the catalog")),
+        "a sidecar not yet in the catalog was not denied: {denied:?}"
+    );
+    // The installed catalog plus one sidecar (JSON is YAML).
+    let values: Value = serde_saphyr::from_str(&std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/node-values.yaml"),
+    )?)?;
+    let mut sidecars = values["sidecars"].as_array().context("sidecars in node-values.yaml")?.clone();
+    sidecars.push(json!({"name": "late", "containers": [{"name": "late", "image": images::busybox()?.reference,
+                         "command": ["sh", "-c", "echo late up; exec sleep 3600"]}]}));
+    let catalog = serde_json::to_string(&sidecars)?;
+    let applied = kubectl_apply(
+        cluster.kubeconfig(),
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "sidecar-injector-catalog", "namespace": SYSTEM},
+                "data": {"sidecars.yaml": catalog}}),
+    )?;
+    let started = Instant::now();
+    eprintln!("$ kubectl apply -f catalog.yaml\n{}", applied.trim());
+    // Each replica reloads when its kubelet swaps `..data` in its volume, and says so in its log.
+    let system: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let replicas: Vec<String> = system
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=sidecar-injector"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    ensure!(replicas.len() == 2, "expected 2 replicas, found {replicas:?}");
+    for name in &replicas {
+        eventually(&format!("replica {name} reloading the catalog"), Duration::from_secs(120), || async {
+            Ok(cluster.pod_log(SYSTEM, name, None).await?.contains("catalog reloaded").then_some(()))
+        })
+        .await?;
+    }
+    eprintln!("catalog ConfigMap applied: both replicas logged `catalog reloaded` {:?} later", started.elapsed());
+    for _ in 0..10 {
+        let created = pods.create(&dry_run, &app_pod("late-probe", "late", false)?).await?;
+        ensure!(
+            created.spec.iter().flat_map(|s| &s.containers).any(|c| c.name == "late"),
+            "a pod asking for the new sidecar was not injected after both replicas reloaded"
+        );
+    }
+    pods.create(&PostParams::default(), &app_pod("late", "late", true)?).await?;
+    let pod = wait_running(&pods, "late").await?;
+    let status = pod.status.context("no status")?;
+    ensure!(status_of(status.container_statuses.as_ref(), "late").is_ok(), "the new sidecar does not run");
+    Ok(())
+}
+
+/// Creates `count` pods (4 at a time) while `disrupt` runs; returns how many creates failed and the
+/// first failure's message.
+async fn create_pods_during<F>(
+    client: &kube::Client,
+    prefix: &str,
+    count: usize,
+    disrupt: F,
+) -> anyhow::Result<(usize, Option<String>)>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+    let creates = async {
+        let mut failed = 0;
+        let mut first = None;
+        let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+        for chunk in names.chunks(4) {
+            let results = futures::future::join_all(chunk.iter().map(|name| {
+                let pods = pods.clone();
+                async move {
+                    let pod = app_pod(name, "env-printer", false)?;
+                    let created = pods.create(&PostParams::default(), &pod).await?;
+                    let injected = created.spec.iter().flat_map(|s| &s.containers).any(|c| c.name == "env-printer");
+                    if !injected {
+                        bail!("pod {name} was admitted without its sidecar");
+                    }
+                    anyhow::Ok(())
+                }
+            }))
+            .await;
+            for result in results {
+                if let Err(e) = result {
+                    failed += 1;
+                    first.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (failed, first)
+    };
+    let (outcome, disrupted) = tokio::join!(creates, disrupt);
+    disrupted?;
+    Ok(outcome)
+}
+
+async fn no_failed_creates_while_replicas_change(
+    cluster: &Cluster,
+    client: &kube::Client,
+    injector: &images::Image,
+) -> anyhow::Result<()> {
+    let system: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let selector = ListParams::default().labels("app.kubernetes.io/instance=sidecar-injector");
+    let victim =
+        system.list(&selector).await?.items.first().and_then(|p| p.metadata.name.clone()).context("a replica")?;
+    let delete_one = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!("deleting replica {victim} while pods are created");
+        system.delete(&victim, &DeleteParams::default()).await?;
+        anyhow::Ok(())
+    };
+    let (failed, first) = create_pods_during(client, "during-delete", 100, delete_one).await?;
+    eprintln!("replica deleted while creating pods: 100 created, {failed} failed");
+    ensure!(failed == 0, "{failed} of 100 creates failed while a replica was deleted; first: {first:?}");
+    wait_rollout(client).await?;
+
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let (repository, tag) = (injector.repository().to_owned(), injector.tag().to_owned());
+    let upgrade = async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Helm runs as a blocking process: on a blocking thread, so the creates go on meanwhile.
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let helm = Helm::locate(4)?.kubeconfig(&kubeconfig);
+            let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/node-values.yaml");
+            let chart = chart_dir();
+            helm.run([
+                "upgrade",
+                "sidecar-injector",
+                chart.to_str().context("UTF-8 path")?,
+                "--namespace",
+                SYSTEM,
+                "-f",
+                values.to_str().context("UTF-8 path")?,
+                "--set",
+                &format!("image.repository={repository}"),
+                "--set",
+                &format!("image.tag={tag}"),
+                // A changed configuration value: the pods' config checksum changes, so they roll.
+                "--set",
+                "injector.logLevel=debug",
+                // The catalog ConfigMap was changed with `kubectl apply` above: Helm 4 applies
+                // server-side and takes the field back only when told to.
+                "--force-conflicts",
+                "--wait",
+                "--timeout",
+                "5m",
+            ])?
+            .success()?;
+            Ok(())
+        })
+        .await?
+    };
+    // Serving replicas: not those still terminating from the deletion above.
+    let serving = || async {
+        let pods = system.list(&selector).await?.items;
+        anyhow::Ok(
+            pods.into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect::<Vec<String>>(),
+        )
+    };
+    let before = serving().await?;
+    let (failed, first) = create_pods_during(client, "during-upgrade", 100, upgrade).await?;
+    wait_rollout(client).await?;
+    let after = serving().await?;
+    ensure!(
+        before.iter().all(|p| !after.contains(p)),
+        "helm upgrade did not roll the replicas: {before:?} → {after:?}"
+    );
+    eprintln!(
+        "helm upgrade rolled the replicas ({before:?} → {after:?}) while creating pods: 100 created, {failed} failed"
+    );
+    ensure!(failed == 0, "{failed} of 100 creates failed during helm upgrade; first: {first:?}");
+    Ok(())
+}
