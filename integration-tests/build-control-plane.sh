@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes control-plane programs for the integration tests:
-# kube-apiserver and kube-controller-manager from k8s.io/kubernetes, and etcd
+# Builds the real Kubernetes programs for the integration tests:
+# kube-apiserver, kube-controller-manager, kubectl and, for the test node, kube-scheduler,
+# kubelet and kube-proxy from k8s.io/kubernetes, and etcd
 # from go.etcd.io/etcd/server/v3, at the versions pinned in control-plane/go.mod
 # (a wrapper module: k8s.io/kubernetes cannot be built with `go install pkg@v`
 # because it requires its staging modules at v0.0.0 with `=> ./staging/...`).
@@ -8,7 +9,7 @@
 # Usage:
 #   dir=$(bash integration-tests/build-control-plane.sh | tail -1)
 #       Builds into ${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/control-plane/<k8s version>/
-#       (kube-apiserver, kube-controller-manager, etcd) unless all three are already
+#       (every program above) unless all of them are already
 #       there, and prints that directory as the last line of stdout. Progress goes to
 #       stderr. Needs only Go (GOTOOLCHAIN=local) and the Go module proxy.
 #   bash integration-tests/build-control-plane.sh --pin v1.36.5
