@@ -611,7 +611,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     fn stop_process(&mut self, name: &str) {
         let Some(index) = self.processes.iter().position(|(n, _)| n == name) else { return };
         let (_, mut child) = self.processes.remove(index);
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(5) {
             if matches!(child.try_wait(), Ok(Some(_))) {
@@ -723,7 +723,7 @@ fn processes() -> Vec<(u32, String)> {
 fn kill_matching(matches: impl Fn(u32, &str) -> bool) {
     for (pid, cmdline) in processes() {
         if matches(pid, &cmdline) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
         }
     }
 }
@@ -768,7 +768,7 @@ fn kill_cgroups(containers: &[String]) {
     for cgroup in container_cgroups(containers) {
         if let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
             for pid in procs.split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
+                let _ = Command::new("kill").args(["-KILL", pid]).stderr(Stdio::null()).status();
             }
         }
     }
