@@ -26,6 +26,29 @@ use sidecar_injector::config::Config;
 /// The Expedia annotation naming the sidecars.
 pub const INJECT: &str = "sidecar-injector.expedia.com/inject";
 
+/// The labels of a namespace that enforces Pod Security `restricted` (and warns about it).
+pub const RESTRICTED: [(&str, &str); 3] = [
+    ("pod-security.kubernetes.io/enforce", "restricted"),
+    ("pod-security.kubernetes.io/enforce-version", "latest"),
+    ("pod-security.kubernetes.io/warn", "restricted"),
+];
+
+/// Polls `check` every 200 ms until it gives a value, for up to `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A container that meets Pod Security `restricted`.
 fn restricted(name: &str, image: &str) -> Value {
     json!({"name": name, "image": image, "securityContext": {

@@ -12,7 +12,7 @@
 //!   Helm 3 release keeps it too.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use admission_kit::reexports::kube::{
     self, Api,
@@ -20,7 +20,7 @@ use admission_kit::reexports::kube::{
 };
 use anyhow::Context as _;
 use integration_tests::helm::{Helm, Rendered, chart_dir, verify_chain};
-use integration_tests::scenarios::{forget_previous_run, names, namespace, portable_scenarios};
+use integration_tests::scenarios::{RESTRICTED, eventually, forget_previous_run, names, namespace, portable_scenarios};
 use integration_tests::webhook::{client, serve_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -31,11 +31,6 @@ use sidecar_injector::config::Config;
 
 const SYSTEM: &str = "injector-system";
 const INJECT: &str = "sidecar-injector.expedia.com/inject";
-const RESTRICTED: [(&str, &str); 3] = [
-    ("pod-security.kubernetes.io/enforce", "restricted"),
-    ("pod-security.kubernetes.io/enforce-version", "latest"),
-    ("pod-security.kubernetes.io/warn", "restricted"),
-];
 
 fn data(secret: &Secret, key: &str) -> anyhow::Result<String> {
     let bytes = secret.data.as_ref().and_then(|d| d.get(key)).with_context(|| format!("no {key} in the Secret"))?;
@@ -46,22 +41,6 @@ async fn ca_bundle(client: &kube::Client, name: &str) -> anyhow::Result<String> 
     let config = Api::<MutatingWebhookConfiguration>::all(client.clone()).get(name).await?;
     let bundle = config.webhooks.as_ref().and_then(|w| w[0].client_config.ca_bundle.clone()).context("no caBundle")?;
     Ok(String::from_utf8(bundle.0)?)
-}
-
-/// Polls `check` until it gives a value, for up to 60 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn app_pod(name: &str, annotations: &Value, labels: &Value) -> anyhow::Result<Pod> {
@@ -195,7 +174,7 @@ async fn url_mode_injects_through_the_charts_webhook(
     // refuse a pod that does not meet `restricted`; the ReplicaSet would then have none).
     let system_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
     let selector = ListParams::default().labels("app.kubernetes.io/instance=sidecar-injector");
-    eventually("the chart's pods", || async {
+    eventually("the chart's pods", Duration::from_secs(60), || async {
         let pods = system_pods.list(&selector).await?;
         Ok((pods.items.len() == 2).then_some(()))
     })
@@ -203,7 +182,7 @@ async fn url_mode_injects_through_the_charts_webhook(
 
     // The webhook configuration takes effect asynchronously: wait until a dry run is injected.
     let apps: Api<Pod> = Api::namespaced(client.clone(), "chart-apps");
-    eventually("the chart's webhook to take effect", || async {
+    eventually("the chart's webhook to take effect", Duration::from_secs(60), || async {
         let probe = app_pod("probe", &json!({INJECT: "haystack-agent"}), &json!({}))?;
         let created = apps.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await?;
         Ok(names(&created).contains(&"haystack-agent".to_owned()).then_some(()))
@@ -241,7 +220,7 @@ async fn deployment_pods_are_injected(client: &kube::Client) -> anyhow::Result<(
         },
     }))?;
     Api::<Deployment>::namespaced(client.clone(), "chart-apps").create(&PostParams::default(), &deployment).await?;
-    let pods = eventually("the Deployment's pods", || async {
+    let pods = eventually("the Deployment's pods", Duration::from_secs(60), || async {
         let pods = apps.list(&ListParams::default().labels("app=shop")).await?;
         Ok((pods.items.len() == 2).then_some(pods.items))
     })

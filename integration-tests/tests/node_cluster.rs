@@ -18,7 +18,7 @@ use admission_kit::reexports::kube::{
 use anyhow::{Context as _, bail, ensure};
 use integration_tests::helm::{Helm, chart_dir};
 use integration_tests::node::Cluster;
-use integration_tests::scenarios::namespace;
+use integration_tests::scenarios::{RESTRICTED, eventually, namespace};
 use integration_tests::{Binaries, images};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,27 +29,6 @@ const SYSTEM: &str = "injector-system";
 const APPS: &str = "apps";
 const PREFIX: &str = "sidecar-injector.expedia.com";
 const API_KEY: &str = "bd8a1dd2-735d-466e-ba30-201660185e64";
-const RESTRICTED: [(&str, &str); 3] = [
-    ("pod-security.kubernetes.io/enforce", "restricted"),
-    ("pod-security.kubernetes.io/enforce-version", "latest"),
-    ("pod-security.kubernetes.io/warn", "restricted"),
-];
-
-/// Polls `check` until it gives a value, for up to `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        ensure!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// `kubectl` (built with the control plane) against the cluster; its stdout.
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -155,32 +134,27 @@ async fn chart_on_a_real_node() -> anyhow::Result<()> {
     cluster.shutdown()
 }
 
+/// `helm <verb>` of the chart as the test installs it: the image built here, the busybox catalog,
+/// and `--wait`; then `extra`.
+fn chart_command(verb: &str, image: &images::Image, extra: &[&str]) -> anyhow::Result<Vec<String>> {
+    let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/node-values.yaml");
+    let mut args: Vec<String> = [verb, "sidecar-injector", chart_dir().to_str().context("UTF-8 path")?]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    args.extend(["--namespace".to_owned(), SYSTEM.to_owned(), "-f".to_owned()]);
+    args.push(values.to_str().context("UTF-8 path")?.to_owned());
+    args.extend(["--set".to_owned(), format!("image.repository={}", image.repository())]);
+    args.extend(["--set".to_owned(), format!("image.tag={}", image.tag()), "--wait".to_owned()]);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Ok(args)
+}
+
 async fn install_chart(cluster: &Cluster, client: &kube::Client, injector: &images::Image) -> anyhow::Result<()> {
     namespace(client, SYSTEM, &RESTRICTED).await?;
     let helm = Helm::locate(4)?.kubeconfig(cluster.kubeconfig());
-    let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/node-values.yaml");
-    let chart = chart_dir();
-    let (repository, tag) =
-        (format!("image.repository={}", injector.repository()), format!("image.tag={}", injector.tag()));
     let started = Instant::now();
-    let installed = helm
-        .run([
-            "install",
-            "sidecar-injector",
-            chart.to_str().context("UTF-8 path")?,
-            "--namespace",
-            SYSTEM,
-            "-f",
-            values.to_str().context("UTF-8 path")?,
-            "--set",
-            &repository,
-            "--set",
-            &tag,
-            "--wait",
-            "--timeout",
-            "3m",
-        ])?
-        .success();
+    let installed = helm.run(chart_command("install", injector, &["--timeout", "3m"])?)?.success();
     let run = match installed {
         Ok(run) => run,
         Err(e) => {
@@ -439,37 +413,25 @@ async fn no_failed_creates_while_replicas_change(
     wait_rollout(client).await?;
 
     let kubeconfig = cluster.kubeconfig().to_owned();
-    let (repository, tag) = (injector.repository().to_owned(), injector.tag().to_owned());
+    let upgrade_command = chart_command(
+        "upgrade",
+        injector,
+        &[
+            // A changed configuration value: the pods' config checksum changes, so they roll.
+            "--set",
+            "injector.logLevel=debug",
+            // The catalog ConfigMap was changed with `kubectl apply` above: Helm 4 applies
+            // server-side and takes the field back only when told to.
+            "--force-conflicts",
+            "--timeout",
+            "5m",
+        ],
+    )?;
     let upgrade = async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Helm runs as a blocking process: on a blocking thread, so the creates go on meanwhile.
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let helm = Helm::locate(4)?.kubeconfig(&kubeconfig);
-            let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/node-values.yaml");
-            let chart = chart_dir();
-            helm.run([
-                "upgrade",
-                "sidecar-injector",
-                chart.to_str().context("UTF-8 path")?,
-                "--namespace",
-                SYSTEM,
-                "-f",
-                values.to_str().context("UTF-8 path")?,
-                "--set",
-                &format!("image.repository={repository}"),
-                "--set",
-                &format!("image.tag={tag}"),
-                // A changed configuration value: the pods' config checksum changes, so they roll.
-                "--set",
-                "injector.logLevel=debug",
-                // The catalog ConfigMap was changed with `kubectl apply` above: Helm 4 applies
-                // server-side and takes the field back only when told to.
-                "--force-conflicts",
-                "--wait",
-                "--timeout",
-                "5m",
-            ])?
-            .success()?;
+            Helm::locate(4)?.kubeconfig(&kubeconfig).run(upgrade_command)?.success()?;
             Ok(())
         })
         .await?
