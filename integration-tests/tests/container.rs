@@ -93,16 +93,18 @@ fn readable_by_all(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The injector image as the tests run it: its own entrypoint (`serve`) and user, `--config`,
-/// read-only root, no capabilities, the host's network, and `dir` mounted read-only at `/work`.
+/// read-only root, no capabilities, the host's network, and `dir` mounted read-only at `/etc/sidecar-injector`.
 async fn start(image: &Image, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<ContainerAsync<GenericImage>> {
     let mut request = GenericImage::new(image.repository(), image.tag())
-        .with_cmd(["--config", "/work/config.yaml"])
+        .with_cmd(["--config", "/etc/sidecar-injector/config.yaml"])
         // The network mode, not a network of that name (which testcontainers would try to create).
         .with_host_config_modifier(|config: &mut HostConfig| config.network_mode = Some("host".to_owned()))
         .with_readonly_rootfs(true)
         .with_cap_drop("ALL")
         .with_security_opt("no-new-privileges")
-        .with_mount(Mount::bind_mount(dir.to_string_lossy(), "/work").with_access_mode(AccessMode::ReadOnly))
+        .with_mount(
+            Mount::bind_mount(dir.to_string_lossy(), "/etc/sidecar-injector").with_access_mode(AccessMode::ReadOnly),
+        )
         .with_startup_timeout(Duration::from_secs(60));
     for (key, value) in env {
         request = request.with_env_var(*key, *value);
@@ -204,14 +206,18 @@ async fn serves_reloads_and_drains() -> anyhow::Result<()> {
         "- name: first\n  containers: [{name: first, image: busybox, env: [{name: FROM, value: catalog}]}]\n",
     )?;
     let (port, admin) = (free_port()?, free_port()?);
-    std::fs::write(
-        dir.path().join("config.yaml"),
-        format!(
-            "server:\n  webhookAddr: 127.0.0.1:{port}\n  adminAddr: 127.0.0.1:{admin}\n  tlsCertFile: /work/tls.crt\n  \
-             tlsKeyFile: /work/tls.key\n  namespaceCache: never\n  drainDelay: 2s\n  shutdownTimeout: 10s\n  logFormat: json\n\
-             sidecars: null\ncatalogPaths: [/work/catalog]\ncatalogReloadInterval: 200ms\n"
-        ),
-    )?;
+    // JSON is YAML: the configuration file.
+    let file = json!({
+        "server": {
+            "webhookAddr": format!("127.0.0.1:{port}"), "adminAddr": format!("127.0.0.1:{admin}"),
+            "tlsCertFile": "/etc/sidecar-injector/tls.crt", "tlsKeyFile": "/etc/sidecar-injector/tls.key",
+            "namespaceCache": "never", "drainDelay": "2s", "shutdownTimeout": "10s", "logFormat": "json",
+        },
+        "sidecars": null,
+        "catalogPaths": ["/etc/sidecar-injector/catalog"],
+        "catalogReloadInterval": "200ms",
+    });
+    std::fs::write(dir.path().join("config.yaml"), serde_json::to_vec_pretty(&file)?)?;
     readable_by_all(dir.path())?;
 
     let container = start(&image, dir.path(), &[]).await?;
@@ -291,7 +297,7 @@ async fn calls_the_container() -> anyhow::Result<()> {
     let file = json!({
         "server": {
             "webhookAddr": format!("127.0.0.1:{port}"), "adminAddr": format!("127.0.0.1:{admin}"),
-            "tlsCertFile": "/work/tls.crt", "tlsKeyFile": "/work/tls.key",
+            "tlsCertFile": "/etc/sidecar-injector/tls.crt", "tlsKeyFile": "/etc/sidecar-injector/tls.key",
             "namespaceCache": "always", "drainDelay": "0s",
         },
         "namespaceCatalogs": true,
@@ -299,7 +305,7 @@ async fn calls_the_container() -> anyhow::Result<()> {
     });
     std::fs::write(dir.path().join("config.yaml"), serde_json::to_vec_pretty(&file)?)?;
     readable_by_all(dir.path())?;
-    let container = start(&image, dir.path(), &[("KUBECONFIG", "/work/kubeconfig")]).await?;
+    let container = start(&image, dir.path(), &[("KUBECONFIG", "/etc/sidecar-injector/kubeconfig")]).await?;
     // Ready means both watch caches (namespaces, ConfigMap catalogs) synced with the API server.
     http_ok(admin, "/readyz").await?;
 
