@@ -11,8 +11,9 @@
 //! the same definition is checked in-process.
 //!
 //! [`server`] serves pipelines over HTTPS (rustls, HTTP/1.1 keep-alive, certificate hot reload) with
-//! admin endpoints, Prometheus metrics, limits, deadlines and graceful drain; [`cli`] wraps it in a
-//! ready-made command line. The `testing` feature adds the `testing` module, a kit for plugin
+//! admin endpoints, Prometheus metrics, limits, deadlines and graceful drain; [`app`] is the
+//! application shell around it (command line, settings, a shared Kubernetes client, a plugin's
+//! asynchronous set-up and subcommands), and [`cli`] its one-line forms. The `testing` feature adds the `testing` module, a kit for plugin
 //! authors' tests.
 //!
 //! ```no_run
@@ -39,6 +40,7 @@
 //! # }
 //! ```
 
+pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod matcher;

@@ -196,7 +196,8 @@ impl Step {
 }
 
 /// `failurePolicy` of the rendered webhook: what the API server does when it cannot reach us.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Deserialises from Kubernetes' spelling (`Fail`, `Ignore`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum FailurePolicy {
     /// Reject the API request (safe for must-have mutations; blocks creates while the webhook is down).
@@ -206,8 +207,9 @@ pub enum FailurePolicy {
     Ignore,
 }
 
-/// `reinvocationPolicy` of the rendered webhook.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `reinvocationPolicy` of the rendered webhook. Deserialises from Kubernetes' spelling (`Never`,
+/// `IfNeeded`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ReinvocationPolicy {
     /// Called once per admission.

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -47,8 +48,9 @@ pub enum TelemetryError {
 /// outage instead (see [`crate::cache`]).
 pub const DEFAULT_FILTER: &str = "info,kube_runtime::watcher=error";
 
-/// Installs the global subscriber; `filter` defaults to `$RUST_LOG`, then [`DEFAULT_FILTER`]. A
-/// second call (tests) keeps the first subscriber.
+/// Installs the global subscriber, writing to stderr; `filter` defaults to `$RUST_LOG`, then
+/// [`DEFAULT_FILTER`]. Text has colours only when stderr is a terminal, so a log file or a log
+/// pipeline gets no escape codes. A second call (tests) keeps the first subscriber.
 pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryError> {
     let text = filter
         .map(str::to_owned)
@@ -56,7 +58,10 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryErro
         .unwrap_or_else(|| DEFAULT_FILTER.to_owned());
     let env_filter =
         EnvFilter::try_new(&text).map_err(|source| TelemetryError::Filter { filter: text.clone(), source })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),

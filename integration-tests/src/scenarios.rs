@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::webhook::{Injector, register, serve_and_register, start_injector_with};
+use admission_kit::pipeline::FailurePolicy;
 use admission_kit::reexports::kube::{
     self, Api,
     api::{ListParams, PostParams},
@@ -68,7 +69,7 @@ pub fn catalog_config(catalog_dir: &std::path::Path) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.catalog_paths = vec![catalog_dir.to_owned()];
     config.namespace_catalogs = true;
-    "100ms".clone_into(&mut config.catalog_reload_interval);
+    config.catalog_reload_interval = Duration::from_millis(100);
     config.sidecars = scenario_sidecars()?;
     Ok(config)
 }
@@ -281,18 +282,17 @@ pub async fn certificate_rotation(client: &kube::Client) -> anyhow::Result<()> {
     let (first, second) = (ca.leaf()?, ca.leaf()?);
     let dir = tempfile::tempdir()?;
     secret_volume(dir.path(), 1, &first)?;
-    let mut server_config = admission_kit::server::ServerConfig::local();
-    server_config.tls = admission_kit::tls::TlsSource::Files {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-        reload_interval: Duration::from_millis(100),
-    };
     let mut config = catalog_config(dir.path())?;
+    config.server = admission_kit::app::ServeSettings::local();
+    config.server.tls_cert_file = Some(dir.path().join("tls.crt"));
+    config.server.tls_key_file = Some(dir.path().join("tls.key"));
+    config.server.cert_reload_interval = Duration::from_millis(100);
+    config.server.namespace_cache = admission_kit::app::NamespaceCacheMode::Always;
     config.catalog_paths.clear();
     config.namespace_catalogs = false;
     "rotation-test".clone_into(&mut config.namespace_label_key);
     "rotation.integration.example.com".clone_into(&mut config.webhook_name);
-    let rotating = start_injector_with(client, &config, "rotation", server_config, Some(&ca.pem)).await?;
+    let rotating = start_injector_with(client, &config, "rotation", Some(&ca.pem)).await?;
     namespace(client, "rotation", &[("rotation-test", "enabled")]).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "rotation");
     let started = Instant::now();
@@ -428,10 +428,10 @@ async fn webhook_down(client: &kube::Client) -> anyhow::Result<()> {
     // A port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("https://127.0.0.1:{dead}");
-    for (policy, label) in [("Fail", "down-fail"), ("Ignore", "down-ignore")] {
+    for (policy, label) in [(FailurePolicy::Fail, "down-fail"), (FailurePolicy::Ignore, "down-ignore")] {
         let mut config = Config::default();
         config.namespace_label_key = label.to_owned();
-        config.failure_policy = policy.to_owned();
+        config.failure_policy = policy;
         config.webhook_name = format!("{label}.integration.example.com");
         let store = std::sync::Arc::new(sidecar_injector::catalog::CatalogStore::fixed(
             sidecar_injector::catalog::Catalog::default(),

@@ -1,15 +1,12 @@
 //! Running the sidecar injector against the control plane: in-process on 127.0.0.1, registered
 //! with a `MutatingWebhookConfiguration` whose client config is its URL and CA bundle.
 
-use std::sync::Arc;
-
-use admission_kit::namespaces::NamespaceSource;
+use admission_kit::app::{NamespaceCacheMode, Plugin as _, Runtime, ServeSettings};
 use admission_kit::reexports::kube::{self, Api, api::PostParams};
 use admission_kit::server::{RunningServer, Server, ServerConfig};
 use admission_kit::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_config};
 use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use sidecar_injector::catalog::{CatalogSource, CatalogStore, NamespaceCatalogs};
 use sidecar_injector::config::Config;
 
 use crate::ControlPlane;
@@ -84,74 +81,55 @@ pub async fn register(
 }
 
 /// Starts the injector with `config` on loopback (catalog files hot-reloaded) and registers it.
+/// The server's settings are [`ServeSettings::local`] with the namespace cache on; the rest of
+/// `config` is the injector's.
 pub async fn start_injector(client: &kube::Client, config: &Config, configuration: &str) -> anyhow::Result<Injector> {
-    start_injector_with(client, config, configuration, ServerConfig::local(), None).await
+    let mut config = config.clone();
+    config.server = ServeSettings::local();
+    config.server.namespace_cache = NamespaceCacheMode::Always;
+    start_injector_with(client, &config, configuration, None).await
 }
 
-/// [`start_injector`] with a server configuration (e.g. certificate files) and, for certificate
-/// files, the CA bundle to register.
+/// [`start_injector`] with `config`'s own server settings (e.g. certificate files) and, for
+/// certificate files, the CA bundle to register.
 pub async fn start_injector_with(
     client: &kube::Client,
     config: &Config,
     configuration: &str,
-    server_config: ServerConfig,
     ca_pem: Option<&str>,
 ) -> anyhow::Result<Injector> {
-    let (server, pipeline) = injector_server(client, config, server_config)?;
-    let server = match ca_pem {
-        None => serve_and_register_with(server, client, &[pipeline], configuration).await?,
-        Some(ca) => {
-            let server = server.start().await?;
-            let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
-            register(client, &[pipeline], configuration, &url, ca.as_bytes()).await?;
-            server
-        }
+    let (runtime, pipelines) = injector_runtime(client, config).await?;
+    let server = runtime.start(pipelines.clone()).await?;
+    let ca = match ca_pem {
+        Some(ca) => ca.to_owned(),
+        None => server.ca_pem().context("a generated certificate has a CA")?.to_owned(),
     };
+    let url = format!("https://127.0.0.1:{}", server.webhook_addr().port());
+    register(client, &pipelines, configuration, &url, ca.as_bytes()).await?;
     wait_ready(&server).await?;
     Ok(Injector { server, configuration: configuration.to_owned() })
 }
 
-/// Starts the injector with `config` on loopback without registering it (something else, such as
-/// the Helm chart, registers it), and waits until it is ready.
-pub async fn serve_injector(
-    client: &kube::Client,
-    config: &Config,
-    server_config: ServerConfig,
-) -> anyhow::Result<RunningServer> {
-    let (server, _) = injector_server(client, config, server_config)?;
-    let server = server.start().await?;
+/// Starts the injector with `config` (its server settings included) on the given client without
+/// registering it (something else, such as the Helm chart, registers it), and waits until it is
+/// ready.
+pub async fn serve_injector(client: &kube::Client, config: &Config) -> anyhow::Result<RunningServer> {
+    let (runtime, pipelines) = injector_runtime(client, config).await?;
+    let server = runtime.start(pipelines).await?;
     wait_ready(&server).await?;
     Ok(server)
 }
 
-/// The injector's server for `config`: catalog files hot-reloaded, and both watch caches running
-/// against the real API server (namespace labels for the matchers, and `ConfigMap` catalogs in
-/// pods' namespaces when the configuration asks for them), gating readiness.
-fn injector_server(
+/// The injector's own set-up (the binary's, not a copy): catalog files hot-reloaded, `ConfigMap`
+/// catalogs when the configuration asks for them, the namespace cache as its settings say, all
+/// on `client`, and their readiness.
+async fn injector_runtime(
     client: &kube::Client,
     config: &Config,
-    server_config: ServerConfig,
-) -> anyhow::Result<(Server, admission_kit::Pipeline)> {
-    let mut sources = vec![CatalogSource::inline(config.sidecars.clone())];
-    sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
-    let store = Arc::new(CatalogStore::load(sources)?);
-    store.clone().spawn_reload(config.catalog_reload_interval()?, None);
-    let (namespaces, namespaces_health) = NamespaceSource::watch(client.clone());
-    let mut caches = vec![namespaces_health];
-    let configmaps = if config.namespace_catalogs {
-        let (catalogs, health) =
-            NamespaceCatalogs::watch(client.clone(), &config.namespace_catalog_key, &config.namespace_catalog_selector);
-        caches.push(health);
-        Some(Arc::new(catalogs))
-    } else {
-        None
-    };
-    let pipeline = sidecar_injector::pipeline_with(config, store, configmaps, None)?;
-    let mut server = Server::new(server_config, [pipeline.clone()]).namespaces(namespaces);
-    for cache in caches {
-        server = server.cache(cache);
-    }
-    Ok((server, pipeline))
+) -> anyhow::Result<(Runtime, Vec<admission_kit::Pipeline>)> {
+    let mut runtime = Runtime::with_client(config.server.clone(), client.clone());
+    let pipelines = sidecar_injector::plugin::Injector::new(config.clone()).setup(&mut runtime).await?;
+    Ok((runtime, pipelines))
 }
 
 /// Waits until the server's `/readyz` says its caches have synced.

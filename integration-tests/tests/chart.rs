@@ -188,11 +188,11 @@ fn rendered_configuration_and_catalog_load_in_the_injector() {
     assert_eq!(config.excluded_namespaces, ["kube-system", "kube-public", NS, "legacy"]);
     assert_eq!(config.namespace_label_key, "team.example.com/sidecars");
     assert!(config.namespace_catalogs);
-    assert_eq!(config.failure_policy, "Ignore");
+    assert_eq!(config.failure_policy, admission_kit::pipeline::FailurePolicy::Ignore);
     assert_eq!(config.timeout_seconds, 5);
     assert_eq!(config.server.tls_cert_file.as_deref(), Some(Path::new("/etc/sidecar-injector/tls/tls.crt")));
-    assert_eq!(config.server.drain_delay, "7s");
-    assert_eq!(config.server.cache_max_staleness, "never");
+    assert_eq!(config.server.drain_delay, std::time::Duration::from_secs(7));
+    assert_eq!(config.server.cache_max_staleness, admission_kit::app::MaxStaleness(None));
     let server = config.server_config().expect("server settings are valid");
     assert_eq!(server.cache_max_staleness, None, "never: readiness does not depend on the caches' contact");
 

@@ -144,7 +144,7 @@ async fn url_mode_injects_through_the_charts_webhook(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     config.server.webhook_addr = format!("127.0.0.1:{port}").parse()?;
     config.server.admin_addr = "127.0.0.1:0".parse()?;
-    "0s".clone_into(&mut config.server.drain_delay);
+    config.server.drain_delay = std::time::Duration::ZERO;
     let url = format!("https://127.0.0.1:{port}");
 
     let mut install = vec!["install", "sidecar-injector"];
@@ -164,7 +164,7 @@ async fn url_mode_injects_through_the_charts_webhook(
     // The injector runs with the chart's RBAC only: as its ServiceAccount (impersonated), its
     // namespace and ConfigMap caches must sync, or it never becomes ready.
     let as_chart = client_as(plane_kubeconfig, &format!("system:serviceaccount:{SYSTEM}:sidecar-injector")).await?;
-    let _injector = serve_injector(&as_chart, &config, config.server_config()?).await?;
+    let _injector = serve_injector(&as_chart, &config).await?;
 
     // What was installed is what the injector here runs with.
     let installed = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM).get("sidecar-injector-config").await?;

@@ -12,12 +12,13 @@
 
 use std::time::{Duration, Instant};
 
+use admission_kit::app::{MaxStaleness, NamespaceCacheMode, ServeSettings};
 use admission_kit::reexports::json_patch;
 use admission_kit::reexports::kube::{
     self, Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use admission_kit::server::{RunningServer, ServerConfig};
+use admission_kit::server::RunningServer;
 use anyhow::Context as _;
 use base64::Engine as _;
 use integration_tests::scenarios::{INJECT, namespace};
@@ -237,9 +238,10 @@ async fn serving_continues_from_the_caches_while_the_api_server_is_lost() -> any
     let injector = injector_client(&admin, &plane).await?;
     let mut config = Config::default();
     config.namespace_catalogs = true;
-    let mut server_config = ServerConfig::local();
-    server_config.cache_max_staleness = Some(STALENESS);
-    let server = serve_injector(&injector, &config, server_config).await?;
+    config.server = ServeSettings::local();
+    config.server.cache_max_staleness = MaxStaleness(Some(STALENESS));
+    config.server.namespace_cache = NamespaceCacheMode::Always;
+    let server = serve_injector(&injector, &config).await?;
     let webhook = Webhook::new(&server)?;
 
     // In contact: the opted-in namespace gets the ConfigMap's sidecar, the other one nothing.

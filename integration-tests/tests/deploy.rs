@@ -17,18 +17,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use admission_kit::namespaces::NamespaceSource;
 use admission_kit::reexports::kube::{
     self, Api, Resource, ResourceExt as _,
     api::{ListParams, PostParams},
 };
-use admission_kit::server::Server;
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine as _;
-use integration_tests::webhook::{client, wait_ready};
+use integration_tests::webhook::{client, serve_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -36,7 +33,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, Ser
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::{Value, json};
-use sidecar_injector::catalog::{CatalogSource, CatalogStore};
 use sidecar_injector::config::Config;
 
 /// Not the script's default, so that every namespace reference in the manifests is exercised.
@@ -426,14 +422,10 @@ async fn check_injector_runs(
         ("server.drainDelay".to_owned(), json!("0s")),
     ];
     let config = Config::load(Some(&deploy_dir.join("config.yaml")), &overrides)?;
-    assert_eq!(config.server.namespace_cache, "always");
-    let mut sources = vec![CatalogSource::inline(config.sidecars.clone())];
-    sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
-    let store = Arc::new(CatalogStore::load(sources)?);
-    let pipeline = sidecar_injector::pipeline(&config, store, None)?;
-    let (namespaces, cache) = NamespaceSource::watch(service_account_client(deployer, dir).await?);
-    let server = Server::new(config.server_config()?, [pipeline]).namespaces(namespaces).cache(cache).start().await?;
-    wait_ready(&server)
+    assert_eq!(config.server.namespace_cache, admission_kit::app::NamespaceCacheMode::Always);
+    // The injector's own set-up, as its ServiceAccount: it becomes ready only once its caches
+    // have synced with that account's permissions.
+    let server = serve_injector(&service_account_client(deployer, dir).await?, &config)
         .await
         .context("the injector never became ready as its ServiceAccount: is the RBAC in deploy/rbac.yaml enough?")?;
 

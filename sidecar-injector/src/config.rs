@@ -4,13 +4,12 @@
 //! section and its key (`SIDECAR_INJECTOR_SERVER__WEBHOOK_ADDR`). Every error names the key and
 //! where its value came from.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use admission_kit::app::{ServeSettings, duration_text};
 use admission_kit::pipeline::{FailurePolicy, ReinvocationPolicy};
 use admission_kit::server::ServerConfig;
-use admission_kit::tls::TlsSource;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
@@ -20,84 +19,6 @@ use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, Limits, Nati
 
 /// The prefix of environment variables.
 pub const ENV_PREFIX: &str = "SIDECAR_INJECTOR_";
-
-/// The server part of the configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-#[non_exhaustive]
-pub struct ServerSettings {
-    /// HTTPS webhook address.
-    pub webhook_addr: SocketAddr,
-    /// Plain-HTTP admin address (`/livez`, `/readyz`, `/metrics`).
-    pub admin_addr: SocketAddr,
-    /// Serving certificate (PEM); without it a self-signed one is generated.
-    pub tls_cert_file: Option<PathBuf>,
-    /// Serving key (PEM).
-    pub tls_key_file: Option<PathBuf>,
-    /// How often certificate files are checked for a change.
-    pub cert_reload_interval: String,
-    /// Names for a generated certificate.
-    pub self_signed_names: Vec<String>,
-    /// Largest request body in bytes.
-    pub max_body_bytes: usize,
-    /// Most open connections.
-    pub max_connections: usize,
-    /// On SIGTERM, keep serving this long while unready.
-    pub drain_delay: String,
-    /// Then wait at most this long for in-flight requests.
-    pub shutdown_timeout: String,
-    /// Watch namespaces for their labels: `auto`, `always` or `never`.
-    pub namespace_cache: String,
-    /// How long a watch cache (namespace labels, `ConfigMap` catalogs) may be out of contact with
-    /// the API server before `/readyz` fails: a duration, or `never` (also `0`). Until then the
-    /// injector answers from the cache and `/readyz` says `ok (degraded)`.
-    #[serde(deserialize_with = "string_or_number")]
-    pub cache_max_staleness: String,
-    /// Log format: `text` or `json`.
-    pub log_format: String,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            webhook_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            tls_cert_file: None,
-            tls_key_file: None,
-            cert_reload_interval: "10s".to_owned(),
-            self_signed_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
-            max_body_bytes: 4 * 1024 * 1024,
-            max_connections: 1024,
-            drain_delay: "5s".to_owned(),
-            shutdown_timeout: "30s".to_owned(),
-            namespace_cache: "auto".to_owned(),
-            cache_max_staleness: "10m".to_owned(),
-            log_format: "text".to_owned(),
-        }
-    }
-}
-
-/// A string, or a number as its text: `0` from an environment variable or `--set` arrives as a
-/// number, and means what `"0"` does.
-fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = String;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a string")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
-            Ok(v.to_owned())
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-    }
-    deserializer.deserialize_any(Text)
-}
 
 /// The whole configuration. Defaults reproduce the Expedia injector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,7 +51,8 @@ pub struct Config {
     /// Catalog files or directories (mounted `ConfigMaps`), hot-reloaded.
     pub catalog_paths: Vec<PathBuf>,
     /// How often catalog files are checked for a change.
-    pub catalog_reload_interval: String,
+    #[serde(with = "duration_text")]
+    pub catalog_reload_interval: Duration,
     /// Also read sidecars from `ConfigMaps` in the pod's namespace, named by the `inject`
     /// annotation (the 2022 generation's catalogs); needs cluster access and RBAC to watch them.
     pub namespace_catalogs: bool,
@@ -141,18 +63,19 @@ pub struct Config {
     /// The webhook's name in the `MutatingWebhookConfiguration`.
     pub webhook_name: String,
     /// `Fail` or `Ignore`: what the API server does when the webhook cannot be reached.
-    pub failure_policy: String,
+    pub failure_policy: FailurePolicy,
     /// The webhook's `timeoutSeconds` (1–30).
     pub timeout_seconds: i32,
     /// `Never` or `IfNeeded`.
-    pub reinvocation_policy: String,
+    pub reinvocation_policy: ReinvocationPolicy,
     /// Whether to render `matchConditions` (Kubernetes ≥ 1.30).
     pub match_conditions: bool,
     /// Caps on what one pod may ask (`limits.maxInjectNames`, `limits.maxEnvAnnotations`,
     /// `limits.maxAnnotationBytes`); a pod over one is denied with a message naming it.
     pub limits: Limits,
-    /// The server.
-    pub server: ServerSettings,
+    /// The server: every setting of admission-kit's server, under `server.` (`server.webhookAddr`,
+    /// `server.handshakeTimeout`, …).
+    pub server: ServeSettings,
 }
 
 impl Default for Config {
@@ -171,17 +94,17 @@ impl Default for Config {
             literal_env_values: injection.literal_env_values,
             sidecars: Value::Null,
             catalog_paths: Vec::new(),
-            catalog_reload_interval: "10s".to_owned(),
+            catalog_reload_interval: Duration::from_secs(10),
             namespace_catalogs: false,
             namespace_catalog_key: "sidecars.yaml".to_owned(),
             namespace_catalog_selector: String::new(),
             webhook_name: "sidecar-injector.expedia.com".to_owned(),
-            failure_policy: "Fail".to_owned(),
+            failure_policy: FailurePolicy::Fail,
             timeout_seconds: 10,
-            reinvocation_policy: "IfNeeded".to_owned(),
+            reinvocation_policy: ReinvocationPolicy::IfNeeded,
             match_conditions: true,
             limits: injection.limits,
-            server: ServerSettings::default(),
+            server: ServeSettings::default(),
         }
     }
 }
@@ -197,8 +120,8 @@ pub enum ConfigError {
     /// A value has the right type but is not acceptable.
     #[error("invalid configuration: `{key}` {problem}")]
     Value {
-        /// The camelCase key.
-        key: &'static str,
+        /// The camelCase key, dotted.
+        key: String,
         /// What is wrong with it.
         problem: String,
     },
@@ -333,10 +256,6 @@ pub fn is_service_link(key: &str) -> bool {
     })
 }
 
-fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    admission_kit::cli::parse_duration(text).map_err(|problem| ConfigError::Value { key, problem })
-}
-
 impl Config {
     /// Reads and checks the configuration.
     pub fn load(file: Option<&Path>, overrides: &[(String, Value)]) -> Result<Self, ConfigError> {
@@ -347,7 +266,8 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| Err(ConfigError::Value { key, problem: problem.to_owned() });
+        let bad =
+            |key: &str, problem: &str| Err(ConfigError::Value { key: key.to_owned(), problem: problem.to_owned() });
         if self.annotation_prefix.trim_matches('/').is_empty() || self.annotation_prefix.contains(char::is_whitespace) {
             return bad("annotationPrefix", "must be a DNS-style prefix such as sidecar-injector.expedia.com");
         }
@@ -367,9 +287,9 @@ impl Config {
                 return bad(key, "must be at least 1");
             }
         }
-        self.failure_policy()?;
-        self.reinvocation_policy()?;
-        duration("catalogReloadInterval", &self.catalog_reload_interval)?;
+        if self.catalog_reload_interval.is_zero() {
+            return bad("catalogReloadInterval", "must be longer than 0s");
+        }
         self.server_config()?;
         Ok(())
     }
@@ -389,75 +309,11 @@ impl Config {
         }
     }
 
-    /// `failurePolicy`.
-    pub fn failure_policy(&self) -> Result<FailurePolicy, ConfigError> {
-        match self.failure_policy.as_str() {
-            "Fail" => Ok(FailurePolicy::Fail),
-            "Ignore" => Ok(FailurePolicy::Ignore),
-            other => Err(ConfigError::Value {
-                key: "failurePolicy",
-                problem: format!("must be Fail or Ignore, got `{other}`"),
-            }),
-        }
-    }
-
-    /// `reinvocationPolicy`.
-    pub fn reinvocation_policy(&self) -> Result<ReinvocationPolicy, ConfigError> {
-        match self.reinvocation_policy.as_str() {
-            "Never" => Ok(ReinvocationPolicy::Never),
-            "IfNeeded" => Ok(ReinvocationPolicy::IfNeeded),
-            other => Err(ConfigError::Value {
-                key: "reinvocationPolicy",
-                problem: format!("must be Never or IfNeeded, got `{other}`"),
-            }),
-        }
-    }
-
-    /// How often catalog files are polled.
-    pub fn catalog_reload_interval(&self) -> Result<Duration, ConfigError> {
-        duration("catalogReloadInterval", &self.catalog_reload_interval)
-    }
-
     /// The admission-kit server configuration.
     pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
-        let s = &self.server;
-        let tls = match (&s.tls_cert_file, &s.tls_key_file) {
-            (Some(cert), Some(key)) => TlsSource::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-                reload_interval: duration("server.certReloadInterval", &s.cert_reload_interval)?,
-            },
-            (None, None) => TlsSource::SelfSigned { names: s.self_signed_names.clone() },
-            _ => {
-                return Err(ConfigError::Value {
-                    key: "server.tlsCertFile",
-                    problem: "and server.tlsKeyFile must be set together".to_owned(),
-                });
-            }
-        };
-        if !matches!(s.namespace_cache.as_str(), "auto" | "always" | "never") {
-            return Err(ConfigError::Value {
-                key: "server.namespaceCache",
-                problem: format!("must be auto, always or never, got `{}`", s.namespace_cache),
-            });
-        }
-        if !matches!(s.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Value {
-                key: "server.logFormat",
-                problem: format!("must be text or json, got `{}`", s.log_format),
-            });
-        }
-        let mut config = ServerConfig::default();
-        config.webhook_addr = s.webhook_addr;
-        config.admin_addr = s.admin_addr;
-        config.tls = tls;
-        config.max_body_bytes = s.max_body_bytes;
-        config.max_connections = s.max_connections;
-        config.drain_delay = duration("server.drainDelay", &s.drain_delay)?;
-        config.shutdown_timeout = duration("server.shutdownTimeout", &s.shutdown_timeout)?;
-        config.cache_max_staleness = admission_kit::cli::parse_staleness(&s.cache_max_staleness)
-            .map_err(|problem| ConfigError::Value { key: "server.cacheMaxStaleness", problem })?;
-        Ok(config)
+        self.server
+            .server_config()
+            .map_err(|error| ConfigError::Value { key: format!("server.{}", error.key), problem: error.problem })
     }
 }
 

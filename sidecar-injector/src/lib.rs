@@ -11,6 +11,7 @@ pub mod config;
 pub mod inject;
 pub mod metrics;
 pub mod offline;
+pub mod plugin;
 pub mod settings;
 
 use std::sync::Arc;
@@ -70,8 +71,8 @@ pub fn pipeline_with(
     Ok(Pipeline::builder(&config.webhook_name)
         .step(Step::dynamic("sidecars", pod.clone(), sidecars).when(selection(config)))
         .step(Step::dynamic("env-from-annotations", pod, EnvFromAnnotations::new(&settings)).when(selection(config)))
-        .failure_policy(config.failure_policy()?)
-        .reinvocation(config.reinvocation_policy()?)
+        .failure_policy(config.failure_policy)
+        .reinvocation(config.reinvocation_policy)
         .timeout_seconds(config.timeout_seconds)
         .match_conditions(config.match_conditions)
         .build()?)

@@ -64,7 +64,12 @@ fn config_errors_name_the_key_and_the_source_and_exit_non_zero() {
     let (ok, _, err) = run(&["--config", file.to_str().unwrap(), "check"], &[]);
     assert!(!ok && err.contains("namespaceLabel") && err.contains(file.to_str().unwrap()), "{err}");
     let (ok, _, err) = run(&["check"], &[("SIDECAR_INJECTOR_SERVER__LOG_FORMAT", "xml")]);
-    assert!(!ok && err.contains("`server.logFormat` must be text or json, got `xml`"), "{err}");
+    assert!(
+        !ok && err.contains(
+            "`server.logFormat`: unknown variant: found `xml`, expected ``text` or `json`` (from environment variable SIDECAR_INJECTOR_SERVER__LOG_FORMAT)"
+        ),
+        "{err}"
+    );
 }
 
 #[test]

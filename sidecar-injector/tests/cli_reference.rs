@@ -266,7 +266,7 @@ fn each_documented_environment_variable_sets_its_key() {
 fn example_configuration_file_loads() {
     let path = book("sidecar-injector/examples/config.yaml");
     let config = Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
-    assert_eq!(config.server.log_format, "json");
+    assert_eq!(config.server.log_format, admission_kit::telemetry::LogFormat::Json);
     assert_eq!(config.catalog_paths, [PathBuf::from("/etc/sidecar-injector/catalog")]);
     assert!(config.server.tls_cert_file.is_some() && config.server.tls_key_file.is_some());
 }

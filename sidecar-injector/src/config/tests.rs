@@ -16,25 +16,35 @@ fn defaults_are_the_expedia_injector_plus_an_example_sidecar() {
     );
     assert_eq!(config.excluded_namespaces, vec!["kube-system", "kube-public"]);
     assert_eq!(config.sidecars[0]["name"], "haystack-agent");
-    assert_eq!(config.reinvocation_policy().unwrap(), ReinvocationPolicy::IfNeeded);
-    assert!(matches!(config.server_config().unwrap().tls, TlsSource::SelfSigned { .. }));
+    assert_eq!(config.reinvocation_policy, ReinvocationPolicy::IfNeeded);
+    assert_eq!(config.failure_policy, FailurePolicy::Fail);
+    assert!(matches!(config.server_config().unwrap().tls, admission_kit::tls::TlsSource::SelfSigned { .. }));
 }
 
 #[test]
 fn a_file_replaces_the_embedded_defaults_and_flags_win_over_it() {
-    let file = write("timeoutSeconds: 3\nannotationPrefix: injector.example.com\nserver:\n  drainDelay: 1s\n");
+    let file = write(
+        "timeoutSeconds: 3\nannotationPrefix: injector.example.com\nserver:\n  drainDelay: 1s\n  handshakeTimeout: 2s\n",
+    );
     let config = Config::load(Some(file.path()), &[]).unwrap();
     assert_eq!(config.timeout_seconds, 3);
     assert_eq!(config.annotation_prefix, "injector.example.com");
     assert_eq!(config.sidecars, Value::Null, "the embedded example sidecar comes only without a file");
     assert_eq!(config.server_config().unwrap().drain_delay, Duration::from_secs(1));
+    // Every setting of admission-kit's server is a key of the injector's, timeouts included.
+    assert_eq!(config.server_config().unwrap().handshake_timeout, Duration::from_secs(2));
     let overridden = Config::load(
         Some(file.path()),
-        &[("timeoutSeconds".into(), Value::from(7)), ("server.logFormat".into(), Value::from("json"))],
+        &[
+            ("timeoutSeconds".into(), Value::from(7)),
+            ("server.logFormat".into(), Value::from("json")),
+            ("server.idleTimeout".into(), Value::from("45s")),
+        ],
     )
     .unwrap();
     assert_eq!(overridden.timeout_seconds, 7);
-    assert_eq!(overridden.server.log_format, "json");
+    assert_eq!(overridden.server.log_format, admission_kit::telemetry::LogFormat::Json);
+    assert_eq!(overridden.server_config().unwrap().idle_timeout, Duration::from_secs(45));
 }
 
 #[test]
@@ -48,11 +58,17 @@ fn errors_name_the_key_and_where_it_came_from() {
     let err = Config::load(None, &[("timeoutSeconds".into(), Value::from(31))]).unwrap_err().to_string();
     assert_eq!(err, "invalid configuration: `timeoutSeconds` must be between 1 and 30, got 31");
     let err = Config::load(None, &[("failurePolicy".into(), Value::from("Sometimes"))]).unwrap_err().to_string();
-    assert!(err.contains("`failurePolicy` must be Fail or Ignore, got `Sometimes`"), "{err}");
+    assert!(
+        err.contains("`failurePolicy`: unknown variant: found `Sometimes`, expected ``Fail` or `Ignore`` (from --set failurePolicy)"),
+        "{err}"
+    );
     let err = Config::load(None, &[("catalogReloadInterval".into(), Value::from("often"))]).unwrap_err().to_string();
-    assert!(err.contains("`catalogReloadInterval`"), "{err}");
+    assert!(err.contains("`catalogReloadInterval`: `often` is not a duration like 5s, 250ms or 1m30s"), "{err}");
+    let err =
+        Config::load(None, &[("server.namespaceCache".into(), Value::from("sometimes"))]).unwrap_err().to_string();
+    assert!(err.contains("`server.namespaceCache`: unknown variant: found `sometimes`"), "{err}");
     let err = Config::load(None, &[("server.tlsCertFile".into(), Value::from("/x.pem"))]).unwrap_err().to_string();
-    assert!(err.contains("`server.tlsCertFile` and server.tlsKeyFile must be set together"), "{err}");
+    assert!(err.contains("`server.tlsCertFile` is set without the key file"), "{err}");
     let err = format!(
         "{:#}",
         anyhow::Error::from(Config::load(None, &[("unknownSidecar".into(), Value::from("maybe"))]).unwrap_err())
@@ -84,7 +100,7 @@ fn cache_max_staleness_is_a_duration_or_never() {
     let err = staleness(Value::from("forever")).unwrap_err().to_string();
     assert_eq!(
         err,
-        "invalid configuration: `server.cacheMaxStaleness` `forever` is neither `never` nor a duration like 30s, 10m or 1h"
+        "invalid configuration: `server.cacheMaxStaleness`: `forever` is neither `never` nor a duration like 30s, 10m or 1h (from --set server.cacheMaxStaleness)"
     );
 }
 
