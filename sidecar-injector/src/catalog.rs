@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use namespaced::NamespaceCatalogs;
+pub use namespaced::{NamespaceCatalogWriter, NamespaceCatalogs};
 pub use source::{CatalogSource, CatalogStore, SourceKind, load as load_sources};
 
 /// One sidecar of the catalog.
