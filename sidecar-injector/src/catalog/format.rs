@@ -130,7 +130,7 @@ struct Fields<N> {
     #[serde(default, deserialize_with = "or_default")]
     labels: BTreeMap<String, Text>,
     #[serde(default, deserialize_with = "or_default")]
-    native_sidecar: bool,
+    native_sidecar: Flag,
     #[serde(default)]
     namespaces: Option<Vec<Text>>,
 }
@@ -148,7 +148,7 @@ impl<N> Fields<N> {
             image_pull_secrets: items(self.image_pull_secrets),
             annotations: strings(self.annotations),
             labels: strings(self.labels),
-            native_sidecar: self.native_sidecar,
+            native_sidecar: self.native_sidecar.0,
             namespaces: self.namespaces.map(|names| names.into_iter().map(|name| name.0).collect()),
         }
     }
@@ -173,6 +173,19 @@ impl<'de> Deserialize<'de> for Text {
         match Value::deserialize(deserializer)? {
             Value::String(text) => Ok(Self(text)),
             other => Err(de::Error::invalid_type(unexpected(&other), &"a string (quote it)")),
+        }
+    }
+}
+
+/// A boolean that was written as one: YAML would read the string `'true'` into a `bool`.
+#[derive(Default)]
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Bool(flag) => Ok(Self(flag)),
+            other => Err(de::Error::invalid_type(unexpected(&other), &"true or false")),
         }
     }
 }

@@ -325,7 +325,7 @@ fn a_wrong_type_names_the_field_and_where_it_is() {
     let err = |text: &str| parse_catalog(text, "cat.yaml").unwrap_err().to_string();
     let cases = [
         ("- name: a\n  volumes: {name: v}\n", "[0].volumes: ", "line 2, column 12"),
-        ("- name: a\n  nativeSidecar: [true]\n", "[0].nativeSidecar: ", "line 2, column 18"),
+        ("- name: a\n  nativeSidecar: [true]\n", "[0].nativeSidecar: invalid type: sequence", "line 2, column 3"),
         ("- name: a\n  containers:\n    - name: c\n    - just-a-string\n", "[0].containers[1]: ", "line 4, column 7"),
         ("- name: a\n  namespaces: team\n", "[0].namespaces: ", "line 2, column 15"),
         ("sidecars: {name: a}\n", "sidecars: ", "line 1, column 11"),
@@ -333,6 +333,11 @@ fn a_wrong_type_names_the_field_and_where_it_is() {
         ("- name: '  '\n", "[0].name: invalid value: string \"  \", expected a sidecar name", "line 1, column 3"),
         ("- name: a\n  volumes: [{name: ''}]\n", "[0].volumes[0]: invalid value", "line 2"),
         ("- name: a\n  annotations: {x: true}\n", "[0].annotations.x: invalid type: boolean `true`", "line 2"),
+        (
+            "- name: a\n  nativeSidecar: 'true'\n",
+            "[0].nativeSidecar: invalid type: string \"true\", expected true or false",
+            "line 2",
+        ),
     ];
     for (text, field, line) in cases {
         let message = err(text);
