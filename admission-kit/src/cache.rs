@@ -3,7 +3,9 @@
 //! <https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes>).
 //!
 //! [`watch`] fills a kube-runtime reflector [`Store`] from a list and a watch, and returns it with
-//! the cache's [`CacheHealth`]: give that to [`crate::server::Server::cache`], which keeps the
+//! the cache's [`CacheHealth`]; [`watch_into`] feeds the same events to an [`EventSink`] of your
+//! own instead (a cache of values derived from the objects, built once per change rather than on
+//! every admission). Give the health to [`crate::server::Server::cache`], which keeps the
 //! server unready until the first list has loaded, exposes the cache's health as metrics, and
 //! turns readiness off when the cache has been out of contact with the API server for longer than
 //! [`crate::server::ServerConfig::cache_max_staleness`].
@@ -70,6 +72,42 @@ where
 {
     let writer = Writer::<K>::default();
     let reader = writer.as_reader();
+    (reader, watch_into(api, config, what, writer))
+}
+
+/// Where a watch's events go: kube-runtime's reflector [`Writer`], or a cache of your own that
+/// keeps something derived from each object (parsed once per change, not on every admission).
+///
+/// Events arrive in the watcher's order: [`watcher::Event::Init`], [`watcher::Event::InitApply`]
+/// for every listed object, [`watcher::Event::InitDone`], then [`watcher::Event::Apply`] and
+/// [`watcher::Event::Delete`]; a relist (after a failure or a `410 Gone`) starts again at `Init`,
+/// and a sink that buffers the `InitApply` objects and swaps them in at `InitDone` drops every
+/// object deleted while the watch was down.
+pub trait EventSink<K>: Send + 'static {
+    /// Takes one event.
+    fn apply(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K> EventSink<K> for Writer<K>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+/// [`watch`], with the events going to `sink` instead of a reflector store.
+///
+/// Needs a tokio runtime; the watch runs in a task of its own for the life of the process.
+#[must_use]
+pub fn watch_into<K, S>(api: Api<K>, config: watcher::Config, what: &'static str, sink: S) -> CacheHealth
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    S: EventSink<K>,
+{
     let health = CacheHealth::new(what);
     let probe_params = ListParams {
         label_selector: config.label_selector.clone(),
@@ -83,8 +121,8 @@ where
         Box::pin(async move { api.list_metadata(&params).await.map(drop).map_err(|e| describe_kube_error(&e)) })
     };
     let watch = move || watcher::watcher(api.clone(), config.clone());
-    tokio::spawn(run(writer, health.clone(), watch, probe, watcher::DefaultBackoff::default(), Timing::default()));
-    (reader, health)
+    tokio::spawn(run(sink, health.clone(), watch, probe, watcher::DefaultBackoff::default(), Timing::default()));
+    health
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -140,10 +178,10 @@ impl Default for Timing {
     }
 }
 
-/// Runs watchers made by `make_watch` into `writer` for ever: each until it fails, then, after the
+/// Runs watchers made by `make_watch` into `sink` for ever: each until it fails, then, after the
 /// backoff, a fresh one (which lists first). Probes with `probe` while a watch is established.
-async fn run<K, W, S, P>(
-    mut writer: Writer<K>,
+async fn run<K, E, W, S, P>(
+    mut sink: E,
     health: CacheHealth,
     make_watch: W,
     probe: P,
@@ -152,12 +190,13 @@ async fn run<K, W, S, P>(
 ) where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
+    E: EventSink<K>,
     W: Fn() -> S,
     S: Stream<Item = watcher::Result<watcher::Event<K>>>,
     P: Fn() -> BoxFuture<Result<(), String>>,
 {
     loop {
-        let error = watch_until_failure(&mut writer, &health, make_watch(), &probe, timing).await;
+        let error = watch_until_failure(&mut sink, &health, make_watch(), &probe, timing).await;
         // A new outage starts from the shortest delay; within one, the delay grows.
         if health.failed(FailureKind::Watch, error) {
             backoff.reset();
@@ -167,9 +206,9 @@ async fn run<K, W, S, P>(
     }
 }
 
-/// Feeds one watcher's events to `writer` and `health` until it fails; returns the failure.
-async fn watch_until_failure<K, S, P>(
-    writer: &mut Writer<K>,
+/// Feeds one watcher's events to `sink` and `health` until it fails; returns the failure.
+async fn watch_until_failure<K, E, S, P>(
+    sink: &mut E,
     health: &CacheHealth,
     stream: S,
     probe: &P,
@@ -178,6 +217,7 @@ async fn watch_until_failure<K, S, P>(
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
+    E: EventSink<K>,
     S: Stream<Item = watcher::Result<watcher::Event<K>>>,
     P: Fn() -> BoxFuture<Result<(), String>>,
 {
@@ -195,7 +235,7 @@ where
                 last_event = TokioInstant::now();
                 match event {
                     Some(Ok(event)) => {
-                        writer.apply_watcher_event(&event);
+                        sink.apply(&event);
                         match event {
                             watcher::Event::Init => {
                                 listing = true;

@@ -6,9 +6,10 @@
 //!
 //! Containers, volumes and the rest are kept as raw JSON, so every field an entry carries reaches
 //! the pod — including fields newer than any typed struct (for example `restartPolicy: Always` on an
-//! init container). Entry-level keys are checked: a misspelt `contianers` is an error, not a silently
-//! empty sidecar.
+//! init container). Entry-level keys are checked: a misspelt `contianers` is an error naming the key,
+//! its line and column, not a silently empty sidecar (the serde types are in `format`).
 
+mod format;
 mod namespaced;
 mod source;
 
@@ -16,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-pub use namespaced::NamespaceCatalogs;
+pub use namespaced::{NamespaceCatalogWriter, NamespaceCatalogs};
 pub use source::{CatalogSource, CatalogStore, SourceKind, load as load_sources};
 
 /// One sidecar of the catalog.
@@ -70,20 +71,22 @@ pub enum CatalogError {
         /// The I/O error.
         message: String,
     },
-    /// The text is not YAML/JSON.
+    /// The text is not YAML/JSON, or not a catalog: a key no entry has, a value of the wrong type,
+    /// an item without a `name`.
     #[error("failed to parse catalog {source_name}: {message}")]
     Syntax {
         /// The file (or config key).
         source_name: String,
-        /// The parser's message, with line and column.
+        /// Where in the document (`[0].containers`), the parser's message, and (for YAML text) the
+        /// line and column.
         message: String,
     },
-    /// The document is YAML but not a catalog.
+    /// The document is a catalog, but an entry cannot be injected as written.
     #[error("invalid catalog {source_name}: {message}")]
     Invalid {
         /// The file (or config key).
         source_name: String,
-        /// What is wrong, naming the entry and field.
+        /// What is wrong, naming the entry.
         message: String,
     },
     /// Two entries that a pod may ask for together add an item of the same name, so every such
@@ -210,156 +213,44 @@ impl fmt::Display for Catalog {
     }
 }
 
-/// Reads YAML or JSON text into JSON, with the parser's line and column on error.
-pub fn parse_yaml(text: &str, source_name: &str) -> Result<Value, CatalogError> {
-    serde_saphyr::from_str::<Value>(text)
-        .map_err(|e| CatalogError::Syntax { source_name: source_name.to_owned(), message: e.to_string() })
-}
-
-/// Parses a catalog document in either Expedia format (detected from its shape).
+/// Parses a catalog document in either Expedia format (detected from its shape). A key no entry
+/// has, or a value of the wrong type, is an error naming where it is in the document, with its
+/// line and column.
 pub fn parse_catalog(text: &str, source_name: &str) -> Result<Vec<SidecarEntry>, CatalogError> {
-    let document = parse_yaml(text, source_name)?;
-    entries_from_value(&document, source_name)
+    let entries = format::from_yaml(text)
+        .map_err(|message| CatalogError::Syntax { source_name: source_name.to_owned(), message })?;
+    checked(entries, source_name)
 }
 
 /// Reads catalog entries from an already-parsed document (either format, or `null` for none).
 pub fn entries_from_value(document: &Value, source_name: &str) -> Result<Vec<SidecarEntry>, CatalogError> {
-    let invalid = |message: String| CatalogError::Invalid { source_name: source_name.to_owned(), message };
-    match document {
-        Value::Null => Ok(Vec::new()),
-        // 2022: a plain list of entries.
-        Value::Array(items) => {
-            items.iter().enumerate().map(|(i, item)| entry(item, i, false).map_err(invalid)).collect()
-        }
-        // 2019: `sidecars: [{name, sidecar: {...}}]`.
-        Value::Object(map) => {
-            if let Some(extra) = map.keys().find(|k| k.as_str() != "sidecars") {
-                return Err(invalid(format!(
-                    "unknown top-level key `{extra}`; a catalog is a list of sidecars (2022 format) or `sidecars:` (2019 format)"
-                )));
-            }
-            match map.get("sidecars") {
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::Array(items)) => {
-                    items.iter().enumerate().map(|(i, item)| entry(item, i, true).map_err(invalid)).collect()
-                }
-                Some(_) => Err(invalid("`sidecars` must be a list".to_owned())),
-            }
-        }
-        _ => {
-            Err(invalid("a catalog is a list of sidecars (2022 format) or a map with `sidecars:` (2019 format)".into()))
-        }
-    }
+    let entries = format::from_value(document)
+        .map_err(|message| CatalogError::Syntax { source_name: source_name.to_owned(), message })?;
+    checked(entries, source_name)
 }
 
-const ENTRY_FIELDS: [&str; 8] = [
-    "containers",
-    "initContainers",
-    "volumes",
-    "imagePullSecrets",
-    "annotations",
-    "labels",
-    "nativeSidecar",
-    "namespaces",
-];
-
-fn entry(item: &Value, index: usize, nested_2019: bool) -> Result<SidecarEntry, String> {
-    let Value::Object(map) = item else { return Err(format!("entry {index} is not a map")) };
-    let name = match map.get("name") {
-        Some(Value::String(n)) if !n.trim().is_empty() => n.trim().to_owned(),
-        _ => return Err(format!("entry {index} has no `name`")),
-    };
-    let fields: &Map<String, Value> = if nested_2019 {
-        if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "name" | "sidecar")) {
-            return Err(format!("sidecar `{name}`: unknown key `{extra}` (2019 entries have `name` and `sidecar`)"));
-        }
-        match map.get("sidecar") {
-            Some(Value::Object(inner)) => inner,
-            None | Some(Value::Null) => &Map::new(),
-            Some(_) => return Err(format!("sidecar `{name}`: `sidecar` must be a map")),
-        }
-    } else {
-        map
-    };
-    if let Some(extra) = fields.keys().find(|k| k.as_str() != "name" && !ENTRY_FIELDS.contains(&k.as_str())) {
-        return Err(format!("sidecar `{name}`: unknown key `{extra}`; known keys: {}", ENTRY_FIELDS.join(", ")));
-    }
-    let list = |key: &str, needs_name: bool| -> Result<Vec<Value>, String> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    if !item.is_object() {
-                        return Err(format!("sidecar `{name}`: {key}[{i}] is not a map"));
-                    }
-                    if needs_name && item.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
-                        return Err(format!("sidecar `{name}`: {key}[{i}] has no `name`"));
-                    }
+/// Refuses an entry that repeats a name of its own: the second item would collide with the first
+/// in every pod, and the denial would blame the pod.
+fn checked(entries: Vec<SidecarEntry>, source_name: &str) -> Result<Vec<SidecarEntry>, CatalogError> {
+    for entry in &entries {
+        let pull_secret_names = entry.image_pull_secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str));
+        for (what, names) in [
+            ("container", entry.container_names().collect::<Vec<_>>()),
+            ("volume", entry.volume_names().collect()),
+            ("image pull secret", pull_secret_names.collect()),
+        ] {
+            let mut seen = BTreeSet::new();
+            for name in names {
+                if !seen.insert(name) {
+                    return Err(CatalogError::Invalid {
+                        source_name: source_name.to_owned(),
+                        message: format!("sidecar `{}`: {what} name `{name}` is used twice", entry.name),
+                    });
                 }
-                Ok(items.clone())
-            }
-            Some(_) => Err(format!("sidecar `{name}`: `{key}` must be a list")),
-        }
-    };
-    let strings = |key: &str| -> Result<BTreeMap<String, String>, String> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(BTreeMap::new()),
-            Some(Value::Object(m)) => m
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => Ok((k.clone(), s.clone())),
-                    other => Err(format!("sidecar `{name}`: {key}.{k} must be a string, got {other}")),
-                })
-                .collect(),
-            Some(_) => Err(format!("sidecar `{name}`: `{key}` must be a map of strings")),
-        }
-    };
-    let native_sidecar = match fields.get("nativeSidecar") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(format!("sidecar `{name}`: `nativeSidecar` must be true or false")),
-    };
-    let namespaces = match fields.get("namespaces") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .map(|n| {
-                    n.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| format!("sidecar `{name}`: `namespaces` must list names"))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Some(_) => return Err(format!("sidecar `{name}`: `namespaces` must be a list")),
-    };
-    let entry = SidecarEntry {
-        containers: list("containers", true)?,
-        init_containers: list("initContainers", true)?,
-        volumes: list("volumes", true)?,
-        image_pull_secrets: list("imagePullSecrets", true)?,
-        annotations: strings("annotations")?,
-        labels: strings("labels")?,
-        native_sidecar,
-        namespaces,
-        name,
-    };
-    // Within one entry a repeated name is always a mistake: the second item would collide with the
-    // first in every pod, and the denial would blame the pod.
-    let pull_secret_names = entry.image_pull_secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str));
-    for (what, names) in [
-        ("container", entry.container_names().collect::<Vec<_>>()),
-        ("volume", entry.volume_names().collect()),
-        ("image pull secret", pull_secret_names.collect()),
-    ] {
-        let mut seen = BTreeSet::new();
-        for n in names {
-            if !seen.insert(n) {
-                return Err(format!("sidecar `{}`: {what} name `{n}` is used twice", entry.name));
             }
         }
     }
-    Ok(entry)
+    Ok(entries)
 }
 
 #[cfg(test)]

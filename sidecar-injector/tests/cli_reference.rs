@@ -87,6 +87,11 @@ const CASES: &[(&str, &[&str], Expect)] = &[
         Expect::FailureStderr,
     ),
     (
+        "check-misspelt-key.txt",
+        &["--catalog", "sidecar-injector/tests/data/catalog-misspelt.yaml", "--set", "sidecars=null", "check"],
+        Expect::FailureStderr,
+    ),
+    (
         "native-sidecar-inject.yaml",
         &[
             "--catalog",

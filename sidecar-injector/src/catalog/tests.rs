@@ -33,17 +33,21 @@ fn entries_keep_every_field_they_carry() {
 #[test]
 fn mistakes_are_named() {
     let err = |text: &str| parse_catalog(text, "cat.yaml").unwrap_err().to_string();
-    assert!(
-        err("- name: a\n  contianers: []\n").contains("sidecar `a`: unknown key `contianers`"),
-        "{}",
-        err("- name: a\n  contianers: []\n")
-    );
-    assert!(err("- containers: []\n").contains("entry 0 has no `name`"));
-    assert!(err("- name: a\n  containers:\n    - image: x\n").contains("containers[0] has no `name`"));
-    assert!(err("- name: a\n  containers: {}\n").contains("`containers` must be a list"));
-    assert!(err("- name: a\n  labels: {x: 1}\n").contains("labels.x must be a string"));
-    assert!(err("sidecars:\n  - name: a\n    extra: 1\n").contains("unknown key `extra`"));
-    assert!(err("hello: world\n").contains("unknown top-level key `hello`"));
+    // (document, what the message must say): the key or field, where it is, and the line.
+    let cases = [
+        ("- name: a\n  contianers: []\n", "[0].contianers: unknown field `contianers`"),
+        ("- containers: []\n", "[0]: missing field `name`"),
+        ("- name: a\n  containers:\n    - image: x\n", "[0].containers[0]: missing field `name`"),
+        ("- name: a\n  containers: {}\n", "[0].containers: "),
+        ("- name: a\n  labels: {x: 1}\n", "[0].labels.x: invalid type: integer `1`, expected a string"),
+        ("sidecars:\n  - name: a\n    extra: 1\n", "sidecars[0].extra: unknown field `extra`"),
+        ("hello: world\n", "hello: unknown field `hello`, expected one of sidecars"),
+    ];
+    for (text, expected) in cases {
+        let message = err(text);
+        assert!(message.contains(expected), "{text:?} gave: {message}");
+        assert!(message.contains("at line "), "no line in: {message}");
+    }
     assert!(
         err("- name: a\n  containers:\n    - name: c\n    - name: c\n").contains("container name `c` is used twice")
     );
@@ -292,4 +296,107 @@ fn entries_that_can_be_injected_together_may_not_share_container_or_volume_names
     );
     let catalog = load_sources(&[CatalogSource::path(dir.path())]).unwrap();
     assert_eq!(catalog.names(), vec!["a", "b", "c"]);
+}
+
+#[test]
+fn a_misspelt_key_is_refused_with_its_line_column_and_the_known_keys() {
+    let text = "- name: a\n  containers: [{name: c}]\n- name: b\n  initContianers: [{name: i}]\n";
+    let error = parse_catalog(text, "cat.yaml").unwrap_err();
+    assert!(matches!(error, CatalogError::Syntax { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("failed to parse catalog cat.yaml: [1].initContianers: unknown field `initContianers`"),
+        "{message}"
+    );
+    assert!(message.contains("at line 4, column 3"), "{message}");
+    assert!(
+        message.contains("initContainers") && message.contains("imagePullSecrets"),
+        "names the known keys: {message}"
+    );
+    // The same in the 2019 format, under `sidecar`.
+    let text = "sidecars:\n  - name: a\n    sidecar:\n      volumes: []\n      volumeMounts: []\n";
+    let message = parse_catalog(text, "cat.yaml").unwrap_err().to_string();
+    assert!(message.contains("sidecars[0].sidecar.volumeMounts: unknown field `volumeMounts`"), "{message}");
+    assert!(message.contains("at line 5, column 7"), "{message}");
+}
+
+#[test]
+fn a_wrong_type_names_the_field_and_where_it_is() {
+    let err = |text: &str| parse_catalog(text, "cat.yaml").unwrap_err().to_string();
+    let cases = [
+        ("- name: a\n  volumes: {name: v}\n", "[0].volumes: ", "line 2, column 12"),
+        ("- name: a\n  nativeSidecar: [true]\n", "[0].nativeSidecar: invalid type: sequence", "line 2, column 3"),
+        ("- name: a\n  containers:\n    - name: c\n    - just-a-string\n", "[0].containers[1]: ", "line 4, column 7"),
+        ("- name: a\n  namespaces: team\n", "[0].namespaces: ", "line 2, column 15"),
+        ("sidecars: {name: a}\n", "sidecars: ", "line 1, column 11"),
+        ("- name: 42\n", "[0].name: invalid type: integer `42`, expected a string", "line 1, column 3"),
+        ("- name: '  '\n", "[0].name: invalid value: string \"  \", expected a sidecar name", "line 1, column 3"),
+        ("- name: a\n  volumes: [{name: ''}]\n", "[0].volumes[0]: invalid value", "line 2"),
+        ("- name: a\n  annotations: {x: true}\n", "[0].annotations.x: invalid type: boolean `true`", "line 2"),
+        (
+            "- name: a\n  nativeSidecar: 'true'\n",
+            "[0].nativeSidecar: invalid type: string \"true\", expected true or false",
+            "line 2",
+        ),
+    ];
+    for (text, field, line) in cases {
+        let message = err(text);
+        assert!(message.contains(field), "{text:?} should name {field:?}: {message}");
+        assert!(message.contains(&format!("at {line}")), "{text:?} should point at {line}: {message}");
+    }
+}
+
+#[test]
+fn the_top_level_shape_picks_the_format_and_errors_stay_precise() {
+    // Neither a list nor a map: the message says what a catalog is, not "no variant matched".
+    let message = parse_catalog("just text\n", "cat.yaml").unwrap_err().to_string();
+    assert!(message.contains("a list of sidecars (2022 format) or a map with `sidecars:` (2019 format)"), "{message}");
+    assert!(!message.contains("variant"), "{message}");
+    // Empty documents are empty catalogs, as before.
+    for empty in ["", "# nothing yet\n", "null\n", "sidecars:\n", "sidecars: null\n", "[]\n"] {
+        assert_eq!(parse_catalog(empty, "cat.yaml").unwrap(), Vec::new(), "{empty:?}");
+    }
+    // Keys with nothing after them are empty, and a 2019 `sidecar` may be left out or repeat the name.
+    let entries = parse_catalog(
+        "sidecars:\n  - name: ' a '\n  - name: b\n    sidecar:\n      name: b\n      containers:\n",
+        "cat.yaml",
+    )
+    .unwrap();
+    assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a", "b"], "names are trimmed");
+    assert!(entries.iter().all(|e| e.containers.is_empty() && e.namespaces.is_none()));
+}
+
+#[test]
+fn inline_entries_from_the_configuration_name_the_field_too() {
+    let error = entries_from_value(&json!([{"name": "a", "contianers": []}]), "the configuration's `sidecars`")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(
+            "failed to parse catalog the configuration's `sidecars`: [0].contianers: unknown field `contianers`"
+        ),
+        "{error}"
+    );
+    let error = entries_from_value(&json!({"sidecars": [{"name": "a", "sidecar": {"labels": {"x": 1}}}]}), "inline")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("sidecars[0].sidecar.labels.x: invalid type: integer `1`, expected a string"), "{error}");
+    // Both shapes of the same sidecar give the same entry, from a value as from text.
+    let from_2019 =
+        entries_from_value(&json!({"sidecars": [{"name": "a", "sidecar": {"volumes": [{"name": "v"}]}}]}), "x");
+    let from_2022 = entries_from_value(&json!([{"name": "a", "volumes": [{"name": "v"}]}]), "x");
+    assert_eq!(from_2019.unwrap(), from_2022.unwrap());
+}
+
+#[test]
+fn the_shipped_catalogs_and_the_captured_pods_request_agree() {
+    // The 2022 pod captured from a cluster asks for a sidecar by name; both catalog formats define
+    // the 2019 review's sidecar under the name its pod asks for.
+    let review: serde_json::Value = serde_json::from_str(&data("expedia-2019-admission-review-v1beta1.json")).unwrap();
+    let asked =
+        review["request"]["object"]["metadata"]["annotations"]["sidecar-injector.expedia.com/inject"].as_str().unwrap();
+    for file in ["catalog-2019.yaml", "catalog-2022.yaml"] {
+        let entries = parse_catalog(&data(file), file).unwrap();
+        assert!(entries.iter().any(|e| e.name == asked), "{file} has no `{asked}`");
+    }
 }

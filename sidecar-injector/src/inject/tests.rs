@@ -365,7 +365,7 @@ async fn a_forged_status_is_refused() {
 
 #[tokio::test]
 async fn sidecars_from_configmaps_in_the_pods_namespace() {
-    use admission_kit::reexports::kube::runtime::{reflector, watcher};
+    use admission_kit::reexports::kube::runtime::watcher;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let config_map = |name: &str, text: &str| ConfigMap {
@@ -378,7 +378,7 @@ async fn sidecars_from_configmaps_in_the_pods_namespace() {
         data: Some([("sidecars.yaml".to_owned(), text.to_owned())].into()),
         ..ConfigMap::default()
     };
-    let mut writer = reflector::store::Writer::<ConfigMap>::default();
+    let mut writer = crate::catalog::NamespaceCatalogWriter::new("sidecars.yaml");
     writer.apply_watcher_event(&watcher::Event::Apply(config_map(
         "busybox",
         "- name: busybox\n  containers: [{name: busybox, image: busybox, restartPolicy: Always}]\n- name: helper\n  volumes: [{name: scratch, emptyDir: {}}]\n",
@@ -388,7 +388,7 @@ async fn sidecars_from_configmaps_in_the_pods_namespace() {
         "- name: agent\n  containers: [{name: impostor, image: evil}]\n",
     )));
     writer.apply_watcher_event(&watcher::Event::Apply(config_map("broken", "- name: [oops\n")));
-    let namespaced = Arc::new(crate::catalog::NamespaceCatalogs::new(writer.as_reader(), "sidecars.yaml"));
+    let namespaced = Arc::new(writer.as_reader());
     let pipeline =
         crate::pipeline_with(&Config::default(), Arc::new(CatalogStore::fixed(catalog())), Some(namespaced), None)
             .unwrap();
