@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fault tests of issue #7 against the real `sidecar-injector serve` process: soak, certificate
+# The fault tests against the real `sidecar-injector serve` process: soak, certificate
 # rotation, SIGTERM with a second replica taking over, stalled connections, hostile bodies, broken
 # catalog (bench/src/fault.rs; each scenario is described in bench/README.md, "Fault tests").
 #

@@ -29,6 +29,7 @@ echo "== rustfmt"
 cargo fmt --all --check
 echo "== clippy (pedantic, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+bash scripts/deny.sh # cargo deny check (advisories from the committed snapshot, licences, bans, sources), workspace and fuzz/
 echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, CLI, examples, doctests)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The book's build and checks (GitHub issue #6), as CI runs them and as a writer runs them before
+# The book's build and checks, as CI runs them and as a writer runs them before
 # pushing. Needs only the package registries: mdBook comes from crates.io, playwright-core (a
 # browser driver that downloads no browser) from the npm registry, Chromium from Debian's packages.
 # Tools are cached under ${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/tools, so a warm run

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -41,6 +42,20 @@ pub enum TlsError {
     /// The key file holds no PEM private key.
     #[error("failed to load key: {0} contains no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey(PathBuf),
+    /// A PEM block of a file is malformed (bad base64, no `END` line, a broken `BEGIN` line). The
+    /// whole file is refused: serving a chain with a block silently left out would send clients an
+    /// incomplete chain.
+    #[error("failed to load {path}: PEM block {block} is malformed: {}", describe_pem_error(.source))]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// Which block of the file, counting from 1 (well-formed blocks of another kind, like a
+        /// key in the certificate file, are not counted).
+        block: usize,
+        /// What the PEM parser said.
+        #[source]
+        source: pem::Error,
+    },
     /// rustls refused the pair (unsupported key type, or key and certificate do not match).
     #[error("failed to load certificate {cert} with key {key}: {source}")]
     Rejected {
@@ -110,10 +125,38 @@ impl GeneratedCert {
     }
 }
 
-/// The crypto provider used everywhere in the crate (ring).
+/// The crypto provider used everywhere in the crate (ring), and the only place that names it.
 #[must_use]
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    // rustls 0.23.48 deprecates this constructor only because *ring* offers no post-quantum key
+    // exchange (X25519MLKEM768); the provider itself is supported. Moving to it means moving to the
+    // aws-lc-rs provider (a C library in the build, the static image included), a decision of its
+    // own. `allow`, not `expect`: older 0.23 releases do not deprecate it, and both must build
+    // without a warning.
+    #[allow(deprecated, reason = "ring lacks only post-quantum key exchange; see the comment above")]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
+/// A readable reason for a PEM error (the parser's own text shows the section label as bytes).
+fn describe_pem_error(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("no `-----END {}-----` line", String::from_utf8_lossy(end_marker).trim())
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed `BEGIN` line `{}`", String::from_utf8_lossy(line).trim())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Every certificate in `pem_bytes`, refusing the file if any certificate block is malformed.
+fn parse_certs(pem_bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(pem_bytes)
+        .enumerate()
+        .map(|(index, cert)| cert.map_err(|source| TlsError::Pem { path: path.to_owned(), block: index + 1, source }))
+        .collect()
 }
 
 /// Parses a PEM certificate chain and key into a rustls key, checking that they match.
@@ -123,15 +166,15 @@ pub fn parse_pair(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<CertifiedKey, TlsError> {
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut &cert_pem[..]).filter_map(Result::ok).collect();
+    let certs = parse_certs(cert_pem, cert_path)?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert_path.to_owned()));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::NoKey(key_path.to_owned()))?;
+    // The first PKCS#8, PKCS#1 or SEC1 key; a malformed block before it is an error, not skipped.
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::NoKey(key_path.to_owned()),
+        source => TlsError::Pem { path: key_path.to_owned(), block: 1, source },
+    })?;
     CertifiedKey::from_der(certs, key, &provider()).map_err(|source| TlsError::Rejected {
         cert: cert_path.to_owned(),
         key: key_path.to_owned(),
@@ -273,6 +316,59 @@ mod tests {
         ));
         assert!(matches!(parse_pair(b"", a.key_pem.as_bytes(), p, p), Err(TlsError::NoCertificate(_))));
         assert!(matches!(parse_pair(a.cert_pem.as_bytes(), b"junk", p, p), Err(TlsError::NoKey(_))));
+    }
+
+    /// `cert_pem` followed by `chain_pem` with one base64 character of its body made invalid.
+    fn chain_with_corrupted_second_block(cert_pem: &str, chain_pem: &str) -> String {
+        let body_start = chain_pem.find('\n').unwrap() + 1;
+        let mut corrupted = chain_pem.to_owned();
+        corrupted.replace_range(body_start + 10..body_start + 11, "!");
+        format!("{cert_pem}{corrupted}")
+    }
+
+    #[test]
+    fn a_malformed_block_in_a_chain_refuses_the_file_and_names_it() {
+        let a = GeneratedCert::generate(&["localhost".into()]).unwrap();
+        let (cert_path, key_path) = (Path::new("/certs/tls.crt"), Path::new("/certs/tls.key"));
+        let chain = format!("{}{}", a.cert_pem, a.ca_pem);
+        parse_pair(chain.as_bytes(), a.key_pem.as_bytes(), cert_path, key_path).expect("a good chain loads");
+
+        let bad_base64 = chain_with_corrupted_second_block(&a.cert_pem, &a.ca_pem);
+        let error = parse_pair(bad_base64.as_bytes(), a.key_pem.as_bytes(), cert_path, key_path).unwrap_err();
+        assert!(matches!(error, TlsError::Pem { block: 2, .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.starts_with("failed to load /certs/tls.crt: PEM block 2 is malformed"), "{message}");
+
+        let no_end = format!("{}{}", a.cert_pem, a.ca_pem.replace("-----END CERTIFICATE-----", ""));
+        let message = parse_pair(no_end.as_bytes(), a.key_pem.as_bytes(), cert_path, key_path).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "failed to load /certs/tls.crt: PEM block 2 is malformed: no `-----END CERTIFICATE-----` line"
+        );
+
+        let bad_key = a.key_pem.replace("-----END PRIVATE KEY-----", "");
+        let message = parse_pair(chain.as_bytes(), bad_key.as_bytes(), cert_path, key_path).unwrap_err().to_string();
+        assert!(message.starts_with("failed to load /certs/tls.key: PEM block 1 is malformed"), "{message}");
+    }
+
+    #[test]
+    fn reloading_a_chain_with_a_malformed_block_keeps_the_last_good_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let a = GeneratedCert::generate(&["localhost".into()]).unwrap();
+        std::fs::write(&cert, format!("{}{}", a.cert_pem, a.ca_pem)).unwrap();
+        std::fs::write(&key, &a.key_pem).unwrap();
+        let (mut reloader, _) = FileReloader::load(&cert, &key).unwrap();
+
+        let b = GeneratedCert::generate(&["localhost".into()]).unwrap();
+        std::fs::write(&cert, chain_with_corrupted_second_block(&b.cert_pem, &b.ca_pem)).unwrap();
+        std::fs::write(&key, &b.key_pem).unwrap();
+        let error = reloader.poll().unwrap_err();
+        assert!(matches!(&error, TlsError::Pem { path, block: 2, .. } if *path == cert), "{error:?}");
+        assert!(reloader.poll().is_err(), "the bad file is refused on every poll, not taken as loaded");
+
+        std::fs::write(&cert, format!("{}{}", b.cert_pem, b.ca_pem)).unwrap();
+        assert!(reloader.poll().unwrap().is_some(), "the repaired chain is loaded");
     }
 
     #[test]

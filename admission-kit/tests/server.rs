@@ -13,6 +13,8 @@ use admission_kit::server::{RunningServer, Server, ServerConfig};
 use admission_kit::testing;
 use admission_kit::tls::{GeneratedCert, TlsSource};
 use k8s_openapi::api::core::v1::{Container, Pod};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -194,7 +196,7 @@ fn write_secret_volume(dir: &Path, generation: u32, cert: &GeneratedCert) {
 async fn served_cert(addr: std::net::SocketAddr, ca_pems: &[&str]) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in ca_pems {
-        for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
     }
@@ -210,7 +212,7 @@ async fn served_cert(addr: std::net::SocketAddr, ca_pems: &[&str]) -> Vec<u8> {
 }
 
 fn der(pem: &str) -> Vec<u8> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap().as_ref().to_vec()
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec()
 }
 
 #[tokio::test]
@@ -276,7 +278,15 @@ async fn certificate_rotation_via_symlink_swap_fails_no_request() {
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request may fail during rotation");
     assert!(ok.load(Ordering::Relaxed) > 10, "the load actually ran");
 
-    // A broken update keeps the last good certificate.
+    // A broken update keeps the last good certificate: a chain whose second block is malformed
+    // (its leaf alone would load, so this fails only if the bad block is an error, not skipped),
+    // then a file with no certificate at all.
+    let mut bad_ca = b.ca_pem.clone();
+    let body = bad_ca.find('\n').unwrap() + 1;
+    bad_ca.replace_range(body + 10..body + 11, "!");
+    std::fs::write(dir.path().join("..2026_11_27_2/tls.crt"), format!("{}{bad_ca}", b.cert_pem)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(served_cert(server.webhook_addr(), &[&b.ca_pem]).await, der(&b.cert_pem));
     std::fs::write(dir.path().join("..2026_11_27_2/tls.crt"), "garbage").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(served_cert(server.webhook_addr(), &[&b.ca_pem]).await, der(&b.cert_pem));
@@ -558,7 +568,7 @@ async fn stalled_and_half_open_clients_are_cut_and_do_not_slow_others() {
 
 async fn tls_connect(addr: std::net::SocketAddr, ca: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pemfile::certs(&mut ca.as_bytes()).next().unwrap().unwrap()).unwrap();
+    roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(admission_kit::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -1,4 +1,4 @@
-// Command go-baseline is the Go baseline of the benchmark (issue #7): sidecar-injector's injection,
+// Command go-baseline is the Go baseline of the benchmark: sidecar-injector's injection,
 // served by controller-runtime's webhook server with its default settings. See README.md.
 package main
 

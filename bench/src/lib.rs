@@ -1,4 +1,4 @@
-//! The benchmark harness of issue #7: sidecar-injector against the Go (controller-runtime)
+//! The benchmark harness: sidecar-injector against the Go (controller-runtime)
 //! baseline, over loopback TLS and HTTP/1.1 keep-alive, as the API server calls webhooks.
 //!
 //! - [`corpus`]: the deterministic `AdmissionReview` corpus (2 KB, 10 KB, 100 KB, 1 MB).

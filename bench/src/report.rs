@@ -1,4 +1,4 @@
-//! Results: per-figure samples reduced to median and min–max, the issue's targets judged on the
+//! Results: per-figure samples reduced to median and min–max, the performance targets judged on the
 //! medians, and the Markdown and JSON files written to `bench/results/`.
 
 use std::collections::BTreeMap;
@@ -63,14 +63,14 @@ pub struct Figure {
     pub go: Option<Stats>,
     /// ours / Go, of the medians.
     pub ratio: Option<f64>,
-    /// The issue's targets on this figure.
+    /// The performance targets on this figure.
     pub targets: Vec<Target>,
 }
 
-/// A target from issue #7, judged on the median.
+/// A performance target, judged on the median.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Target {
-    /// As the issue states it.
+    /// As the target is stated.
     pub text: String,
     /// Whether it bounds our value or the ratio to Go.
     pub on: TargetOn,
@@ -226,7 +226,7 @@ impl Report {
             md,
             "- Ratio column: sidecar-injector ÷ Go, of the medians (higher is better for throughput, lower for everything else).\n"
         );
-        let _ = writeln!(md, "| Figure | sidecar-injector | Go baseline | ours ÷ Go | Target (issue #7) |");
+        let _ = writeln!(md, "| Figure | sidecar-injector | Go baseline | ours ÷ Go | Target |");
         let _ = writeln!(md, "|---|---|---|---|---|");
         let mut section = "";
         for f in &self.figures {

@@ -56,6 +56,34 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// The project's cache root, as the scripts place it: `$ADMISSION_KIT_CACHE`, by default
+/// `~/.cache/admission-kit`.
+fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("ADMISSION_KIT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/admission-kit")))
+}
+
+/// `path` as a committed report shows it: relative to the repository root when inside it,
+/// `$ADMISSION_KIT_CACHE/…` when inside the cache, else its file name alone. Reports are committed
+/// and read on other machines, so they name no directory of the machine that wrote them.
+#[must_use]
+pub fn report_path(path: &Path) -> String {
+    if let Ok(inside) = path.strip_prefix(workspace_root()) {
+        return inside.display().to_string();
+    }
+    if let Some(inside) = cache_root().as_deref().and_then(|cache| path.strip_prefix(cache).ok()) {
+        return format!("$ADMISSION_KIT_CACHE/{}", inside.display());
+    }
+    path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
+}
+
+/// `text` (a server's log line, say) with the repository root left out of every path in it.
+#[must_use]
+pub fn without_workspace_root(text: &str) -> String {
+    text.replace(&format!("{}/", workspace_root().display()), "")
+}
+
 /// Durations and rates of one plan (full or quick).
 #[derive(Clone, Debug)]
 struct Plan {
@@ -75,7 +103,7 @@ impl Plan {
         let (fixed_10k, fixed_other, fixed_1m) =
             if quick { (s(1.0), s(0.5), s(1.0)) } else { (s(10.0), s(5.0), s(10.0)) };
         Self {
-            // 10 KB at 1,000/s first: the issue's latency, CPU and memory targets are read from it.
+            // 10 KB at 1,000/s first: the latency, CPU and memory targets are read from it.
             fixed: vec![
                 (Size::K10, 1000.0, fixed_10k),
                 (Size::K2, 1000.0, fixed_other),
@@ -99,7 +127,7 @@ impl Plan {
     }
 }
 
-/// The p99 bound of the max-throughput search per size: the issue's 5 ms for 2k and 10k; for the
+/// The p99 bound of the max-throughput search per size: the target's 5 ms for 2k and 10k; for the
 /// large sizes, whose single review takes milliseconds, the next buckets of the API server's own
 /// `apiserver_admission_webhook_admission_duration_seconds` histogram (25 ms, 500 ms).
 #[must_use]
@@ -559,8 +587,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     // Builds (the Go script's) run before the harness raises its own priority.
     let ours = find_ours(&root, opts)?;
     let (go, go_status) = match opts.go.clone().map_or_else(|| find_go(&root), Ok) {
-        Ok(path) if path.is_file() => (Some(path.clone()), format!("run ({})", path.display())),
-        Ok(path) => (None, format!("NOT RUN ({} is not a file)", path.display())),
+        Ok(path) if path.is_file() => (Some(path.clone()), format!("run ({})", report_path(&path))),
+        Ok(path) => (None, format!("NOT RUN ({} is not a file)", report_path(&path))),
         Err(reason) => (None, format!("NOT RUN ({reason})")),
     };
     eprintln!("bench: Go baseline: {go_status}");
@@ -680,7 +708,7 @@ struct Circumstances<'a> {
 fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
     let mut notes = vec![
         "Latency is measured from each request's scheduled send time (open loop, no coordinated omission); the load generator's own lag is included and reported under Harness health.".to_owned(),
-        "Max throughput: a closed-loop saturation probe brackets the search, then open-loop probes bisect to the highest rate with no errors and p99 within the bound (5 ms for 2k and 10k, as the issue asks; 25 ms for 100k and 500 ms for 1m, API-server histogram buckets, since one such review alone takes milliseconds).".to_owned(),
+        "Max throughput: a closed-loop saturation probe brackets the search, then open-loop probes bisect to the highest rate with no errors and p99 within the bound (5 ms for 2k and 10k, the target's bound; 25 ms for 100k and 500 ms for 1m, API-server histogram buckets, since one such review alone takes milliseconds).".to_owned(),
         "CPU per 1,000 reviews: utime + stime from /proc/<pid>/stat (10 ms ticks) over the fixed-rate run including its warm-up, divided by the reviews answered in it.".to_owned(),
         "RSS: VmRSS (idle) and VmHWM (peaks) from /proc/<pid>/status.".to_owned(),
         "New TLS connections: 4 closed loops, each a full handshake (no session resumption; the client skips certificate checks to stay cheap) and one 2k review with Connection: close.".to_owned(),
@@ -737,7 +765,7 @@ fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
     meta.insert("server_realtime_priority".into(), json!(c.opts.realtime.then_some(REALTIME_PRIORITY)));
     meta.insert("other_processes_cpu_percent".into(), json!((c.others_share * 10.0).round() / 10.0));
     meta.insert("wall_seconds".into(), json!(c.elapsed.as_secs_f64().round()));
-    meta.insert("ours_binary".into(), json!(c.ours.display().to_string()));
+    meta.insert("ours_binary".into(), json!(report_path(c.ours)));
     meta.insert("notes".into(), json!(notes));
     meta
 }
@@ -847,4 +875,18 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
         let _ = server.stop();
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_paths_name_no_machine_directory() {
+        let root = workspace_root();
+        assert_eq!(report_path(&root.join("target/release/sidecar-injector")), "target/release/sidecar-injector");
+        assert_eq!(report_path(Path::new("/opt/elsewhere/go-baseline")), "go-baseline");
+        let line = format!("failed to parse catalog {}/target/fault-full/catalog.yaml: bad", root.display());
+        assert_eq!(without_workspace_root(&line), "failed to parse catalog target/fault-full/catalog.yaml: bad");
+    }
 }

@@ -3,10 +3,11 @@
 //! decode as an `AdmissionReview`.
 //!
 //! A finding is a panic, an abort, a timeout or running out of memory (libFuzzer's panic hook
-//! aborts on every panic, including those the pipeline would catch). The invariants are those of
-//! `/work/shared/notes/webhook-practices.md` rows 1, 2, 3, 5 and 6: the uid is echoed, the answer
-//! encodes, the patch applies with an independent RFC 6902 implementation and gives the pipeline's
-//! own result, a second run on the result changes nothing, and nothing of the original is lost.
+//! aborts on every panic, including those the pipeline would catch). The invariants are the
+//! response contract, idempotence and patch hygiene every mutating webhook owes the API server: the
+//! uid is echoed, the answer encodes, the patch applies with an independent RFC 6902 implementation
+//! and gives the pipeline's own result, a second run on the result changes nothing, and nothing of
+//! the original is lost.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};

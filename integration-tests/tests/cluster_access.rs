@@ -1,8 +1,8 @@
-//! Fault 7 of issue #7: the injector loses the API server. Its watch caches (namespace labels,
-//! `ConfigMap` catalogs) keep their contents and the webhook keeps answering from them; `/readyz`
-//! turns 503, naming the cache, since when and the error, once a cache has been out of contact for
-//! longer than `cacheMaxStaleness` (2 s here); the metrics say so; when the API server is back the
-//! caches resync by themselves and changes made after that are seen.
+//! The fault test "cluster access lost": the injector loses the API server. Its watch caches
+//! (namespace labels, `ConfigMap` catalogs) keep their contents and the webhook keeps answering from
+//! them; `/readyz` turns 503, naming the cache, since when and the error, once a cache has been out
+//! of contact for longer than `cacheMaxStaleness` (2 s here); the metrics say so; when the API
+//! server is back the caches resync by themselves and changes made after that are seen.
 //!
 //! A control plane of its own (it is paused, killed and restarted). The API server is lost three
 //! ways: the injector's permissions revoked (403 to its lists), the API server frozen with SIGSTOP

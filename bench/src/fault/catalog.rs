@@ -198,7 +198,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         |l| {
             let l = l.trim();
             let from = l.find("catalog not reloaded").or_else(|| l.find("error")).unwrap_or(0);
-            format!("`{}`", l[from..].chars().take(220).collect::<String>())
+            format!("`{}`", crate::runner::without_workspace_root(&l[from..]).chars().take(220).collect::<String>())
         },
     );
     let figures = format!(

@@ -366,7 +366,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let stalls = Stalls::start(server.webhook, ctx.review.len())?;
         let opening = Instant::now();
         // A review on a new connection while the stalled ones arrive (the API server opens new
-        // connections too): reported, not a criterion of the issue.
+        // connections too): reported, not a pass criterion.
         let probe = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let sent = Instant::now();
