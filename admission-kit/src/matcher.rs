@@ -47,7 +47,11 @@ impl Decision {
     }
 }
 
-/// What the server knows about the request's namespace.
+/// What the server knows about the request's namespace: its labels (possibly none), or nothing.
+///
+/// "Known and empty" (`Known` of an empty map: the namespace has no labels) and "unknown" (no
+/// namespace cache) are different answers: a `NotIn` or `DoesNotExist` requirement holds for the
+/// first and cannot be decided for the second.
 #[derive(Clone, Copy, Debug)]
 pub enum NamespaceView<'a> {
     /// The namespace's labels (from the cache, or supplied).
@@ -57,6 +61,30 @@ pub enum NamespaceView<'a> {
         /// Requirements the API server checked before calling the webhook.
         enforced: &'a [LabelRequirement],
     },
+}
+
+impl<'a> NamespaceView<'a> {
+    /// Labels unknown, nothing known to be enforced. [`crate::Pipeline::review`] fills in what its
+    /// own `namespaceSelector` enforces.
+    #[must_use]
+    pub const fn unknown() -> Self {
+        Self::Unknown { enforced: &[] }
+    }
+
+    /// The labels, when known.
+    #[must_use]
+    pub fn labels(&self) -> Option<&'a BTreeMap<String, String>> {
+        match *self {
+            Self::Known(labels) => Some(labels),
+            Self::Unknown { .. } => None,
+        }
+    }
+}
+
+impl<'a> From<&'a BTreeMap<String, String>> for NamespaceView<'a> {
+    fn from(labels: &'a BTreeMap<String, String>) -> Self {
+        Self::Known(labels)
+    }
 }
 
 /// Everything a matcher may look at.

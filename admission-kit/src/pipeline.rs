@@ -5,7 +5,6 @@
 //! A step that fails leaves no partial change behind. The patch is the diff between the object the
 //! API server sent and the final working copy, so the output is deterministic for a given input.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -504,16 +503,22 @@ impl Pipeline {
     }
 
     /// Answers one review without a deadline.
-    pub async fn review(&self, review: &Review, namespace_labels: Option<&BTreeMap<String, String>>) -> Outcome {
-        self.review_until(review, namespace_labels, None).await
+    ///
+    /// `namespace` is what is known of the request's namespace: `NamespaceView::Known(&labels)`
+    /// (an empty map for a namespace without labels), or [`NamespaceView::unknown`] when there is
+    /// no namespace cache. For an unknown namespace the pipeline trusts the requirements its own
+    /// rendered `namespaceSelector` enforces, whatever `enforced` the view lists: the API server
+    /// checked exactly those before calling.
+    pub async fn review(&self, review: &Review, namespace: NamespaceView<'_>) -> Outcome {
+        self.review_until(review, namespace, None).await
     }
 
     /// Answers one review; each step must finish before `deadline`, or it fails (and its failure
-    /// mode decides).
+    /// mode decides). `namespace` as for [`Pipeline::review`].
     pub async fn review_until(
         &self,
         review: &Review,
-        namespace_labels: Option<&BTreeMap<String, String>>,
+        namespace: NamespaceView<'_>,
         deadline: Option<Instant>,
     ) -> Outcome {
         let request = &review.request;
@@ -528,9 +533,9 @@ impl Pipeline {
             }
             return Outcome { answer, steps: reports, mutated: None };
         };
-        let namespace = match namespace_labels {
-            Some(labels) => NamespaceView::Known(labels),
-            None => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
+        let namespace = match namespace {
+            known @ NamespaceView::Known(_) => known,
+            NamespaceView::Unknown { .. } => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
         };
         let mut current = original.clone();
         let mut tracker = ChangeTracker::default();
@@ -543,7 +548,7 @@ impl Pipeline {
                     self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer)
                 }
                 Gate::Apply => {
-                    let run = Run { request, namespace_labels, deadline, original };
+                    let run = Run { request, namespace, deadline, original };
                     self.run_step(step, &mut current, &mut tracker, &mut answer, &mut on_admit, run).await
                 }
             };
@@ -594,7 +599,7 @@ impl Pipeline {
     ) -> StepResult {
         let rollback = (step.on_error == FailureMode::AllowWithWarning).then(|| current.clone());
         let before = tracker.before_step(current);
-        let mut ctx = Context::new(run.request, run.namespace_labels);
+        let mut ctx = Context::new(run.request, run.namespace);
         let mutation = AssertUnwindSafe(step.mutator.mutate(current, &mut ctx)).catch_unwind();
         let ran = match run.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, mutation).await.ok(),
@@ -635,7 +640,7 @@ impl Pipeline {
 #[derive(Clone, Copy)]
 struct Run<'a> {
     request: &'a crate::review::Request,
-    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    namespace: NamespaceView<'a>,
     deadline: Option<Instant>,
     original: &'a Value,
 }

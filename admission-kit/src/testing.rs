@@ -17,121 +17,27 @@
 
 use std::collections::BTreeMap;
 
-use kube::core::admission::Operation;
-use kube::core::{GroupVersionKind, GroupVersionResource};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::matcher::NamespaceView;
 use crate::namespaces::NamespaceSource;
 use crate::pipeline::{Outcome, Pipeline, ResourceTarget};
-use crate::review::{Answer, Request, Review};
+use crate::review::{Answer, Request, RequestBuilder, Review};
 
-/// Builds an `AdmissionReview` request for tests.
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct ReviewBuilder {
-    request: Request,
-}
+/// Builds an `AdmissionReview` for tests: a [`RequestBuilder`] whose `build()` gives a [`Review`]
+/// (`admission.k8s.io/v1`), and whose `body()` gives the JSON the API server would send.
+pub type ReviewBuilder = RequestBuilder<Review>;
 
-/// A CREATE review of a typed object (namespace from its metadata, else `default`).
+/// A CREATE review of a typed object (namespace from its metadata, else `default`); see
+/// [`Request::of`].
 pub fn review<K: k8s_openapi::Resource + Serialize>(object: &K) -> ReviewBuilder {
-    let value = serde_json::to_value(object).unwrap_or(Value::Null);
-    review_json(value, &ResourceTarget::of::<K>())
+    Request::of(object).for_review()
 }
 
-/// A CREATE review of raw JSON of kind `target`.
-#[allow(clippy::needless_pass_by_value, reason = "callers build the object inline; taking it by value reads better")]
+/// A CREATE review of raw JSON of kind `target`; see [`Request::of_json`].
 pub fn review_json(object: Value, target: &ResourceTarget) -> ReviewBuilder {
-    let metadata = object.get("metadata");
-    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_owned();
-    let request: Request = serde_json::from_value(serde_json::json!({
-        "uid": "00000000-0000-0000-0000-000000000001",
-        "kind": {"group": target.group, "version": target.version, "kind": target.kind},
-        "resource": {"group": target.group, "version": target.version, "resource": target.plural},
-        "name": name,
-        "namespace": namespace,
-        "operation": "CREATE",
-        "userInfo": {"username": "admission-kit-test"},
-        "object": object,
-    }))
-    .unwrap_or_else(|e| unreachable!("the test request literal always decodes: {e}"));
-    ReviewBuilder { request }
-}
-
-impl ReviewBuilder {
-    /// Sets the operation.
-    pub fn operation(mut self, operation: Operation) -> Self {
-        self.request.operation = operation;
-        self
-    }
-
-    /// Sets the namespace (`None` for cluster-scoped objects).
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.request.namespace = Some(namespace.into());
-        self
-    }
-
-    /// Makes the request cluster-scoped.
-    pub fn cluster_scoped(mut self) -> Self {
-        self.request.namespace = None;
-        self
-    }
-
-    /// Sets the old object (UPDATE, DELETE).
-    pub fn old_object(mut self, old: Value) -> Self {
-        self.request.old_object = Some(old);
-        self
-    }
-
-    /// Replaces the object.
-    pub fn object(mut self, object: Value) -> Self {
-        self.request.object = Some(object);
-        self
-    }
-
-    /// Marks the request as a dry run.
-    pub fn dry_run(mut self, dry_run: bool) -> Self {
-        self.request.dry_run = dry_run;
-        self
-    }
-
-    /// Sets the uid.
-    pub fn uid(mut self, uid: impl Into<String>) -> Self {
-        self.request.uid = uid.into();
-        self
-    }
-
-    /// Sets the kind and resource, e.g. to test how a step treats other kinds.
-    pub fn kind(mut self, target: &ResourceTarget) -> Self {
-        self.request.kind = GroupVersionKind::gvk(&target.group, &target.version, &target.kind);
-        self.request.resource = GroupVersionResource::gvr(&target.group, &target.version, &target.plural);
-        self
-    }
-
-    /// Sets a subresource (e.g. `status`).
-    pub fn sub_resource(mut self, sub: impl Into<String>) -> Self {
-        self.request.sub_resource = Some(sub.into());
-        self
-    }
-
-    /// The review.
-    #[must_use]
-    pub fn build(self) -> Review {
-        Review::v1(self.request)
-    }
-
-    /// The review as the JSON body the API server would send.
-    #[must_use]
-    pub fn body(self) -> Vec<u8> {
-        let review = self.build();
-        serde_json::to_vec(&serde_json::json!({
-            "apiVersion": review.api_version,
-            "kind": "AdmissionReview",
-            "request": review.request,
-        }))
-        .unwrap_or_default()
-    }
+    Request::of_json(object, target).for_review()
 }
 
 /// Runs a pipeline in-process and checks its answers.
@@ -228,9 +134,13 @@ impl Harness {
 
     /// Runs the pipeline once.
     pub async fn run(&self, review: &Review) -> Outcome {
-        let labels = review.request.namespace.as_ref().and_then(|ns| self.namespaces.get(ns));
-        let labels = if self.known_namespaces { Some(labels.cloned().unwrap_or_default()) } else { None };
-        self.pipeline.review(review, labels.as_ref()).await
+        if !self.known_namespaces {
+            return self.pipeline.review(review, NamespaceView::unknown()).await;
+        }
+        // A namespace the harness was not told about is known to have no labels.
+        let none = BTreeMap::new();
+        let labels = review.request.namespace.as_ref().and_then(|ns| self.namespaces.get(ns)).unwrap_or(&none);
+        self.pipeline.review(review, NamespaceView::Known(labels)).await
     }
 
     /// Runs the pipeline and checks every invariant, panicking with a clear message on a breach:

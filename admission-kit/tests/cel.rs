@@ -218,12 +218,7 @@ fn matchers_and_pods(steps: std::ops::Range<usize>) -> impl Strategy<Value = (Ve
 // ---------------------------------------------------------------------------------------------
 
 fn request() -> Request {
-    serde_json::from_value(json!({
-        "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "ns", "operation": "CREATE",
-    }))
-    .unwrap()
+    Request::builder(&ResourceTarget::new("", "v1", "Pod", "pods")).namespace("ns").build()
 }
 
 /// The in-process decision for `pod`, as a boolean (`Unknown` is a failure: nothing generated here

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use admission_kit::Pipeline;
+use admission_kit::matcher::NamespaceView;
 use admission_kit::pipeline::{Outcome, ResourceTarget, StepResult};
 use admission_kit::prelude::Operation;
 use admission_kit::review::Review;
@@ -145,7 +146,8 @@ pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 
 fn run(pipeline: &Pipeline, review: &Review, labels: Option<&BTreeMap<String, String>>) -> Outcome {
     // No deadline: the pipeline needs no runtime, and a plain executor keeps each run cheap.
-    futures::executor::block_on(pipeline.review(review, labels))
+    let namespace = labels.map_or(NamespaceView::unknown(), NamespaceView::Known);
+    futures::executor::block_on(pipeline.review(review, namespace))
 }
 
 fn has_status(object: &Value) -> bool {

@@ -3,15 +3,15 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::*;
+use crate::pipeline::ResourceTarget;
 use crate::review::Request;
 
 fn request(namespace: Option<&str>, kind: &str) -> Request {
-    serde_json::from_value(json!({
-        "uid": "u", "kind": {"group": "", "version": "v1", "kind": kind},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": namespace, "operation": "CREATE",
-    }))
-    .unwrap()
+    let builder = Request::builder(&ResourceTarget::new("", "v1", kind, "pods"));
+    match namespace {
+        Some(namespace) => builder.namespace(namespace).build(),
+        None => builder.cluster_scoped().build(),
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
