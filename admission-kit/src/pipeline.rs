@@ -153,9 +153,13 @@ impl Step {
         }
     }
 
-    /// Applies only when `matcher` matches (default: always).
+    /// Applies only when `matcher` matches (default: always). Called again, it adds a condition:
+    /// `.when(a).when(b)` applies when both match, as `.when(a.and(b))` does.
     pub fn when(mut self, matcher: impl Matcher + 'static) -> Self {
-        self.gate = Some(Arc::new(matcher));
+        self.gate = Some(match self.gate.take() {
+            None => Arc::new(matcher),
+            Some(earlier) => Arc::new(crate::matcher::All(vec![Box::new(earlier), Box::new(matcher)])),
+        });
         self
     }
 

@@ -212,14 +212,37 @@ async fn a_namespace_known_to_have_no_labels_is_not_an_unknown_one() {
     assert!(unknown.answer.message.contains("namespace labels are unknown"), "{}", unknown.answer.message);
 }
 
+#[tokio::test]
+async fn when_twice_requires_both() {
+    let step = Step::new("sidecar", AddSidecar)
+        .when(matcher::namespace_label("inject", "on"))
+        .when(matcher::has_annotation("keep/me"));
+    assert_eq!(step.filter().namespace, matcher::namespace_label("inject", "on").server_filter().namespace);
+    assert!(step.filter().condition.is_some_and(|c| c.contains("keep/me")), "the second gate renders too");
+    let p = pipeline(vec![step]);
+    let on: BTreeMap<String, String> = [("inject".to_owned(), "on".to_owned())].into();
+    let off = BTreeMap::new();
+    let annotated = pod_review(pod(), "apps", Operation::Create);
+    let mut bare = pod();
+    bare["metadata"]["annotations"] = json!({});
+    let bare = pod_review(bare, "apps", Operation::Create);
+    assert!(p.review(&annotated, NamespaceView::Known(&on)).await.answer.is_patched());
+    assert!(!p.review(&annotated, NamespaceView::Known(&off)).await.answer.is_patched(), "the first gate still holds");
+    let skipped = p.review(&bare, NamespaceView::Known(&on)).await;
+    assert!(!skipped.answer.is_patched(), "the second gate holds too");
+    assert!(
+        matches!(&skipped.steps[0].result, StepResult::Skipped(why) if why.contains("annotation keep/me")),
+        "{:?}",
+        skipped.steps
+    );
+}
+
 #[test]
 fn webhook_filter_keeps_what_every_step_requires() {
     let ns = || matcher::namespace_label("inject", "on");
     let p = pipeline(vec![
-        Step::new("a", AddSidecar)
-            .when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("a"))])),
-        Step::new("b", AddSidecar)
-            .when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("b"))])),
+        Step::new("a", AddSidecar).when(matcher::all([Box::new(ns()), Box::new(matcher::has_annotation("a"))])),
+        Step::new("b", AddSidecar).when(matcher::all([Box::new(ns()), Box::new(matcher::has_annotation("b"))])),
     ]);
     let f = p.server_filter();
     assert_eq!(f.namespace, vec![ns().0]);
@@ -260,7 +283,7 @@ fn rendered_webhook_configuration() {
     use crate::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_config};
     let p = Pipeline::builder("inject.example.com")
         .step(Step::new("sidecar", AddSidecar).when(matcher::all([
-            Box::new(matcher::namespace_label("inject", "on")) as Box<dyn Matcher>,
+            Box::new(matcher::namespace_label("inject", "on")),
             Box::new(matcher::has_annotation("x.io/inject")),
         ])))
         .reinvocation(ReinvocationPolicy::IfNeeded)
@@ -311,24 +334,20 @@ fn rendered_webhook_configuration() {
 fn namespace_requirements_are_split_into_trusted_and_undecidable() {
     let shared = || matcher::namespace_label("inject", "on");
     let p = pipeline(vec![
-        Step::new("a", AddSidecar).when(matcher::all([
-            Box::new(shared()) as Box<dyn Matcher>,
-            Box::new(matcher::namespace_not_in(["kube-system"])),
-        ])),
-        Step::new("b", AddSidecar).when(matcher::all([
-            Box::new(shared()) as Box<dyn Matcher>,
-            Box::new(matcher::namespace_label("tier", "gold")),
-        ])),
+        Step::new("a", AddSidecar)
+            .when(matcher::all([Box::new(shared()), Box::new(matcher::namespace_not_in(["kube-system"]))])),
+        Step::new("b", AddSidecar)
+            .when(matcher::all([Box::new(shared()), Box::new(matcher::namespace_label("tier", "gold"))])),
     ]);
     let (trusted, unchecked) = p.namespace_label_needs();
     assert_eq!(trusted, vec![shared().0]);
     // The name requirement is decided from the request's namespace, never from labels.
     assert_eq!(unchecked, vec![matcher::namespace_label("tier", "gold").0]);
     // Requirements under `any`/`not` cannot be rendered as a namespaceSelector: they are named too.
-    let nested = pipeline(vec![Step::new("a", AddSidecar).when(matcher::any([
-        Box::new(matcher::namespace_label("x", "y")) as Box<dyn Matcher>,
-        Box::new(matcher::has_annotation("z")),
-    ]))]);
+    let nested = pipeline(vec![
+        Step::new("a", AddSidecar)
+            .when(matcher::any([Box::new(matcher::namespace_label("x", "y")), Box::new(matcher::has_annotation("z"))])),
+    ]);
     assert_eq!(nested.namespace_label_needs(), (vec![], vec![matcher::namespace_label("x", "y").0]));
 }
 
