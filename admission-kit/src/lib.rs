@@ -19,7 +19,6 @@
 //! use admission_kit::prelude::*;
 //! use k8s_openapi::api::core::v1::Pod;
 //!
-//! #[derive(Debug)]
 //! struct DefaultTeam;
 //!
 //! #[async_trait]

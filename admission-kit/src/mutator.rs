@@ -183,9 +183,10 @@ impl<'a> Context<'a> {
 /// Changes one object of type `K` in place.
 ///
 /// `K` is any k8s-openapi resource (`Pod`, `Deployment`, …). Implementations are plain logic: no
-/// HTTP, no patches. Return [`MutationError::deny`] to refuse the object.
+/// HTTP, no patches. Return [`MutationError::deny`] to refuse the object. A mutator needs no
+/// `Debug`: logs and reports name it by its step's name.
 #[async_trait]
-pub trait Mutator<K>: Send + Sync + fmt::Debug + 'static {
+pub trait Mutator<K>: Send + Sync + 'static {
     /// Changes `object`; anything it changes ends up in the patch, nothing else does.
     async fn mutate(&self, object: &mut K, ctx: &mut Context<'_>) -> MutationResult;
 }
@@ -193,7 +194,7 @@ pub trait Mutator<K>: Send + Sync + fmt::Debug + 'static {
 /// Changes the raw JSON of one object in place: for kinds the crate does not know (custom
 /// resources) or mutators that want to work on JSON directly.
 #[async_trait]
-pub trait DynamicMutator: Send + Sync + fmt::Debug + 'static {
+pub trait DynamicMutator: Send + Sync + 'static {
     /// Changes `object` (the JSON the API server sent).
     async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult;
 }

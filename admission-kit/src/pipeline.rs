@@ -88,12 +88,6 @@ struct Typed<K, M> {
     _kind: PhantomData<fn() -> K>,
 }
 
-impl<K, M: fmt::Debug> fmt::Debug for Typed<K, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.mutator.fmt(f)
-    }
-}
-
 #[async_trait]
 impl<K, M> DynamicMutator for Typed<K, M>
 where
@@ -119,7 +113,6 @@ where
 }
 
 /// One step of a pipeline: a mutator and when it applies.
-#[derive(Debug)]
 #[must_use]
 pub struct Step {
     name: String,
@@ -128,6 +121,19 @@ pub struct Step {
     gate: Option<Arc<dyn Matcher>>,
     operations: Vec<Operation>,
     on_error: FailureMode,
+}
+
+/// The mutator is named by the step's name: mutators need not be `Debug`.
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("gate", &self.gate)
+            .field("operations", &self.operations)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Step {

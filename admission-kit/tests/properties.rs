@@ -373,7 +373,6 @@ const SIDECAR: &str = "props-sidecar";
 const SIDECAR_IMAGE: &str = "props/sidecar:1";
 
 /// Labels the pod as seen and appends a sidecar unless it has one (idempotent).
-#[derive(Debug)]
 struct SeenAndSidecar;
 
 #[async_trait]

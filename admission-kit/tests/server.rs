@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-#[derive(Debug)]
 struct Sidecar;
 
 #[async_trait]

@@ -10,7 +10,7 @@ use crate::matcher;
 use crate::mutator::{Context, MutationError, MutationResult, Mutator};
 use crate::review::Request;
 
-#[derive(Debug)]
+/// No `Debug`: a mutator needs none.
 struct AddSidecar;
 
 #[async_trait]
@@ -32,7 +32,6 @@ impl Mutator<Pod> for AddSidecar {
     }
 }
 
-#[derive(Debug)]
 struct Fails(&'static str);
 
 #[async_trait]
@@ -212,6 +211,12 @@ async fn a_namespace_known_to_have_no_labels_is_not_an_unknown_one() {
     assert!(unknown.answer.message.contains("namespace labels are unknown"), "{}", unknown.answer.message);
 }
 
+#[test]
+fn steps_debug_by_name_whatever_their_mutator() {
+    let debug = format!("{:?}", pipeline(vec![Step::new("add-sidecar", AddSidecar)]));
+    assert!(debug.contains(r#"name: "add-sidecar""#), "{debug}");
+}
+
 #[tokio::test]
 async fn when_twice_requires_both() {
     let step = Step::new("sidecar", AddSidecar)
@@ -353,7 +358,6 @@ fn namespace_requirements_are_split_into_trusted_and_undecidable() {
 
 /// Sets a label on the raw object, then fails or succeeds: a step that has changed the object in
 /// place when its error comes.
-#[derive(Debug)]
 struct LabelThen(Result<(), &'static str>);
 
 #[async_trait]
