@@ -59,6 +59,22 @@ pub use mutator::{Context, DynamicMutator, MutationError, MutationResult, Mutato
 pub use pipeline::{FailureMode, Pipeline, Step};
 pub use review::{Answer, Request};
 
+/// An error and its sources, `: `-separated, each cause once (a cause whose text the message
+/// already holds, as `thiserror`'s `{0}` repeats it, is not added again).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Re-exports of the crates whose types appear in admission-kit's API, so plugin authors use
 /// exactly the versions the framework was built with.
 ///
@@ -118,4 +134,22 @@ pub mod prelude {
     pub use crate::review::Request;
     pub use async_trait::async_trait;
     pub use kube::core::admission::Operation;
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to load: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to load")]
+    struct Wraps(#[source] std::io::Error);
+
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        let io = || std::io::Error::other("connection refused");
+        assert_eq!(super::error_chain(&Wraps(io())), "failed to load: connection refused");
+        assert_eq!(super::error_chain(&Repeats(io())), "failed to load: connection refused");
+    }
 }

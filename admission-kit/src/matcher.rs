@@ -354,7 +354,8 @@ impl Matcher for Not {
     }
 }
 
-fn join_cel(parts: &[String], op: &str) -> Option<String> {
+/// `parts` joined by `op` (` && `, ` || `), each parenthesised when there are several.
+pub(crate) fn join_cel(parts: &[String], op: &str) -> Option<String> {
     match parts {
         [] => None,
         [one] => Some(one.clone()),

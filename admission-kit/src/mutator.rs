@@ -10,7 +10,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::matcher::NamespaceView;
 use crate::review::Request;
@@ -250,6 +250,36 @@ where
     F: Fn(&mut K, &mut Context<'_>) -> MutationResult + Send + Sync + 'static,
 {
     TypedFnMutator { f, _kind: PhantomData }
+}
+
+/// The JSON object at `parent[key]`, for [`DynamicMutator`]s that add to a map (labels,
+/// annotations, `spec`): a missing member, `null` or any other non-object there is replaced by an
+/// empty object. A `parent` that is not an object (`null`, …) becomes an empty object first.
+///
+/// ```
+/// # use serde_json::json;
+/// let mut pod = json!({"metadata": {"annotations": null}});
+/// let annotations = admission_kit::mutator::object_at(&mut pod["metadata"], "annotations");
+/// annotations.insert("a".into(), json!("b"));
+/// assert_eq!(pod, json!({"metadata": {"annotations": {"a": "b"}}}));
+/// ```
+pub fn object_at<'a>(parent: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    object_entry(ensure_object(parent), key)
+}
+
+/// The JSON object at `map[key]`, as [`object_at`] makes it, for a parent already in hand as a map.
+pub fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    ensure_object(map.entry(key).or_insert(Value::Null))
+}
+
+fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("just made an object"),
+    }
 }
 
 /// A closure used as a [`Mutator<K>`]; made by [`from_typed_fn`].

@@ -361,9 +361,9 @@ fn webhook_filter(steps: &[Step]) -> ServerFilter {
         out
     };
     let conditions: Option<Vec<String>> = filters.iter().map(|f| f.condition.clone()).collect();
-    let condition = conditions.map(|mut c| {
+    let condition = conditions.and_then(|mut c| {
         c.dedup();
-        if c.len() == 1 { c.remove(0) } else { c.iter().map(|x| format!("({x})")).collect::<Vec<_>>().join(" || ") }
+        crate::matcher::join_cel(&c, " || ")
     });
     ServerFilter { namespace: common(|f| &f.namespace), object: common(|f| &f.object), condition, exact: false }
 }
@@ -627,7 +627,7 @@ impl Pipeline {
             }
             Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
             Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
-                self.failed(step, error_chain(&e), answer)
+                self.failed(step, crate::error_chain(&e), answer)
             }
         };
         if let Some(previous) = rollback {
@@ -717,17 +717,6 @@ fn applies(step: &Step, input: &MatchInput<'_>) -> Gate {
         Decision::NoMatch => Gate::Skip(format!("matcher did not match: {}", gate.describe())),
         Decision::Unknown(why) => Gate::Undecidable(why),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -549,7 +549,7 @@ pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
     lost
 }
 
-use crate::patch::MERGE_KEYS;
+use crate::patch::merge_key;
 
 /// Whether `result` still has everything of `original`: the same keys (recursively) and its list
 /// items as an ordered subsequence; scalars may change value, as in [`lost_paths`].
@@ -592,7 +592,7 @@ fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: 
                 // Not kept: report what is missing from its merge-key counterpart, if it has one.
                 path.push('/');
                 path.push_str(&i.to_string());
-                let key = v.as_object().and_then(|m| MERGE_KEYS.iter().find_map(|k| m.get(*k).map(|x| (*k, x))));
+                let key = merge_key(v);
                 let counterpart = key.and_then(|(k, x)| r.iter().find(|item| item.get(k) == Some(x)));
                 walk_lost(v, counterpart, path, lost);
                 path.truncate(len);

@@ -50,7 +50,8 @@ fn main() {
                 )
                 .unwrap()
             );
-            let outcome = futures::executor::block_on(pipeline(knobs).review(&review, NamespaceView::Known(&opted_in())));
+            let outcome =
+                futures::executor::block_on(pipeline(knobs).review(&review, NamespaceView::Known(&opted_in())));
             println!("answer: {:#?}", outcome.answer);
             println!("steps: {:#?}", outcome.steps);
             if let Some(mutated) = &outcome.mutated {
