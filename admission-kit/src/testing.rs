@@ -21,7 +21,7 @@
 //! # Properties
 //!
 //! [`check_property`] runs a proptest property on at least [`MIN_PROPERTY_CASES`] cases; proptest
-//! is re-exported as [`proptest`](self::proptest), so it need not be a dependency of the plugin. The
+//! is re-exported as [`proptest`], so it need not be a dependency of the plugin. The
 //! harness is async and a property is not: give the property a current-thread tokio runtime and
 //! `block_on` the harness in it. Call [`Harness::try_check`], not [`Harness::check`], and return
 //! its [`Violation`] with `?`: a failed case is then an error, not a panic, and proptest shrinks
