@@ -132,7 +132,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 fn describe_kube_error(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} {}: {}", status.code, status.reason, status.message),
-        other => error_chain(other),
+        other => crate::error_chain(other),
     }
 }
 
@@ -145,23 +145,8 @@ fn describe_watcher_error(error: &watcher::Error) -> String {
         watcher::Error::WatchError(status) => {
             format!("watch ended by the API server: {} {}: {}", status.code, status.reason, status.message)
         }
-        watcher::Error::NoResourceVersion => error_chain(error),
+        watcher::Error::NoResourceVersion => crate::error_chain(error),
     }
-}
-
-/// The error and its sources, `: `-separated.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The timings of [`run`] (constants in production, short in tests).

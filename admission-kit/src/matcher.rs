@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::review::Request;
 
-pub use label::{LabelOp, LabelRequirement};
+pub use label::{LabelOp, LabelRequirement, SelectorError};
 pub use object::{
     AnnotationMatcher, NAMESPACE_NAME_LABEL, NamespaceLabelMatcher, NamespaceNameMatcher, ObjectLabelMatcher,
 };
@@ -47,7 +47,11 @@ impl Decision {
     }
 }
 
-/// What the server knows about the request's namespace.
+/// What the server knows about the request's namespace: its labels (possibly none), or nothing.
+///
+/// "Known and empty" (`Known` of an empty map: the namespace has no labels) and "unknown" (no
+/// namespace cache) are different answers: a `NotIn` or `DoesNotExist` requirement holds for the
+/// first and cannot be decided for the second.
 #[derive(Clone, Copy, Debug)]
 pub enum NamespaceView<'a> {
     /// The namespace's labels (from the cache, or supplied).
@@ -57,6 +61,30 @@ pub enum NamespaceView<'a> {
         /// Requirements the API server checked before calling the webhook.
         enforced: &'a [LabelRequirement],
     },
+}
+
+impl<'a> NamespaceView<'a> {
+    /// Labels unknown, nothing known to be enforced. [`crate::Pipeline::review`] fills in what its
+    /// own `namespaceSelector` enforces.
+    #[must_use]
+    pub const fn unknown() -> Self {
+        Self::Unknown { enforced: &[] }
+    }
+
+    /// The labels, when known.
+    #[must_use]
+    pub fn labels(&self) -> Option<&'a BTreeMap<String, String>> {
+        match *self {
+            Self::Known(labels) => Some(labels),
+            Self::Unknown { .. } => None,
+        }
+    }
+}
+
+impl<'a> From<&'a BTreeMap<String, String>> for NamespaceView<'a> {
+    fn from(labels: &'a BTreeMap<String, String>) -> Self {
+        Self::Known(labels)
+    }
 }
 
 /// Everything a matcher may look at.
@@ -136,6 +164,23 @@ pub trait Matcher: Send + Sync + fmt::Debug {
     fn namespace_requirements(&self) -> Vec<LabelRequirement> {
         Vec::new()
     }
+
+    /// This matcher and `other` both apply: `a.and(b).and(c)` is [`all`]`([a, b, c])`, with matchers
+    /// of any types and no boxing at the call site.
+    fn and(self, other: impl Matcher + 'static) -> All
+    where
+        Self: Sized + 'static,
+    {
+        All(vec![Box::new(self), Box::new(other)])
+    }
+
+    /// This matcher or `other` applies: `a.or(b).or(c)` is [`any`]`([a, b, c])`.
+    fn or(self, other: impl Matcher + 'static) -> Any
+    where
+        Self: Sized + 'static,
+    {
+        Any(vec![Box::new(self), Box::new(other)])
+    }
 }
 
 impl<M: Matcher + ?Sized> Matcher for Arc<M> {
@@ -168,12 +213,44 @@ impl<M: Matcher + ?Sized> Matcher for Box<M> {
     }
 }
 
-/// All of the matchers apply (Kleene AND: any `NoMatch` wins over `Unknown`).
+/// All of the matchers apply (Kleene AND: any `NoMatch` wins over `Unknown`). Made by [`all`],
+/// [`Matcher::and`], or by collecting boxed matchers.
 #[derive(Debug)]
 pub struct All(pub Vec<Box<dyn Matcher>>);
-/// Any of the matchers applies (Kleene OR: any `Match` wins over `Unknown`).
+/// Any of the matchers applies (Kleene OR: any `Match` wins over `Unknown`). Made by [`any`],
+/// [`Matcher::or`], or by collecting boxed matchers.
 #[derive(Debug)]
 pub struct Any(pub Vec<Box<dyn Matcher>>);
+
+impl All {
+    /// Adds one more matcher that must apply (flat: `a.and(b).and(c)` has three children).
+    #[must_use]
+    pub fn and(mut self, other: impl Matcher + 'static) -> Self {
+        self.0.push(Box::new(other));
+        self
+    }
+}
+
+impl Any {
+    /// Adds one more alternative (flat: `a.or(b).or(c)` has three children).
+    #[must_use]
+    pub fn or(mut self, other: impl Matcher + 'static) -> Self {
+        self.0.push(Box::new(other));
+        self
+    }
+}
+
+impl FromIterator<Box<dyn Matcher>> for All {
+    fn from_iter<I: IntoIterator<Item = Box<dyn Matcher>>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl FromIterator<Box<dyn Matcher>> for Any {
+    fn from_iter<I: IntoIterator<Item = Box<dyn Matcher>>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
 /// The matcher does not apply.
 #[derive(Debug)]
 pub struct Not(pub Box<dyn Matcher>);
@@ -277,7 +354,8 @@ impl Matcher for Not {
     }
 }
 
-fn join_cel(parts: &[String], op: &str) -> Option<String> {
+/// `parts` joined by `op` (` && `, ` || `), each parenthesised when there are several.
+pub(crate) fn join_cel(parts: &[String], op: &str) -> Option<String> {
     match parts {
         [] => None,
         [one] => Some(one.clone()),
@@ -286,15 +364,35 @@ fn join_cel(parts: &[String], op: &str) -> Option<String> {
 }
 
 /// All of `matchers` apply.
+///
+/// The matchers may be of different types, boxed, with no cast: the array's element type is
+/// known from this signature, so each `Box::new(…)` becomes a `Box<dyn Matcher>` by itself.
+/// [`Matcher::and`] does the same without boxes; a list built at run time is collected
+/// (`iter.collect::<All>()`).
+///
+/// ```
+/// use admission_kit::matcher::{self, Matcher};
+///
+/// let opted_in = matcher::all([
+///     Box::new(matcher::namespace_label("inject", "enabled")),
+///     Box::new(matcher::namespace_not_in(["kube-system"])),
+///     Box::new(matcher::has_annotation("example.com/inject")),
+/// ]);
+/// let same = matcher::namespace_label("inject", "enabled")
+///     .and(matcher::namespace_not_in(["kube-system"]))
+///     .and(matcher::has_annotation("example.com/inject"));
+/// assert_eq!(opted_in.describe(), same.describe());
+/// ```
 #[must_use]
-pub fn all(matchers: impl IntoIterator<Item = Box<dyn Matcher>>) -> All {
-    All(matchers.into_iter().collect())
+pub fn all<const N: usize>(matchers: [Box<dyn Matcher>; N]) -> All {
+    All(matchers.into())
 }
 
-/// Any of `matchers` applies.
+/// Any of `matchers` applies; like [`all`], of any types, boxed, with no cast (or
+/// [`Matcher::or`], or `iter.collect::<Any>()`).
 #[must_use]
-pub fn any(matchers: impl IntoIterator<Item = Box<dyn Matcher>>) -> Any {
-    Any(matchers.into_iter().collect())
+pub fn any<const N: usize>(matchers: [Box<dyn Matcher>; N]) -> Any {
+    Any(matchers.into())
 }
 
 /// `matcher` does not apply.
@@ -351,7 +449,7 @@ pub fn object_labels(requirements: impl IntoIterator<Item = LabelRequirement>) -
 /// Converts a Kubernetes `LabelSelector` into requirements (`matchLabels` become `In`).
 pub fn requirements_from_selector(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-) -> Result<Vec<LabelRequirement>, label::SelectorError> {
+) -> Result<Vec<LabelRequirement>, SelectorError> {
     label::from_selector(selector)
 }
 

@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::matcher::NamespaceView;
 use crate::review::Request;
 
 /// What a mutator returns: `Ok(())` after changing the object (or deciding not to), or an error.
@@ -72,9 +74,27 @@ impl MutationError {
 pub(crate) type AdmitEffect = Box<dyn FnOnce() + Send>;
 
 /// What a mutator may read about the request and attach to the answer.
+///
+/// The pipeline makes one per step; a unit test makes its own with [`Context::new`] and reads what
+/// the mutator attached with [`Context::warnings`] and [`Context::audit_annotations`]:
+///
+/// ```
+/// # use admission_kit::prelude::*;
+/// # use admission_kit::{Request, matcher::NamespaceView};
+/// # use k8s_openapi::api::core::v1::Pod;
+/// # use std::collections::BTreeMap;
+/// # async fn t(mutator: impl Mutator<Pod>) -> Result<(), MutationError> {
+/// let mut pod = Pod::default();
+/// let request = Request::of(&pod).namespace("apps").build();
+/// let labels = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+/// let mut ctx = Context::new(&request, NamespaceView::Known(&labels));
+/// mutator.mutate(&mut pod, &mut ctx).await?;
+/// assert!(ctx.warnings().is_empty());
+/// # Ok(()) }
+/// ```
 pub struct Context<'a> {
     request: &'a Request,
-    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    namespace: NamespaceView<'a>,
     warnings: Vec<String>,
     audit_annotations: BTreeMap<String, String>,
     on_admit: Vec<AdmitEffect>,
@@ -84,7 +104,7 @@ impl fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
             .field("request", &self.request)
-            .field("namespace_labels", &self.namespace_labels)
+            .field("namespace", &self.namespace)
             .field("warnings", &self.warnings)
             .field("audit_annotations", &self.audit_annotations)
             .field("on_admit", &self.on_admit.len())
@@ -93,14 +113,11 @@ impl fmt::Debug for Context<'_> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(request: &'a Request, namespace_labels: Option<&'a BTreeMap<String, String>>) -> Self {
-        Self {
-            request,
-            namespace_labels,
-            warnings: Vec::new(),
-            audit_annotations: BTreeMap::new(),
-            on_admit: Vec::new(),
-        }
+    /// A context for `request` in a namespace described by `namespace`
+    /// (`NamespaceView::Known(&labels)`, or [`NamespaceView::unknown`]).
+    #[must_use]
+    pub fn new(request: &'a Request, namespace: NamespaceView<'a>) -> Self {
+        Self { request, namespace, warnings: Vec::new(), audit_annotations: BTreeMap::new(), on_admit: Vec::new() }
     }
 
     /// The admission request (uid, operation, namespace, user, old object, dry run, …).
@@ -113,7 +130,31 @@ impl<'a> Context<'a> {
     /// supplied in tests).
     #[must_use]
     pub fn namespace_labels(&self) -> Option<&'a BTreeMap<String, String>> {
-        self.namespace_labels
+        self.namespace.labels()
+    }
+
+    /// What is known about the request's namespace.
+    #[must_use]
+    pub fn namespace(&self) -> NamespaceView<'a> {
+        self.namespace
+    }
+
+    /// The warnings added so far, in order.
+    #[must_use]
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The audit annotations added so far.
+    #[must_use]
+    pub fn audit_annotations(&self) -> &BTreeMap<String, String> {
+        &self.audit_annotations
+    }
+
+    /// How many effects wait for admission ([`Context::on_admit`]).
+    #[must_use]
+    pub fn pending_on_admit(&self) -> usize {
+        self.on_admit.len()
     }
 
     /// Adds a warning, shown to the API client (for example printed by `kubectl`).
@@ -142,9 +183,10 @@ impl<'a> Context<'a> {
 /// Changes one object of type `K` in place.
 ///
 /// `K` is any k8s-openapi resource (`Pod`, `Deployment`, …). Implementations are plain logic: no
-/// HTTP, no patches. Return [`MutationError::deny`] to refuse the object.
+/// HTTP, no patches. Return [`MutationError::deny`] to refuse the object. A mutator needs no
+/// `Debug`: logs and reports name it by its step's name.
 #[async_trait]
-pub trait Mutator<K>: Send + Sync + fmt::Debug + 'static {
+pub trait Mutator<K>: Send + Sync + 'static {
     /// Changes `object`; anything it changes ends up in the patch, nothing else does.
     async fn mutate(&self, object: &mut K, ctx: &mut Context<'_>) -> MutationResult;
 }
@@ -152,12 +194,13 @@ pub trait Mutator<K>: Send + Sync + fmt::Debug + 'static {
 /// Changes the raw JSON of one object in place: for kinds the crate does not know (custom
 /// resources) or mutators that want to work on JSON directly.
 #[async_trait]
-pub trait DynamicMutator: Send + Sync + fmt::Debug + 'static {
+pub trait DynamicMutator: Send + Sync + 'static {
     /// Changes `object` (the JSON the API server sent).
     async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult;
 }
 
-/// A [`DynamicMutator`] from a closure, for mutators that need no state.
+/// A [`DynamicMutator`] from a closure over the raw JSON, for mutators that need no state (see
+/// [`from_typed_fn`] for a typed object).
 pub fn from_fn<F>(f: F) -> FnMutator<F>
 where
     F: Fn(&mut Value, &mut Context<'_>) -> MutationResult + Send + Sync + 'static,
@@ -181,5 +224,121 @@ where
 {
     async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
         (self.0)(object, ctx)
+    }
+}
+
+/// A [`Mutator<K>`] from a closure over a typed object, for mutators that need no state: the typed
+/// counterpart of [`from_fn`]. The closure's argument type names the kind:
+///
+/// ```
+/// use admission_kit::prelude::*;
+/// use k8s_openapi::api::core::v1::Pod;
+///
+/// let step = Step::new(
+///     "default-team",
+///     mutator::from_typed_fn(|pod: &mut Pod, _ctx: &mut Context<'_>| {
+///         let labels = pod.metadata.labels.get_or_insert_default();
+///         labels.entry("team".into()).or_insert_with(|| "unassigned".into());
+///         Ok(())
+///     }),
+/// );
+/// assert_eq!(step.target().kind, "Pod");
+/// ```
+pub fn from_typed_fn<K, F>(f: F) -> TypedFnMutator<K, F>
+where
+    K: Send + 'static,
+    F: Fn(&mut K, &mut Context<'_>) -> MutationResult + Send + Sync + 'static,
+{
+    TypedFnMutator { f, _kind: PhantomData }
+}
+
+/// The JSON object at `parent[key]`, for [`DynamicMutator`]s that add to a map (labels,
+/// annotations, `spec`): a missing member, `null` or any other non-object there is replaced by an
+/// empty object. A `parent` that is not an object (`null`, …) becomes an empty object first.
+///
+/// ```
+/// # use serde_json::json;
+/// let mut pod = json!({"metadata": {"annotations": null}});
+/// let annotations = admission_kit::mutator::object_at(&mut pod["metadata"], "annotations");
+/// annotations.insert("a".into(), json!("b"));
+/// assert_eq!(pod, json!({"metadata": {"annotations": {"a": "b"}}}));
+/// ```
+pub fn object_at<'a>(parent: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    object_entry(ensure_object(parent), key)
+}
+
+/// The JSON object at `map[key]`, as [`object_at`] makes it, for a parent already in hand as a map.
+pub fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    ensure_object(map.entry(key).or_insert(Value::Null))
+}
+
+fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+/// A closure used as a [`Mutator<K>`]; made by [`from_typed_fn`].
+pub struct TypedFnMutator<K, F> {
+    f: F,
+    _kind: PhantomData<fn(&mut K)>,
+}
+
+impl<K, F> fmt::Debug for TypedFnMutator<K, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypedFnMutator")
+    }
+}
+
+#[async_trait]
+impl<K, F> Mutator<K> for TypedFnMutator<K, F>
+where
+    K: Send + 'static,
+    F: Fn(&mut K, &mut Context<'_>) -> MutationResult + Send + Sync + 'static,
+{
+    async fn mutate(&self, object: &mut K, ctx: &mut Context<'_>) -> MutationResult {
+        (self.f)(object, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    use super::*;
+
+    /// A mutator unit test as a plugin author writes it: a request and a context built directly,
+    /// the mutator called as a plain async function.
+    #[tokio::test]
+    async fn typed_closures_run_as_mutators_on_a_built_context() {
+        let team = from_typed_fn(|pod: &mut Pod, ctx: &mut Context<'_>| {
+            let Some(team) = ctx.namespace_labels().and_then(|l| l.get("team")).cloned() else {
+                return Err(MutationError::deny("the namespace names no team"));
+            };
+            pod.metadata.labels.get_or_insert_default().insert("team".into(), team);
+            ctx.warn("labelled");
+            ctx.audit_annotation("team", "set");
+            ctx.on_admit(|| {});
+            Ok(())
+        });
+        let mut pod = Pod::default();
+        let request = Request::of(&pod).namespace("apps").build();
+        let labels = BTreeMap::from([("team".to_owned(), "payments".to_owned())]);
+        let mut ctx = Context::new(&request, NamespaceView::Known(&labels));
+        team.mutate(&mut pod, &mut ctx).await.unwrap();
+        assert_eq!(pod.metadata.labels.unwrap()["team"], "payments");
+        assert_eq!(ctx.warnings(), ["labelled"]);
+        assert_eq!(ctx.audit_annotations()["team"], "set");
+        assert_eq!(ctx.pending_on_admit(), 1);
+        assert_eq!(ctx.request().namespace.as_deref(), Some("apps"));
+
+        let mut unknown = Context::new(&request, NamespaceView::unknown());
+        let denied = team.mutate(&mut Pod::default(), &mut unknown).await.unwrap_err();
+        assert!(matches!(denied, MutationError::Denied { .. }), "{denied:?}");
+        assert!(unknown.warnings().is_empty());
     }
 }

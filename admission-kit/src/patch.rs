@@ -41,9 +41,10 @@ pub fn carry_changes(raw: &Value, before: &Value, after: &Value) -> Value {
 }
 
 /// Keys Kubernetes uses to identify list items (`patchMergeKey`s of core types), tried in order.
-pub(crate) const MERGE_KEYS: [&str; 4] = ["mountPath", "devicePath", "name", "containerPort"];
+const MERGE_KEYS: [&str; 4] = ["mountPath", "devicePath", "name", "containerPort"];
 
-fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
+/// The first merge key `item` has, with its value.
+pub(crate) fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
     let object = item.as_object()?;
     MERGE_KEYS.iter().find_map(|k| object.get(*k).map(|v| (*k, v)))
 }

@@ -5,7 +5,6 @@
 //! A step that fails leaves no partial change behind. The patch is the diff between the object the
 //! API server sent and the final working copy, so the output is deterministic for a given input.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -89,12 +88,6 @@ struct Typed<K, M> {
     _kind: PhantomData<fn() -> K>,
 }
 
-impl<K, M: fmt::Debug> fmt::Debug for Typed<K, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.mutator.fmt(f)
-    }
-}
-
 #[async_trait]
 impl<K, M> DynamicMutator for Typed<K, M>
 where
@@ -120,7 +113,6 @@ where
 }
 
 /// One step of a pipeline: a mutator and when it applies.
-#[derive(Debug)]
 #[must_use]
 pub struct Step {
     name: String,
@@ -129,6 +121,19 @@ pub struct Step {
     gate: Option<Arc<dyn Matcher>>,
     operations: Vec<Operation>,
     on_error: FailureMode,
+}
+
+/// The mutator is named by the step's name: mutators need not be `Debug`.
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("gate", &self.gate)
+            .field("operations", &self.operations)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Step {
@@ -154,9 +159,13 @@ impl Step {
         }
     }
 
-    /// Applies only when `matcher` matches (default: always).
+    /// Applies only when `matcher` matches (default: always). Called again, it adds a condition:
+    /// `.when(a).when(b)` applies when both match, as `.when(a.and(b))` does.
     pub fn when(mut self, matcher: impl Matcher + 'static) -> Self {
-        self.gate = Some(Arc::new(matcher));
+        self.gate = Some(match self.gate.take() {
+            None => Arc::new(matcher),
+            Some(earlier) => Arc::new(crate::matcher::All(vec![Box::new(earlier), Box::new(matcher)])),
+        });
         self
     }
 
@@ -354,9 +363,9 @@ fn webhook_filter(steps: &[Step]) -> ServerFilter {
         out
     };
     let conditions: Option<Vec<String>> = filters.iter().map(|f| f.condition.clone()).collect();
-    let condition = conditions.map(|mut c| {
+    let condition = conditions.and_then(|mut c| {
         c.dedup();
-        if c.len() == 1 { c.remove(0) } else { c.iter().map(|x| format!("({x})")).collect::<Vec<_>>().join(" || ") }
+        crate::matcher::join_cel(&c, " || ")
     });
     ServerFilter { namespace: common(|f| &f.namespace), object: common(|f| &f.object), condition, exact: false }
 }
@@ -506,16 +515,22 @@ impl Pipeline {
     }
 
     /// Answers one review without a deadline.
-    pub async fn review(&self, review: &Review, namespace_labels: Option<&BTreeMap<String, String>>) -> Outcome {
-        self.review_until(review, namespace_labels, None).await
+    ///
+    /// `namespace` is what is known of the request's namespace: `NamespaceView::Known(&labels)`
+    /// (an empty map for a namespace without labels), or [`NamespaceView::unknown`] when there is
+    /// no namespace cache. For an unknown namespace the pipeline trusts the requirements its own
+    /// rendered `namespaceSelector` enforces, whatever `enforced` the view lists: the API server
+    /// checked exactly those before calling.
+    pub async fn review(&self, review: &Review, namespace: NamespaceView<'_>) -> Outcome {
+        self.review_until(review, namespace, None).await
     }
 
     /// Answers one review; each step must finish before `deadline`, or it fails (and its failure
-    /// mode decides).
+    /// mode decides). `namespace` as for [`Pipeline::review`].
     pub async fn review_until(
         &self,
         review: &Review,
-        namespace_labels: Option<&BTreeMap<String, String>>,
+        namespace: NamespaceView<'_>,
         deadline: Option<Instant>,
     ) -> Outcome {
         let request = &review.request;
@@ -530,9 +545,9 @@ impl Pipeline {
             }
             return Outcome { answer, steps: reports, mutated: None };
         };
-        let namespace = match namespace_labels {
-            Some(labels) => NamespaceView::Known(labels),
-            None => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
+        let namespace = match namespace {
+            known @ NamespaceView::Known(_) => known,
+            NamespaceView::Unknown { .. } => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
         };
         let mut current = original.clone();
         let mut tracker = ChangeTracker::default();
@@ -545,7 +560,7 @@ impl Pipeline {
                     self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer)
                 }
                 Gate::Apply => {
-                    let run = Run { request, namespace_labels, deadline, original };
+                    let run = Run { request, namespace, deadline, original };
                     self.run_step(step, &mut current, &mut tracker, &mut answer, &mut on_admit, run).await
                 }
             };
@@ -596,7 +611,7 @@ impl Pipeline {
     ) -> StepResult {
         let rollback = (step.on_error == FailureMode::AllowWithWarning).then(|| current.clone());
         let before = tracker.before_step(current);
-        let mut ctx = Context::new(run.request, run.namespace_labels);
+        let mut ctx = Context::new(run.request, run.namespace);
         let mutation = AssertUnwindSafe(step.mutator.mutate(current, &mut ctx)).catch_unwind();
         let ran = match run.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, mutation).await.ok(),
@@ -614,7 +629,7 @@ impl Pipeline {
             }
             Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
             Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
-                self.failed(step, error_chain(&e), answer)
+                self.failed(step, crate::error_chain(&e), answer)
             }
         };
         if let Some(previous) = rollback {
@@ -637,7 +652,7 @@ impl Pipeline {
 #[derive(Clone, Copy)]
 struct Run<'a> {
     request: &'a crate::review::Request,
-    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    namespace: NamespaceView<'a>,
     deadline: Option<Instant>,
     original: &'a Value,
 }
@@ -704,17 +719,6 @@ fn applies(step: &Step, input: &MatchInput<'_>) -> Gate {
         Decision::NoMatch => Gate::Skip(format!("matcher did not match: {}", gate.describe())),
         Decision::Unknown(why) => Gate::Undecidable(why),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -6,11 +6,14 @@
 //! fields newer than the k8s-openapi release this crate was built with.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::{GroupVersionKind, GroupVersionResource, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::pipeline::ResourceTarget;
 
 /// `admission.k8s.io/v1`, the only version rendered into webhook configurations.
 pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
@@ -95,6 +98,187 @@ pub struct Request {
     /// The operation's options (`CreateOptions`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<Value>,
+}
+
+/// The uid [`Request::builder`] gives a request until [`RequestBuilder::uid`] sets another.
+pub const BUILT_REQUEST_UID: &str = "00000000-0000-0000-0000-000000000001";
+
+impl Request {
+    /// Starts a CREATE request for an object of kind `target`, with no object yet (set it with
+    /// [`RequestBuilder::object`]), for unit tests of mutators and matchers, offline tools and
+    /// fuzzers. The request is namespaced (`default`) until [`RequestBuilder::namespace`] or
+    /// [`RequestBuilder::cluster_scoped`] says otherwise.
+    pub fn builder(target: &ResourceTarget) -> RequestBuilder {
+        RequestBuilder {
+            request: Request {
+                uid: BUILT_REQUEST_UID.to_owned(),
+                kind: GroupVersionKind::gvk(&target.group, &target.version, &target.kind),
+                resource: GroupVersionResource::gvr(&target.group, &target.version, &target.plural),
+                sub_resource: None,
+                request_kind: None,
+                name: String::new(),
+                namespace: Some("default".to_owned()),
+                operation: Operation::Create,
+                user_info: k8s_openapi::api::authentication::v1::UserInfo {
+                    username: Some("admission-kit-test".to_owned()),
+                    ..Default::default()
+                },
+                object: None,
+                old_object: None,
+                dry_run: false,
+                options: None,
+            },
+            _output: PhantomData,
+        }
+    }
+
+    /// Starts a CREATE request for a typed object: its kind, name and namespace (else `default`)
+    /// come from the object.
+    ///
+    /// ```
+    /// use admission_kit::Request;
+    /// use k8s_openapi::api::core::v1::Pod;
+    ///
+    /// let request = Request::of(&Pod::default()).namespace("apps").build();
+    /// assert_eq!(request.kind.kind, "Pod");
+    /// assert_eq!(request.namespace.as_deref(), Some("apps"));
+    /// ```
+    pub fn of<K: k8s_openapi::Resource + Serialize>(object: &K) -> RequestBuilder {
+        // A k8s-openapi object always encodes; `null` would only show in the test that built it.
+        let value = serde_json::to_value(object).unwrap_or(Value::Null);
+        Self::of_json(value, &ResourceTarget::of::<K>())
+    }
+
+    /// Starts a CREATE request for the raw JSON of an object of kind `target`: its name and
+    /// namespace (else `default`) come from the object's metadata.
+    pub fn of_json(object: Value, target: &ResourceTarget) -> RequestBuilder {
+        let metadata = object.get("metadata");
+        let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let namespace = metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default");
+        let builder = Self::builder(target).name(name).namespace(namespace);
+        builder.object(object)
+    }
+}
+
+/// Builds a [`Request`] (or, as the testing kit's `ReviewBuilder`, a [`Review`]); made by
+/// [`Request::builder`], [`Request::of`] and [`Request::of_json`].
+///
+/// `O` is what [`RequestBuilder::build`] returns: the [`Request`] itself, or anything made from
+/// one, such as a [`Review`] (see [`RequestBuilder::for_review`]).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RequestBuilder<O = Request> {
+    request: Request,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O: From<Request>> RequestBuilder<O> {
+    /// Sets the operation (default CREATE).
+    pub fn operation(mut self, operation: Operation) -> Self {
+        self.request.operation = operation;
+        self
+    }
+
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.request.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Makes the request cluster-scoped (no namespace).
+    pub fn cluster_scoped(mut self) -> Self {
+        self.request.namespace = None;
+        self
+    }
+
+    /// Sets the object's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.request.name = name.into();
+        self
+    }
+
+    /// Sets the old object (UPDATE, DELETE).
+    pub fn old_object(mut self, old: Value) -> Self {
+        self.request.old_object = Some(old);
+        self
+    }
+
+    /// Sets (or replaces) the object.
+    pub fn object(mut self, object: Value) -> Self {
+        self.request.object = Some(object);
+        self
+    }
+
+    /// Removes the object, as on DELETE.
+    pub fn no_object(mut self) -> Self {
+        self.request.object = None;
+        self
+    }
+
+    /// Marks the request as a dry run.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.request.dry_run = dry_run;
+        self
+    }
+
+    /// Sets the uid (default [`BUILT_REQUEST_UID`]).
+    pub fn uid(mut self, uid: impl Into<String>) -> Self {
+        self.request.uid = uid.into();
+        self
+    }
+
+    /// Sets the kind and resource, e.g. to test how a step treats other kinds.
+    pub fn kind(mut self, target: &ResourceTarget) -> Self {
+        self.request.kind = GroupVersionKind::gvk(&target.group, &target.version, &target.kind);
+        self.request.resource = GroupVersionResource::gvr(&target.group, &target.version, &target.plural);
+        self
+    }
+
+    /// Sets a subresource (e.g. `status`).
+    pub fn sub_resource(mut self, sub: impl Into<String>) -> Self {
+        self.request.sub_resource = Some(sub.into());
+        self
+    }
+
+    /// Sets who is asking.
+    pub fn user_info(mut self, user_info: k8s_openapi::api::authentication::v1::UserInfo) -> Self {
+        self.request.user_info = user_info;
+        self
+    }
+
+    /// The request (or what `O` makes of it).
+    #[must_use]
+    pub fn build(self) -> O {
+        O::from(self.request)
+    }
+}
+
+impl RequestBuilder<Request> {
+    /// The same builder, whose [`RequestBuilder::build`] gives an `admission.k8s.io/v1` [`Review`].
+    pub fn for_review(self) -> RequestBuilder<Review> {
+        RequestBuilder { request: self.request, _output: PhantomData }
+    }
+}
+
+impl RequestBuilder<Review> {
+    /// The review as the JSON body the API server would send.
+    #[must_use]
+    pub fn body(self) -> Vec<u8> {
+        let review = self.build();
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": review.api_version,
+            "kind": "AdmissionReview",
+            "request": review.request,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+impl From<Request> for Review {
+    /// Wraps a request as an `admission.k8s.io/v1` review.
+    fn from(request: Request) -> Self {
+        Self::v1(request)
+    }
 }
 
 /// The wire name of an operation (`CREATE`, …), as used in webhook rules and metrics.
@@ -312,6 +496,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn body(request: &str) -> Vec<u8> {
         format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#).into_bytes()
@@ -350,6 +535,34 @@ mod tests {
             Err(DecodeError::MalformedRequest { uid, .. }) => assert_eq!(uid, "u-1"),
             other => panic!("expected a salvageable uid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn built_requests_read_the_object_and_round_trip_as_reviews() {
+        let pod = k8s_openapi::api::core::v1::Pod {
+            metadata: kube::core::ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("apps".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let request = Request::of(&pod).operation(Operation::Update).dry_run(true).build();
+        assert_eq!((request.name.as_str(), request.namespace.as_deref()), ("p", Some("apps")));
+        assert_eq!((request.kind.kind.as_str(), request.resource.resource.as_str()), ("Pod", "pods"));
+        assert_eq!((request.operation.clone(), request.dry_run), (Operation::Update, true));
+        assert_eq!(request.uid, BUILT_REQUEST_UID);
+        assert_eq!(request.object.as_ref().and_then(|o| o["metadata"]["name"].as_str()), Some("p"));
+
+        let target = ResourceTarget::new("example.com", "v1", "Widget", "widgets");
+        let bare = Request::builder(&target).cluster_scoped().uid("u-9").build();
+        assert_eq!((bare.namespace, bare.object, bare.uid.as_str()), (None, None, "u-9"));
+        assert_eq!(Request::of_json(json!({}), &target).build().namespace.as_deref(), Some("default"));
+
+        let built = Request::of(&pod).sub_resource("status").for_review();
+        let decoded = Review::from_slice(&built.clone().body()).unwrap();
+        assert_eq!(decoded.api_version, API_VERSION_V1);
+        assert_eq!(decoded.request, built.build().request);
     }
 
     #[test]

@@ -14,124 +14,61 @@
 //! assert_eq!(checked.patched()["metadata"]["labels"]["team"], "unassigned");
 //! # }
 //! ```
+//!
+//! A mutator alone needs none of this: build a [`Request`] and a [`crate::Context`] and call it
+//! (see [`crate::Context`]).
+//!
+//! # Properties
+//!
+//! [`check_property`] runs a proptest property on at least [`MIN_PROPERTY_CASES`] cases; proptest
+//! is re-exported as [`proptest`], so it need not be a dependency of the plugin. The
+//! harness is async and a property is not: give the property a current-thread tokio runtime and
+//! `block_on` the harness in it. Call [`Harness::try_check`], not [`Harness::check`], and return
+//! its [`Violation`] with `?`: a failed case is then an error, not a panic, and proptest shrinks
+//! it quietly to the smallest failing input, reported once.
+//!
+//! ```no_run
+//! use admission_kit::testing::proptest::prelude::*;
+//! use admission_kit::testing::{self, Harness, check_property};
+//! # use admission_kit::prelude::*;
+//! # use k8s_openapi::api::core::v1::Pod;
+//! # fn t(pipeline: Pipeline) {
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+//! let harness = Harness::new(pipeline).namespace("apps", [("team", "a")]);
+//! check_property("[a-z]{1,8}", |name| {
+//!     let mut pod = Pod::default();
+//!     pod.metadata.name = Some(name);
+//!     let review = testing::review(&pod).namespace("apps").build();
+//!     let checked = runtime.block_on(harness.try_check(&review))?;
+//!     prop_assert!(checked.answer().allowed);
+//!     Ok(())
+//! });
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 
-use kube::core::admission::Operation;
-use kube::core::{GroupVersionKind, GroupVersionResource};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::matcher::NamespaceView;
 use crate::namespaces::NamespaceSource;
 use crate::pipeline::{Outcome, Pipeline, ResourceTarget};
-use crate::review::{Answer, Request, Review};
+use crate::review::{Answer, Request, RequestBuilder, Review};
 
-/// Builds an `AdmissionReview` request for tests.
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct ReviewBuilder {
-    request: Request,
-}
+/// Builds an `AdmissionReview` for tests: a [`RequestBuilder`] whose `build()` gives a [`Review`]
+/// (`admission.k8s.io/v1`), and whose `body()` gives the JSON the API server would send.
+pub type ReviewBuilder = RequestBuilder<Review>;
 
-/// A CREATE review of a typed object (namespace from its metadata, else `default`).
+/// A CREATE review of a typed object (namespace from its metadata, else `default`); see
+/// [`Request::of`].
 pub fn review<K: k8s_openapi::Resource + Serialize>(object: &K) -> ReviewBuilder {
-    let value = serde_json::to_value(object).unwrap_or(Value::Null);
-    review_json(value, &ResourceTarget::of::<K>())
+    Request::of(object).for_review()
 }
 
-/// A CREATE review of raw JSON of kind `target`.
-#[allow(clippy::needless_pass_by_value, reason = "callers build the object inline; taking it by value reads better")]
+/// A CREATE review of raw JSON of kind `target`; see [`Request::of_json`].
 pub fn review_json(object: Value, target: &ResourceTarget) -> ReviewBuilder {
-    let metadata = object.get("metadata");
-    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_owned();
-    let request: Request = serde_json::from_value(serde_json::json!({
-        "uid": "00000000-0000-0000-0000-000000000001",
-        "kind": {"group": target.group, "version": target.version, "kind": target.kind},
-        "resource": {"group": target.group, "version": target.version, "resource": target.plural},
-        "name": name,
-        "namespace": namespace,
-        "operation": "CREATE",
-        "userInfo": {"username": "admission-kit-test"},
-        "object": object,
-    }))
-    .unwrap_or_else(|e| unreachable!("the test request literal always decodes: {e}"));
-    ReviewBuilder { request }
-}
-
-impl ReviewBuilder {
-    /// Sets the operation.
-    pub fn operation(mut self, operation: Operation) -> Self {
-        self.request.operation = operation;
-        self
-    }
-
-    /// Sets the namespace (`None` for cluster-scoped objects).
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.request.namespace = Some(namespace.into());
-        self
-    }
-
-    /// Makes the request cluster-scoped.
-    pub fn cluster_scoped(mut self) -> Self {
-        self.request.namespace = None;
-        self
-    }
-
-    /// Sets the old object (UPDATE, DELETE).
-    pub fn old_object(mut self, old: Value) -> Self {
-        self.request.old_object = Some(old);
-        self
-    }
-
-    /// Replaces the object.
-    pub fn object(mut self, object: Value) -> Self {
-        self.request.object = Some(object);
-        self
-    }
-
-    /// Marks the request as a dry run.
-    pub fn dry_run(mut self, dry_run: bool) -> Self {
-        self.request.dry_run = dry_run;
-        self
-    }
-
-    /// Sets the uid.
-    pub fn uid(mut self, uid: impl Into<String>) -> Self {
-        self.request.uid = uid.into();
-        self
-    }
-
-    /// Sets the kind and resource, e.g. to test how a step treats other kinds.
-    pub fn kind(mut self, target: &ResourceTarget) -> Self {
-        self.request.kind = GroupVersionKind::gvk(&target.group, &target.version, &target.kind);
-        self.request.resource = GroupVersionResource::gvr(&target.group, &target.version, &target.plural);
-        self
-    }
-
-    /// Sets a subresource (e.g. `status`).
-    pub fn sub_resource(mut self, sub: impl Into<String>) -> Self {
-        self.request.sub_resource = Some(sub.into());
-        self
-    }
-
-    /// The review.
-    #[must_use]
-    pub fn build(self) -> Review {
-        Review::v1(self.request)
-    }
-
-    /// The review as the JSON body the API server would send.
-    #[must_use]
-    pub fn body(self) -> Vec<u8> {
-        let review = self.build();
-        serde_json::to_vec(&serde_json::json!({
-            "apiVersion": review.api_version,
-            "kind": "AdmissionReview",
-            "request": review.request,
-        }))
-        .unwrap_or_default()
-    }
+    Request::of_json(object, target).for_review()
 }
 
 /// Runs a pipeline in-process and checks its answers.
@@ -228,64 +165,166 @@ impl Harness {
 
     /// Runs the pipeline once.
     pub async fn run(&self, review: &Review) -> Outcome {
-        let labels = review.request.namespace.as_ref().and_then(|ns| self.namespaces.get(ns));
-        let labels = if self.known_namespaces { Some(labels.cloned().unwrap_or_default()) } else { None };
-        self.pipeline.review(review, labels.as_ref()).await
+        if !self.known_namespaces {
+            return self.pipeline.review(review, NamespaceView::unknown()).await;
+        }
+        // A namespace the harness was not told about is known to have no labels.
+        let none = BTreeMap::new();
+        let labels = review.request.namespace.as_ref().and_then(|ns| self.namespaces.get(ns)).unwrap_or(&none);
+        self.pipeline.review(review, NamespaceView::Known(labels)).await
     }
 
-    /// Runs the pipeline and checks every invariant, panicking with a clear message on a breach:
-    /// the uid is echoed; the answer encodes; the patch applies (independent implementation) and
-    /// gives the pipeline's own result; a second run on the result changes nothing; and no path of
-    /// the original is lost.
+    /// Runs the pipeline and checks every invariant, panicking with the [`Violation`] on a breach;
+    /// see [`Harness::try_check`], which returns it instead (for properties).
     ///
     /// # Panics
     /// On any breach of those invariants: this is a test assertion.
     pub async fn check(&self, review: &Review) -> Checked {
+        self.try_check(review).await.unwrap_or_else(|violation| panic!("{violation}"))
+    }
+
+    /// Runs the pipeline and checks every invariant: the answer echoes the uid and API version and
+    /// encodes; a denial says why and carries no patch; a request without an object is not
+    /// patched; the patch applies (independent implementation) and gives the pipeline's own
+    /// result; a second run on the result is admitted unchanged; and no path of the original is
+    /// lost (unless [`Harness::allow_removals`]). The first breach is the error.
+    ///
+    /// In a property, `?` turns a [`Violation`] into a failed case, so proptest shrinks quietly.
+    pub async fn try_check(&self, review: &Review) -> Result<Checked, Violation> {
         let outcome = self.run(review).await;
         let answer = &outcome.answer;
-        assert_eq!(answer.uid, review.request.uid, "the answer must echo the request uid");
-        let encoded: Value =
-            serde_json::from_slice(&answer.to_review_json().expect("the answer encodes")).expect("the answer is JSON");
-        assert_eq!(encoded["response"]["uid"], review.request.uid.as_str());
-        let original = review.request.object.clone().unwrap_or(Value::Null);
+        let echoed = |what: &'static str, expected: &str, got: &str| {
+            if expected == got {
+                Ok(())
+            } else {
+                Err(Violation::NotEchoed { what, expected: expected.to_owned(), got: got.to_owned() })
+            }
+        };
+        echoed("uid", &review.request.uid, &answer.uid)?;
+        echoed("apiVersion", &review.api_version, &answer.api_version)?;
+        let body = answer.to_review_json().map_err(|e| Violation::Encoding(e.to_string()))?;
+        let wire: Value = serde_json::from_slice(&body).map_err(|e| Violation::Encoding(e.to_string()))?;
+        echoed("uid", &review.request.uid, wire["response"]["uid"].as_str().unwrap_or_default())?;
+        echoed("apiVersion", &review.api_version, wire["apiVersion"].as_str().unwrap_or_default())?;
+        let Some(original) = review.request.object.clone() else {
+            if answer.is_patched() {
+                return Err(Violation::PatchedWithoutObject);
+            }
+            return Ok(Checked { result: Value::Null, original: Value::Null, outcome });
+        };
         if !answer.allowed {
-            return Checked { result: original.clone(), original, outcome };
+            if answer.is_patched() {
+                return Err(Violation::DenialWithPatch);
+            }
+            if answer.message.trim().is_empty() {
+                return Err(Violation::DenialWithoutReason);
+            }
+            return Ok(Checked { result: original.clone(), original, outcome });
         }
         let result = match &answer.patch {
             Some(patch) => {
-                let patch = serde_json::to_value(patch).expect("the patch encodes");
-                apply_patch(&original, &patch)
-                    .unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
+                let patch = serde_json::to_value(patch).map_err(|e| Violation::Encoding(e.to_string()))?;
+                apply_patch(&original, &patch).map_err(|error| Violation::PatchDoesNotApply { error, patch })?
             }
             None => original.clone(),
         };
-        if let Some(mutated) = &outcome.mutated {
-            assert_eq!(&result, mutated, "the patch applied to the original must give the pipeline's result");
+        if let Some(mutated) = &outcome.mutated
+            && &result != mutated
+        {
+            return Err(Violation::PatchDisagrees { patched: result, pipeline: mutated.clone() });
         }
         let mut again = review.clone();
         again.request.object = Some(result.clone());
         let second = self.run(&again).await;
-        assert!(second.answer.allowed, "running again on the result was denied: {}", second.answer.message);
-        assert!(
-            !second.answer.is_patched(),
-            "not idempotent: running again on the result patched it again: {}",
-            serde_json::to_string(&second.answer.patch).unwrap_or_default()
-        );
+        if !second.answer.allowed {
+            return Err(Violation::SecondRunDenied(second.answer.message));
+        }
+        if second.answer.is_patched() {
+            let patch = serde_json::to_string(&second.answer.patch).unwrap_or_default();
+            return Err(Violation::NotIdempotent(patch));
+        }
         if !self.allow_removals {
             let lost = lost_paths(&original, &result);
-            assert!(lost.is_empty(), "the mutation lost paths of the original: {lost:?}");
+            if !lost.is_empty() {
+                return Err(Violation::LostPaths(lost));
+            }
         }
-        Checked { outcome, original, result }
+        Ok(Checked { outcome, original, result })
     }
 }
+
+/// An invariant a review broke, as [`Harness::try_check`] finds it. Its `Display` is a message a
+/// person can act on; in a proptest property, `?` turns it into a failed case (proptest's
+/// `TestCaseError` is made from any error).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// The answer does not echo the request (the API server rejects such an answer).
+    #[error("the answer's {what} is `{got}`, not the request's `{expected}`")]
+    NotEchoed {
+        /// `uid` or `apiVersion`.
+        what: &'static str,
+        /// The request's value.
+        expected: String,
+        /// The answer's value.
+        got: String,
+    },
+    /// The answer or its patch does not encode as JSON.
+    #[error("the answer does not encode: {0}")]
+    Encoding(String),
+    /// A denial carries a patch.
+    #[error("a denial carries a patch")]
+    DenialWithPatch,
+    /// A denial has an empty message: the user would not know what to fix.
+    #[error("a denial says nothing about why")]
+    DenialWithoutReason,
+    /// A request without an object (DELETE) was answered with a patch.
+    #[error("a request without an object was patched")]
+    PatchedWithoutObject,
+    /// The patch does not apply to the object the API server sent.
+    #[error("the patch does not apply: {error}\npatch: {patch}")]
+    PatchDoesNotApply {
+        /// Why not.
+        error: ApplyError,
+        /// The patch.
+        patch: Value,
+    },
+    /// The patch applied to the original gives another object than the pipeline's result.
+    #[error(
+        "the patch applied to the original does not give the pipeline's result\npatched:  {patched}\npipeline: {pipeline}"
+    )]
+    PatchDisagrees {
+        /// The original with the patch applied.
+        patched: Value,
+        /// What the pipeline produced.
+        pipeline: Value,
+    },
+    /// Running the pipeline again on its own result was denied.
+    #[error("running again on the result was denied: {0}")]
+    SecondRunDenied(String),
+    /// Running the pipeline again on its own result patched it again (not idempotent, so unsafe
+    /// with `reinvocationPolicy: IfNeeded`).
+    #[error("not idempotent: running again on the result patched it again: {0}")]
+    NotIdempotent(String),
+    /// Paths of the original are missing from the result.
+    #[error("the mutation lost paths of the original: {0:?}")]
+    LostPaths(Vec<String>),
+}
+
+/// proptest, re-exported so that plugins write properties without depending on it.
+pub use proptest;
 
 /// The fewest cases [`check_property`] runs.
 pub const MIN_PROPERTY_CASES: u32 = 1000;
 
 /// Runs a proptest property on at least [`MIN_PROPERTY_CASES`] cases of `strategy` (more if
-/// `PROPTEST_CASES` asks for more) and panics with the shrunk input on failure. A `TestRunner`
-/// rather than the `proptest!` macro, because the macro lets `PROPTEST_CASES` lower the count. No
-/// regression files are written next to the tests.
+/// `PROPTEST_CASES` asks for more) and panics once, with the shrunk input, on failure. A
+/// `TestRunner` rather than the `proptest!` macro, because the macro lets `PROPTEST_CASES` lower
+/// the count. No regression files are written next to the tests.
+///
+/// The property returns its failures (`prop_assert!`, `?` on [`Harness::try_check`]) rather than
+/// panicking: proptest runs a failing property dozens of times while shrinking, and each panic
+/// would print a message and a backtrace. See the [module docs](self#properties).
 ///
 /// # Panics
 /// When the property fails: this is a test assertion.
@@ -357,7 +396,7 @@ pub async fn call_router(router: &axum::Router, path: &str, body: Vec<u8>) -> (h
 }
 
 /// Why [`apply_patch`] failed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("failed to apply patch operation {index} ({op} {path}): {reason}")]
 pub struct ApplyError {
     index: usize,
@@ -510,7 +549,7 @@ pub fn lost_paths(original: &Value, result: &Value) -> Vec<String> {
     lost
 }
 
-use crate::patch::MERGE_KEYS;
+use crate::patch::merge_key;
 
 /// Whether `result` still has everything of `original`: the same keys (recursively) and its list
 /// items as an ordered subsequence; scalars may change value, as in [`lost_paths`].
@@ -553,7 +592,7 @@ fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: 
                 // Not kept: report what is missing from its merge-key counterpart, if it has one.
                 path.push('/');
                 path.push_str(&i.to_string());
-                let key = v.as_object().and_then(|m| MERGE_KEYS.iter().find_map(|k| m.get(*k).map(|x| (*k, x))));
+                let key = merge_key(v);
                 let counterpart = key.and_then(|(k, x)| r.iter().find(|item| item.get(k) == Some(x)));
                 walk_lost(v, counterpart, path, lost);
                 path.truncate(len);
@@ -565,8 +604,78 @@ fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::cell::Cell;
+
+    use k8s_openapi::api::core::v1::{Container, Pod};
     use serde_json::json;
+
+    use super::*;
+    use crate::{Step, mutator};
+
+    /// Adds a container every time: not idempotent.
+    fn growing() -> Harness {
+        let grow = mutator::from_typed_fn(|pod: &mut Pod, _: &mut crate::Context<'_>| {
+            let spec = pod.spec.get_or_insert_default();
+            spec.containers.push(Container { name: format!("c{}", spec.containers.len()), ..Container::default() });
+            Ok(())
+        });
+        Harness::new(Pipeline::builder("grow.example.com").step(Step::new("grow", grow)).build().unwrap())
+    }
+
+    #[tokio::test]
+    async fn try_check_returns_the_violation_check_panics_with() {
+        let review = review(&Pod::default()).build();
+        let violation = growing().try_check(&review).await.unwrap_err();
+        assert!(matches!(violation, Violation::NotIdempotent(_)), "{violation:?}");
+        assert!(violation.to_string().starts_with("not idempotent: running again"), "{violation}");
+
+        let wipe = mutator::from_fn(|pod, _| {
+            pod["metadata"]["annotations"] = json!({});
+            Ok(())
+        });
+        let pipeline =
+            Pipeline::builder("wipe.example.com").step(Step::dynamic("wipe", ResourceTarget::of::<Pod>(), wipe));
+        let harness = Harness::new(pipeline.build().unwrap());
+        let annotated = json!({"metadata": {"annotations": {"keep": "me"}}});
+        let review = review_json(annotated, &ResourceTarget::of::<Pod>()).build();
+        assert_eq!(
+            harness.try_check(&review).await.unwrap_err(),
+            Violation::LostPaths(vec!["/metadata/annotations/keep".to_owned()])
+        );
+        assert!(harness.clone().allow_removals().try_check(&review).await.is_ok());
+    }
+
+    thread_local! {
+        static PANICS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// A failing property shrinks without a panic per run: one panic, with the violation and the
+    /// smallest input, at the end.
+    #[test]
+    fn a_failing_property_panics_once_with_the_violation_and_the_shrunk_input() {
+        let previous = std::sync::Arc::new(std::panic::take_hook());
+        let chained = previous.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            chained(info);
+        }));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let harness = growing();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_property(0u32..1000, |n| {
+                let review = review(&Pod::default()).uid(format!("u-{n}")).build();
+                runtime.block_on(harness.try_check(&review))?;
+                Ok(())
+            });
+        }));
+        let _ = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| previous(info)));
+        let panic = result.unwrap_err();
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("not idempotent"), "{message}");
+        assert!(message.contains("minimal failing input: 0"), "{message}");
+        assert_eq!(PANICS.with(Cell::get), 1, "only the final report panics");
+    }
 
     #[test]
     fn rfc6902_appendix_a_examples() {

@@ -87,8 +87,8 @@ impl Spec {
             Spec::HasAnnotation(key) => Box::new(matcher::has_annotation(key.clone())),
             Spec::AnnotationIn(key, values) => Box::new(matcher::annotation_in(key.clone(), values.clone())),
             Spec::ObjectLabels(requirements) => Box::new(matcher::object_labels(requirements.clone())),
-            Spec::All(children) => Box::new(matcher::all(children.iter().map(Spec::build))),
-            Spec::Any(children) => Box::new(matcher::any(children.iter().map(Spec::build))),
+            Spec::All(children) => Box::new(children.iter().map(Spec::build).collect::<matcher::All>()),
+            Spec::Any(children) => Box::new(children.iter().map(Spec::build).collect::<matcher::Any>()),
             Spec::Not(child) => Box::new(matcher::not(child.build())),
         }
     }
@@ -218,12 +218,7 @@ fn matchers_and_pods(steps: std::ops::Range<usize>) -> impl Strategy<Value = (Ve
 // ---------------------------------------------------------------------------------------------
 
 fn request() -> Request {
-    serde_json::from_value(json!({
-        "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "ns", "operation": "CREATE",
-    }))
-    .unwrap()
+    Request::builder(&ResourceTarget::new("", "v1", "Pod", "pods")).namespace("ns").build()
 }
 
 /// The in-process decision for `pod`, as a boolean (`Unknown` is a failure: nothing generated here
@@ -393,7 +388,7 @@ fn cel_crate_semantics() {
 #[test]
 fn known_rendering_evaluates_as_expected() {
     let m = matcher::all([
-        Box::new(matcher::has_annotation("x.io/inject")) as Box<dyn Matcher>,
+        Box::new(matcher::has_annotation("x.io/inject")),
         Box::new(matcher::object_labels([LabelRequirement::new("app", LabelOp::In(vec!["web".into()]))])),
     ]);
     let expr = ServerFilter::as_cel(&m.server_filter()).unwrap();
@@ -410,11 +405,8 @@ fn known_rendering_evaluates_as_expected() {
 fn object_requirement_and_lone_any_keep_precedence() {
     let inner = || {
         matcher::all([
-            Box::new(matcher::object_labels([LabelRequirement::new("app", LabelOp::Exists)])) as Box<dyn Matcher>,
-            Box::new(matcher::any([
-                Box::new(matcher::has_annotation("x")) as Box<dyn Matcher>,
-                Box::new(matcher::has_annotation("y")),
-            ])),
+            Box::new(matcher::object_labels([LabelRequirement::new("app", LabelOp::Exists)])),
+            Box::new(matcher::any([Box::new(matcher::has_annotation("x")), Box::new(matcher::has_annotation("y"))])),
         ])
     };
     let request = request();
@@ -431,4 +423,17 @@ fn object_requirement_and_lone_any_keep_precedence() {
     let expr = render_webhook(&pipeline, &options).match_conditions.unwrap().remove(0).expression;
     assert_eq!(decide(&matcher::not(inner()), &request, &pod), Ok(true));
     assert_eq!(run_bool(&compile(&expr).unwrap(), Some(&pod)), Ok(true), "expression: {expr}");
+}
+
+/// A plugin reading selectors from its configuration names the error type and propagates it.
+#[test]
+fn selector_errors_are_a_public_type() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    fn count(selector: &LabelSelector) -> Result<usize, matcher::SelectorError> {
+        Ok(matcher::requirements_from_selector(selector)?.len())
+    }
+    let near = LabelSelectorRequirement { key: "zone".into(), operator: "Near".into(), values: None };
+    let err = count(&LabelSelector { match_expressions: Some(vec![near]), ..LabelSelector::default() }).unwrap_err();
+    assert_eq!((err.key(), err.operator()), ("zone", "Near"));
+    assert!(err.to_string().contains("`Near`"), "{err}");
 }

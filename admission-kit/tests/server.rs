@@ -18,7 +18,6 @@ use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-#[derive(Debug)]
 struct Sidecar;
 
 #[async_trait]

@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::Pod;
 
 const CHILD: &str = "ADMISSION_KIT_SIGTERM_CHILD";
 
-#[derive(Debug)]
 struct Label;
 
 #[async_trait]

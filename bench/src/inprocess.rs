@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use admission_kit::matcher::NamespaceView;
 use admission_kit::namespaces::NamespaceSource;
 use admission_kit::review::Review;
 use admission_kit::server::ServerConfig;
@@ -48,7 +49,7 @@ impl Injector {
     pub async fn review(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
         let review = Review::from_slice(body)?;
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        let outcome = self.pipeline.review_until(&review, None, Some(deadline)).await;
+        let outcome = self.pipeline.review_until(&review, NamespaceView::unknown(), Some(deadline)).await;
         outcome.answer.to_review_json().context("failed to encode the answer")
     }
 
@@ -57,7 +58,7 @@ impl Injector {
     pub async fn breakdown(&self, body: &[u8], budget: Duration) -> anyhow::Result<Vec<(&'static str, f64)>> {
         use std::hint::black_box;
         let review = Review::from_slice(body)?;
-        let outcome = self.pipeline.review(&review, None).await;
+        let outcome = self.pipeline.review(&review, NamespaceView::unknown()).await;
         let pod = review.request.object.clone().context("the review has no object")?;
         let mutated = outcome.mutated.clone().context("the review was not mutated")?;
         let twin = pod.clone();
@@ -92,7 +93,7 @@ impl Injector {
         let start = std::time::Instant::now();
         let mut n = 0u32;
         while start.elapsed() < budget || n < 3 {
-            drop(black_box(self.pipeline.review(&review, None).await));
+            drop(black_box(self.pipeline.review(&review, NamespaceView::unknown()).await));
             n += 1;
         }
         out.push(("Pipeline::review (match, mutate, diff)", start.elapsed().as_secs_f64() * 1e6 / f64::from(n)));

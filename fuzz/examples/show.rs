@@ -5,6 +5,7 @@
 //! `catalog_parse`, the text and the parse result. Then runs the target's checks outside
 //! libFuzzer, so a finding's panic message and backtrace print as usual.
 
+use admission_kit::matcher::NamespaceView;
 use admission_kit::review::Review;
 use admission_kit_fuzz::{PodCase, check_pipeline, opted_in, pipeline};
 use arbitrary::{Arbitrary, Unstructured};
@@ -49,7 +50,8 @@ fn main() {
                 )
                 .unwrap()
             );
-            let outcome = futures::executor::block_on(pipeline(knobs).review(&review, Some(&opted_in())));
+            let outcome =
+                futures::executor::block_on(pipeline(knobs).review(&review, NamespaceView::Known(&opted_in())));
             println!("answer: {:#?}", outcome.answer);
             println!("steps: {:#?}", outcome.steps);
             if let Some(mutated) = &outcome.mutated {

@@ -4,19 +4,20 @@
 //!
 //! A finding is a panic, an abort, a timeout or running out of memory (libFuzzer's panic hook
 //! aborts on every panic, including those the pipeline would catch). The invariants are the
-//! response contract, idempotence and patch hygiene every mutating webhook owes the API server: the
-//! uid is echoed, the answer encodes, the patch applies with an independent RFC 6902 implementation
-//! and gives the pipeline's own result, a second run on the result changes nothing, and nothing of
-//! the original is lost.
+//! response contract, idempotence and patch hygiene every mutating webhook owes the API server,
+//! checked by admission-kit's testing kit (`Harness::try_check`): the uid is echoed, the answer
+//! encodes, the patch applies with an independent RFC 6902 implementation and gives the pipeline's
+//! own result, a second run on the result changes nothing, and nothing of the original is lost.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use admission_kit::Pipeline;
-use admission_kit::pipeline::{Outcome, ResourceTarget, StepResult};
+use admission_kit::matcher::NamespaceView;
+use admission_kit::pipeline::{ResourceTarget, StepResult};
 use admission_kit::prelude::Operation;
 use admission_kit::review::Review;
-use admission_kit::testing::{apply_patch, review_json};
+use admission_kit::testing::{Harness, review_json};
 use arbitrary::{Arbitrary, Unstructured};
 use serde_json::{Map, Value, json};
 use sidecar_injector::catalog::{Catalog, CatalogStore, parse_catalog};
@@ -144,11 +145,6 @@ pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a tokio runtime builds")
 });
 
-fn run(pipeline: &Pipeline, review: &Review, labels: Option<&BTreeMap<String, String>>) -> Outcome {
-    // No deadline: the pipeline needs no runtime, and a plain executor keeps each run cheap.
-    futures::executor::block_on(pipeline.review(review, labels))
-}
-
 fn has_status(object: &Value) -> bool {
     object
         .pointer("/metadata/annotations")
@@ -156,60 +152,28 @@ fn has_status(object: &Value) -> bool {
         .is_some_and(|a| a.contains_key(&format!("{PREFIX}/status")))
 }
 
-/// Runs `pipeline` on `review` in an opted-in namespace and checks every invariant, panicking (a
-/// finding) on a breach. Also runs it with unknown namespace labels, as a server without cluster
-/// access does, which must not panic either.
+/// Runs `pipeline` on `review` in an opted-in namespace and checks every invariant with the
+/// testing kit's [`Harness::try_check`], panicking (a finding) on a breach or on a step that
+/// panicked. Also runs it with unknown namespace labels, as a server without cluster access does,
+/// which must not panic either.
 ///
 /// # Panics
 /// On a breach: that is the point.
 pub fn check_pipeline(pipeline: &Pipeline, review: &Review) {
-    let _unknown_labels = run(pipeline, review, None);
-    let labels = opted_in();
-    let outcome = run(pipeline, review, Some(&labels));
-    let answer = &outcome.answer;
-    let uid = review.request.uid.as_str();
-    assert_eq!(answer.uid, uid, "the answer must echo the request uid");
-    for step in &outcome.steps {
-        assert!(!matches!(step.result, StepResult::Panicked(_)), "step {} panicked: {:?}", step.step, step.result);
-    }
-    let body = answer.to_review_json().expect("the answer encodes");
-    let wire: Value = serde_json::from_slice(&body).expect("the answer is JSON");
-    assert_eq!(wire["response"]["uid"], uid, "the encoded answer must echo the uid");
-    assert_eq!(wire["apiVersion"], review.api_version.as_str(), "the answer is in the request's API version");
-    if !answer.allowed {
-        assert!(!answer.is_patched(), "a denial carries no patch");
-        assert!(!answer.message.is_empty(), "a denial says why");
-        return;
-    }
-    let Some(original) = review.request.object.as_ref() else {
-        assert!(!answer.is_patched(), "no object, no patch");
-        return;
-    };
-    let result = match &answer.patch {
-        Some(patch) => {
-            let patch = serde_json::to_value(patch).expect("the patch encodes");
-            apply_patch(original, &patch).unwrap_or_else(|e| panic!("the patch does not apply: {e}\npatch: {patch}"))
-        }
-        None => original.clone(),
-    };
-    if let Some(mutated) = &outcome.mutated {
-        assert_eq!(&result, mutated, "the patch applied to the original must give the pipeline's result");
-    }
-    let mut again = review.clone();
-    again.request.object = Some(result.clone());
-    let second = run(pipeline, &again, Some(&labels));
-    assert!(second.answer.allowed, "running again on the result was denied: {}", second.answer.message);
-    assert!(
-        !second.answer.is_patched(),
-        "not idempotent: running again on the result patched it again: {}",
-        serde_json::to_string(&second.answer.patch).unwrap_or_default()
-    );
+    // No deadline: the pipeline needs no runtime, and a plain executor keeps each run cheap.
+    let _unknown_labels = futures::executor::block_on(pipeline.review(review, NamespaceView::unknown()));
+    let namespace = review.request.namespace.as_deref().unwrap_or_default();
+    let mut harness = Harness::new(pipeline.clone()).namespace(namespace, [OPT_IN]);
     // A pod that already carries a status annotation is a reinvocation: the env step may then
     // replace env vars of the containers the status names (by design), so only a fresh injection
     // must keep every path of the original.
-    if !has_status(original) {
-        let lost = admission_kit::testing::lost_paths(original, &result);
-        assert!(lost.is_empty(), "the mutation lost paths of the original: {lost:?}");
+    if review.request.object.as_ref().is_some_and(has_status) {
+        harness = harness.allow_removals();
+    }
+    let checked =
+        futures::executor::block_on(harness.try_check(review)).unwrap_or_else(|violation| panic!("{violation}"));
+    for step in &checked.outcome.steps {
+        assert!(!matches!(step.result, StepResult::Panicked(_)), "step {} panicked: {:?}", step.step, step.result);
     }
 }
 

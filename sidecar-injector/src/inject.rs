@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use admission_kit::mutator::{object_at, object_entry};
 use admission_kit::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -97,13 +98,6 @@ pub struct Status {
 
 fn annotations_of(pod: &Value) -> Map<String, Value> {
     pod.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default()
-}
-
-fn object_at<'a>(root: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
-    if !root.get(key).is_some_and(Value::is_object) {
-        root[key] = Value::Object(Map::new());
-    }
-    root[key].as_object_mut().unwrap_or_else(|| unreachable!("just made an object"))
 }
 
 fn array_at<'a>(spec: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
@@ -254,14 +248,10 @@ impl DynamicMutator for SidecarMutator {
             return Ok(());
         }
         let status = self.inject(pod, &entries, ctx)?;
-        let metadata = object_at(pod, "metadata");
-        let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
-        if !annotations.is_object() {
-            *annotations = Value::Object(Map::new());
-        }
+        let annotations = object_entry(object_at(pod, "metadata"), "annotations");
         let status_json =
             serde_json::to_string(&status).map_err(|e| MutationError::caused_by("failed to encode the status", e))?;
-        annotations[&self.annotations.status] = Value::String(status_json);
+        annotations.insert(self.annotations.status.clone(), Value::String(status_json));
         Ok(())
     }
 }
@@ -360,11 +350,7 @@ impl SidecarMutator {
                 if values.is_empty() {
                     continue;
                 }
-                let map = metadata.entry(field).or_insert_with(|| Value::Object(Map::new()));
-                if !map.is_object() {
-                    *map = Value::Object(Map::new());
-                }
-                let map = map.as_object_mut().unwrap_or_else(|| unreachable!("just made an object"));
+                let map = object_entry(metadata, field);
                 for (k, v) in values {
                     if self.settings.override_pod_metadata || !map.contains_key(k) {
                         map.insert(k.clone(), Value::String(v.clone()));

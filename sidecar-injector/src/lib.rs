@@ -32,16 +32,15 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
 /// The matcher both steps share: opted-in namespace, not an excluded one, and the `inject`
 /// annotation present. The namespace label and the exclusions render as the webhook's
 /// `namespaceSelector`, the annotation as its `matchConditions`.
+// ANCHOR: selection
 #[must_use]
 pub fn selection(config: &Config) -> matcher::All {
     let annotations = Annotations::new(&config.annotation_prefix);
-    matcher::all([
-        Box::new(matcher::namespace_label(&config.namespace_label_key, &config.namespace_label_value))
-            as Box<dyn Matcher>,
-        Box::new(matcher::namespace_not_in(config.excluded_namespaces.iter().cloned())),
-        Box::new(matcher::has_annotation(annotations.inject)),
-    ])
+    matcher::namespace_label(&config.namespace_label_key, &config.namespace_label_value)
+        .and(matcher::namespace_not_in(config.excluded_namespaces.iter().cloned()))
+        .and(matcher::has_annotation(annotations.inject))
 }
+// ANCHOR_END: selection
 
 /// The admission pipeline: sidecars, then env from annotations; pod CREATE only.
 pub fn pipeline(

@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use admission_kit::Pipeline;
-use admission_kit::pipeline::{Outcome, StepResult};
-use admission_kit::review::{Request, Review};
+use admission_kit::matcher::NamespaceView;
+use admission_kit::pipeline::{Outcome, ResourceTarget, StepResult};
+use admission_kit::{Pipeline, Request};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use crate::inject::Annotations;
@@ -90,19 +92,17 @@ pub async fn review_template(
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod"});
     pod["metadata"] = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
     pod["spec"] = template.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let request: Request = serde_json::from_value(json!({
-        "uid": "offline",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "name": pod.pointer("/metadata/name").cloned().unwrap_or(json!("")),
-        "namespace": namespace,
-        "operation": "CREATE",
-        "userInfo": {"username": "sidecar-injector-offline"},
-        "object": pod,
-        "dryRun": true,
-    }))
-    .ok()?;
-    Some(pipeline.review(&Review::v1(request), Some(namespace_labels)).await)
+    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let review = Request::builder(&ResourceTarget::of::<Pod>())
+        .uid("offline")
+        .name(name)
+        .namespace(namespace)
+        .user_info(UserInfo { username: Some("sidecar-injector-offline".to_owned()), ..UserInfo::default() })
+        .object(pod)
+        .dry_run(true)
+        .for_review()
+        .build();
+    Some(pipeline.review(&review, NamespaceView::Known(namespace_labels)).await)
 }
 
 /// Injects sidecars into every pod template; a denial is an error naming the object.

@@ -989,8 +989,7 @@ prop_compose! {
         }
         let pods = values.clone().map(|values| {
             let mut pod = pod.clone();
-            let annotations = pod["metadata"].as_object_mut().expect("metadata").entry("annotations").or_insert_with(|| json!({}));
-            let annotations = annotations.as_object_mut().expect("annotations");
+            let annotations = admission_kit::mutator::object_at(&mut pod["metadata"], "annotations");
             annotations.retain(|k, _| !k.starts_with(PREFIX));
             annotations.insert(INJECT.to_owned(), json!(" alpha "));
             for (key, value) in values {

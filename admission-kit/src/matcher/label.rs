@@ -38,6 +38,20 @@ pub struct SelectorError {
     operator: String,
 }
 
+impl SelectorError {
+    /// The key of the expression with the unknown operator.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The operator that is not one of the four.
+    #[must_use]
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+}
+
 impl LabelRequirement {
     /// A requirement on `key`.
     #[must_use]

@@ -2,7 +2,6 @@
 
 use serde_json::Value;
 
-use super::label::cel_string;
 use super::{Decision, LabelOp, LabelRequirement, MatchInput, Matcher, NamespaceView, ServerFilter};
 
 /// Label every namespace carries with its own name (Kubernetes ≥ 1.21), used to render
@@ -129,16 +128,9 @@ impl Matcher for AnnotationMatcher {
     }
 
     fn server_filter(&self) -> ServerFilter {
-        let map = "object.metadata.annotations";
-        let key = cel_string(&self.key);
-        let present = format!("has({map}) && {key} in {map}");
-        let condition = match &self.values {
-            None => present,
-            Some(values) => {
-                let list = values.iter().map(|v| cel_string(v)).collect::<Vec<_>>().join(", ");
-                format!("{present} && {map}[{key}] in [{list}]")
-            }
-        };
+        // Annotations are a string map like labels: the same CEL as a label requirement.
+        let op = self.values.clone().map_or(LabelOp::Exists, LabelOp::In);
+        let condition = LabelRequirement::new(self.key.clone(), op).to_cel("object.metadata.annotations");
         ServerFilter { condition: Some(condition), exact: true, ..ServerFilter::none() }
     }
 

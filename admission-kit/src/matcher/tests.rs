@@ -3,15 +3,15 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::*;
+use crate::pipeline::ResourceTarget;
 use crate::review::Request;
 
 fn request(namespace: Option<&str>, kind: &str) -> Request {
-    serde_json::from_value(json!({
-        "uid": "u", "kind": {"group": "", "version": "v1", "kind": kind},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": namespace, "operation": "CREATE",
-    }))
-    .unwrap()
+    let builder = Request::builder(&ResourceTarget::new("", "v1", kind, "pods"));
+    match namespace {
+        Some(namespace) => builder.namespace(namespace).build(),
+        None => builder.cluster_scoped().build(),
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -73,13 +73,36 @@ fn namespace_names_and_annotations() {
 }
 
 #[test]
+fn and_or_chain_flat_and_equal_the_array_forms() {
+    let chained = namespace_label("a", "b").and(has_annotation("x")).and(namespace_not_in(["kube-system"]));
+    assert_eq!(chained.0.len(), 3, "a chain of `and` is one flat `all`");
+    let listed = all([
+        Box::new(namespace_label("a", "b")),
+        Box::new(has_annotation("x")),
+        Box::new(namespace_not_in(["kube-system"])),
+    ]);
+    assert_eq!(chained.describe(), listed.describe());
+    assert_eq!(chained.server_filter(), listed.server_filter());
+    let either = has_annotation("x").or(has_annotation("y")).or(annotation_in("z", ["1"]));
+    assert_eq!(either.0.len(), 3);
+    assert_eq!(
+        either.server_filter(),
+        any([Box::new(has_annotation("x")), Box::new(has_annotation("y")), Box::new(annotation_in("z", ["1"]))])
+            .server_filter()
+    );
+    // An `and` of an `any` nests (the `or` is one child), as written.
+    let nested = has_annotation("x").or(has_annotation("y")).and(namespace_label("a", "b"));
+    assert_eq!(nested.describe(), "all of (any of (annotation x, annotation y), namespace label a=b)");
+}
+
+#[test]
 fn combinators_use_three_valued_logic() {
     let req = request(Some("apps"), "Pod");
     let pod = json!({"metadata": {"labels": {"app": "web"}}});
     let unknown_ns = NamespaceView::Unknown { enforced: &[] };
-    let yes = || Box::new(object_labels([LabelRequirement::new("app", LabelOp::Exists)])) as Box<dyn Matcher>;
-    let no = || Box::new(has_annotation("nope")) as Box<dyn Matcher>;
-    let maybe = || Box::new(namespace_label("a", "b")) as Box<dyn Matcher>;
+    let yes = || Box::new(object_labels([LabelRequirement::new("app", LabelOp::Exists)]));
+    let no = || Box::new(has_annotation("nope"));
+    let maybe = || Box::new(namespace_label("a", "b"));
     assert_eq!(eval(&all([yes(), no(), maybe()]), &req, &pod, unknown_ns), Decision::NoMatch);
     assert!(matches!(eval(&all([yes(), maybe()]), &req, &pod, unknown_ns), Decision::Unknown(_)));
     assert_eq!(eval(&any([no(), maybe(), yes()]), &req, &pod, unknown_ns), Decision::Match);
@@ -91,7 +114,7 @@ fn combinators_use_three_valued_logic() {
 #[test]
 fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
     let f = all([
-        Box::new(namespace_label("inject", "enabled")) as Box<dyn Matcher>,
+        Box::new(namespace_label("inject", "enabled")),
         Box::new(namespace_not_in(["kube-system"])),
         Box::new(has_annotation("x.io/inject")),
         Box::new(object_labels([LabelRequirement::new("app", LabelOp::Exists)])),
@@ -108,7 +131,7 @@ fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
 
     // OR of annotation and object label: CEL only.
     let f = any([
-        Box::new(has_annotation("a")) as Box<dyn Matcher>,
+        Box::new(has_annotation("a")),
         Box::new(object_labels([LabelRequirement::new("b", LabelOp::In(vec!["c".into()]))])),
     ])
     .server_filter();
@@ -120,8 +143,7 @@ fn server_filters_are_necessary_and_marked_exact_only_when_equivalent() {
         )
     );
     // OR involving a namespace label cannot be rendered: no filter at all (still necessary).
-    let f =
-        any([Box::new(has_annotation("a")) as Box<dyn Matcher>, Box::new(namespace_label("x", "y"))]).server_filter();
+    let f = any([Box::new(has_annotation("a")), Box::new(namespace_label("x", "y"))]).server_filter();
     assert_eq!(f, ServerFilter::none());
     // NOT of an exact CEL filter negates it; NOT of a namespace label is not rendered.
     assert_eq!(

@@ -10,7 +10,7 @@ use crate::matcher;
 use crate::mutator::{Context, MutationError, MutationResult, Mutator};
 use crate::review::Request;
 
-#[derive(Debug)]
+/// No `Debug`: a mutator needs none.
 struct AddSidecar;
 
 #[async_trait]
@@ -32,7 +32,6 @@ impl Mutator<Pod> for AddSidecar {
     }
 }
 
-#[derive(Debug)]
 struct Fails(&'static str);
 
 #[async_trait]
@@ -51,16 +50,13 @@ impl Mutator<Pod> for Fails {
     }
 }
 
-#[allow(clippy::needless_pass_by_value, reason = "test helper called with inline literals")]
-fn pod_review(object: Value, namespace: &str, operation: &str) -> Review {
-    Review::v1(
-        serde_json::from_value::<Request>(json!({
-            "uid": "uid-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace, "operation": operation, "object": object,
-        }))
-        .unwrap(),
-    )
+fn pod_review(object: Value, namespace: &str, operation: Operation) -> Review {
+    Request::of_json(object, &ResourceTarget::of::<Pod>())
+        .uid("uid-1")
+        .namespace(namespace)
+        .operation(operation)
+        .for_review()
+        .build()
 }
 
 fn pod() -> Value {
@@ -78,7 +74,7 @@ fn pipeline(steps: Vec<Step>) -> Pipeline {
 #[tokio::test]
 async fn typed_mutation_patches_only_what_changed() {
     let p = pipeline(vec![Step::new("sidecar", AddSidecar)]);
-    let out = p.review(&pod_review(pod(), "apps", "CREATE"), None).await;
+    let out = p.review(&pod_review(pod(), "apps", Operation::Create), NamespaceView::unknown()).await;
     assert!(out.answer.allowed);
     let patch = serde_json::to_value(out.answer.patch.unwrap()).unwrap();
     assert_eq!(
@@ -99,31 +95,31 @@ async fn typed_mutation_patches_only_what_changed() {
 #[tokio::test]
 async fn operations_kinds_and_subresources_filter_steps() {
     let p = pipeline(vec![Step::new("sidecar", AddSidecar)]);
-    let update = p.review(&pod_review(pod(), "apps", "UPDATE"), None).await;
+    let update = p.review(&pod_review(pod(), "apps", Operation::Update), NamespaceView::unknown()).await;
     assert!(update.answer.allowed && update.answer.patch.is_none());
     assert!(matches!(&update.steps[0].result, StepResult::Skipped(r) if r.contains("Update")));
-    let mut svc = pod_review(json!({"metadata": {}}), "apps", "CREATE");
+    let mut svc = pod_review(json!({"metadata": {}}), "apps", Operation::Create);
     svc.request.kind.kind = "Service".into();
-    assert!(p.review(&svc, None).await.answer.patch.is_none());
-    let mut status = pod_review(pod(), "apps", "CREATE");
+    assert!(p.review(&svc, NamespaceView::unknown()).await.answer.patch.is_none());
+    let mut status = pod_review(pod(), "apps", Operation::Create);
     status.request.sub_resource = Some("status".into());
-    assert!(p.review(&status, None).await.answer.patch.is_none());
-    let mut delete = pod_review(pod(), "apps", "DELETE");
+    assert!(p.review(&status, NamespaceView::unknown()).await.answer.patch.is_none());
+    let mut delete = pod_review(pod(), "apps", Operation::Delete);
     delete.request.object = None;
-    assert!(p.review(&delete, None).await.answer.allowed);
+    assert!(p.review(&delete, NamespaceView::unknown()).await.answer.allowed);
 }
 
 #[tokio::test]
 async fn denial_failure_modes_and_panics() {
-    let review = pod_review(pod(), "apps", "CREATE");
+    let review = pod_review(pod(), "apps", Operation::Create);
     let denied = pipeline(vec![Step::new("owner", Fails("deny")).on_error(FailureMode::AllowWithWarning)])
-        .review(&review, None)
+        .review(&review, NamespaceView::unknown())
         .await;
     assert!(!denied.answer.allowed, "a denial is a decision, whatever the failure mode");
     assert_eq!(denied.answer.message, "pods here need an owner label");
     assert_eq!(denied.answer.code, 403);
 
-    let failed = pipeline(vec![Step::new("catalog", Fails("fail"))]).review(&review, None).await;
+    let failed = pipeline(vec![Step::new("catalog", Fails("fail"))]).review(&review, NamespaceView::unknown()).await;
     assert!(!failed.answer.allowed);
     assert_eq!(failed.answer.message, "catalog failed: catalog unavailable: connection refused");
 
@@ -131,7 +127,7 @@ async fn denial_failure_modes_and_panics() {
         Step::new("catalog", Fails("fail")).on_error(FailureMode::AllowWithWarning),
         Step::new("sidecar", AddSidecar),
     ])
-    .review(&review, None)
+    .review(&review, NamespaceView::unknown())
     .await;
     assert!(lenient.answer.allowed);
     assert!(
@@ -144,7 +140,7 @@ async fn denial_failure_modes_and_panics() {
     assert_eq!(mutated["spec"]["containers"][1]["name"], "sidecar", "later steps still run");
 
     let panicked = pipeline(vec![Step::new("buggy", Fails("panic")).on_error(FailureMode::AllowWithWarning)])
-        .review(&review, None)
+        .review(&review, NamespaceView::unknown())
         .await;
     assert!(!panicked.answer.allowed);
     assert!(
@@ -156,13 +152,14 @@ async fn denial_failure_modes_and_panics() {
 
 #[tokio::test]
 async fn deadline_fails_a_slow_step_in_time() {
-    let review = pod_review(pod(), "apps", "CREATE");
+    let review = pod_review(pod(), "apps", Operation::Create);
     let p = pipeline(vec![
         Step::new("slow", Fails("sleep")).on_error(FailureMode::AllowWithWarning),
         Step::new("sidecar", AddSidecar),
     ]);
     let started = std::time::Instant::now();
-    let out = p.review_until(&review, None, Some(Instant::now() + Duration::from_millis(100))).await;
+    let out =
+        p.review_until(&review, NamespaceView::unknown(), Some(Instant::now() + Duration::from_millis(100))).await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(out.answer.allowed);
     assert!(out.answer.warnings[0].contains("deadline"));
@@ -170,8 +167,9 @@ async fn deadline_fails_a_slow_step_in_time() {
 
 #[tokio::test]
 async fn undecodable_object_is_a_clear_failure() {
-    let review = pod_review(json!({"metadata": {"name": 5}, "spec": {"containers": "nope"}}), "apps", "CREATE");
-    let out = pipeline(vec![Step::new("sidecar", AddSidecar)]).review(&review, None).await;
+    let review =
+        pod_review(json!({"metadata": {"name": 5}, "spec": {"containers": "nope"}}), "apps", Operation::Create);
+    let out = pipeline(vec![Step::new("sidecar", AddSidecar)]).review(&review, NamespaceView::unknown()).await;
     assert!(!out.answer.allowed);
     assert!(out.answer.message.contains("does not decode as v1 Pod"), "{}", out.answer.message);
 }
@@ -179,30 +177,77 @@ async fn undecodable_object_is_a_clear_failure() {
 #[tokio::test]
 async fn matchers_gate_steps_and_unknowns_fail_per_mode() {
     let gated = || Step::new("sidecar", AddSidecar).when(matcher::namespace_label("inject", "on"));
-    let review = pod_review(pod(), "apps", "CREATE");
+    let review = pod_review(pod(), "apps", Operation::Create);
     let on: BTreeMap<String, String> = [("inject".to_owned(), "on".to_owned())].into();
     let off = BTreeMap::new();
     let p = pipeline(vec![gated()]);
-    assert!(p.review(&review, Some(&on)).await.answer.is_patched());
-    assert!(!p.review(&review, Some(&off)).await.answer.is_patched());
+    assert!(p.review(&review, NamespaceView::Known(&on)).await.answer.is_patched());
+    assert!(!p.review(&review, NamespaceView::Known(&off)).await.answer.is_patched());
     // Labels unknown: the requirement is in the rendered namespaceSelector, so it is trusted.
-    assert!(p.review(&review, None).await.answer.is_patched());
+    assert!(p.review(&review, NamespaceView::unknown()).await.answer.is_patched());
     // Two steps with different requirements: neither is enforced by the webhook as a whole.
     let two = pipeline(vec![gated(), Step::new("other", AddSidecar).when(matcher::namespace_label("other", "on"))]);
     assert!(two.server_filter().namespace.is_empty());
-    let out = two.review(&review, None).await;
+    let out = two.review(&review, NamespaceView::unknown()).await;
     assert!(!out.answer.allowed);
     assert!(out.answer.message.contains("namespace labels are unknown"), "{}", out.answer.message);
+}
+
+#[tokio::test]
+async fn a_namespace_known_to_have_no_labels_is_not_an_unknown_one() {
+    use crate::matcher::{LabelOp, LabelRequirement};
+    let unlabelled = || matcher::namespace_labels(LabelRequirement::new("quarantine", LabelOp::DoesNotExist));
+    // A second step with another requirement keeps the first out of the webhook's selector.
+    let p = pipeline(vec![
+        Step::new("a", AddSidecar).when(unlabelled()),
+        Step::new("b", AddSidecar).when(matcher::namespace_label("other", "on")),
+    ]);
+    let review = pod_review(pod(), "apps", Operation::Create);
+    let none = BTreeMap::new();
+    let known = p.review(&review, NamespaceView::Known(&none)).await;
+    assert!(known.answer.is_patched(), "{:?}", known.steps);
+    let unknown = p.review(&review, NamespaceView::unknown()).await;
+    assert!(!unknown.answer.allowed);
+    assert!(unknown.answer.message.contains("namespace labels are unknown"), "{}", unknown.answer.message);
+}
+
+#[test]
+fn steps_debug_by_name_whatever_their_mutator() {
+    let debug = format!("{:?}", pipeline(vec![Step::new("add-sidecar", AddSidecar)]));
+    assert!(debug.contains(r#"name: "add-sidecar""#), "{debug}");
+}
+
+#[tokio::test]
+async fn when_twice_requires_both() {
+    let step = Step::new("sidecar", AddSidecar)
+        .when(matcher::namespace_label("inject", "on"))
+        .when(matcher::has_annotation("keep/me"));
+    assert_eq!(step.filter().namespace, matcher::namespace_label("inject", "on").server_filter().namespace);
+    assert!(step.filter().condition.is_some_and(|c| c.contains("keep/me")), "the second gate renders too");
+    let p = pipeline(vec![step]);
+    let on: BTreeMap<String, String> = [("inject".to_owned(), "on".to_owned())].into();
+    let off = BTreeMap::new();
+    let annotated = pod_review(pod(), "apps", Operation::Create);
+    let mut bare = pod();
+    bare["metadata"]["annotations"] = json!({});
+    let bare = pod_review(bare, "apps", Operation::Create);
+    assert!(p.review(&annotated, NamespaceView::Known(&on)).await.answer.is_patched());
+    assert!(!p.review(&annotated, NamespaceView::Known(&off)).await.answer.is_patched(), "the first gate still holds");
+    let skipped = p.review(&bare, NamespaceView::Known(&on)).await;
+    assert!(!skipped.answer.is_patched(), "the second gate holds too");
+    assert!(
+        matches!(&skipped.steps[0].result, StepResult::Skipped(why) if why.contains("annotation keep/me")),
+        "{:?}",
+        skipped.steps
+    );
 }
 
 #[test]
 fn webhook_filter_keeps_what_every_step_requires() {
     let ns = || matcher::namespace_label("inject", "on");
     let p = pipeline(vec![
-        Step::new("a", AddSidecar)
-            .when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("a"))])),
-        Step::new("b", AddSidecar)
-            .when(matcher::all([Box::new(ns()) as Box<dyn Matcher>, Box::new(matcher::has_annotation("b"))])),
+        Step::new("a", AddSidecar).when(matcher::all([Box::new(ns()), Box::new(matcher::has_annotation("a"))])),
+        Step::new("b", AddSidecar).when(matcher::all([Box::new(ns()), Box::new(matcher::has_annotation("b"))])),
     ]);
     let f = p.server_filter();
     assert_eq!(f.namespace, vec![ns().0]);
@@ -243,7 +288,7 @@ fn rendered_webhook_configuration() {
     use crate::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook_config};
     let p = Pipeline::builder("inject.example.com")
         .step(Step::new("sidecar", AddSidecar).when(matcher::all([
-            Box::new(matcher::namespace_label("inject", "on")) as Box<dyn Matcher>,
+            Box::new(matcher::namespace_label("inject", "on")),
             Box::new(matcher::has_annotation("x.io/inject")),
         ])))
         .reinvocation(ReinvocationPolicy::IfNeeded)
@@ -294,30 +339,25 @@ fn rendered_webhook_configuration() {
 fn namespace_requirements_are_split_into_trusted_and_undecidable() {
     let shared = || matcher::namespace_label("inject", "on");
     let p = pipeline(vec![
-        Step::new("a", AddSidecar).when(matcher::all([
-            Box::new(shared()) as Box<dyn Matcher>,
-            Box::new(matcher::namespace_not_in(["kube-system"])),
-        ])),
-        Step::new("b", AddSidecar).when(matcher::all([
-            Box::new(shared()) as Box<dyn Matcher>,
-            Box::new(matcher::namespace_label("tier", "gold")),
-        ])),
+        Step::new("a", AddSidecar)
+            .when(matcher::all([Box::new(shared()), Box::new(matcher::namespace_not_in(["kube-system"]))])),
+        Step::new("b", AddSidecar)
+            .when(matcher::all([Box::new(shared()), Box::new(matcher::namespace_label("tier", "gold"))])),
     ]);
     let (trusted, unchecked) = p.namespace_label_needs();
     assert_eq!(trusted, vec![shared().0]);
     // The name requirement is decided from the request's namespace, never from labels.
     assert_eq!(unchecked, vec![matcher::namespace_label("tier", "gold").0]);
     // Requirements under `any`/`not` cannot be rendered as a namespaceSelector: they are named too.
-    let nested = pipeline(vec![Step::new("a", AddSidecar).when(matcher::any([
-        Box::new(matcher::namespace_label("x", "y")) as Box<dyn Matcher>,
-        Box::new(matcher::has_annotation("z")),
-    ]))]);
+    let nested = pipeline(vec![
+        Step::new("a", AddSidecar)
+            .when(matcher::any([Box::new(matcher::namespace_label("x", "y")), Box::new(matcher::has_annotation("z"))])),
+    ]);
     assert_eq!(nested.namespace_label_needs(), (vec![], vec![matcher::namespace_label("x", "y").0]));
 }
 
 /// Sets a label on the raw object, then fails or succeeds: a step that has changed the object in
 /// place when its error comes.
-#[derive(Debug)]
 struct LabelThen(Result<(), &'static str>);
 
 #[async_trait]
@@ -341,7 +381,7 @@ fn changes(outcome: &Outcome) -> Vec<Option<bool>> {
 
 #[tokio::test]
 async fn each_step_reports_whether_it_changed_the_object() {
-    let review = pod_review(pod(), "apps", "CREATE");
+    let review = pod_review(pod(), "apps", Operation::Create);
     let target = ResourceTarget::of::<Pod>();
     let outcome = pipeline(vec![
         Step::new("unchanged-first", Fails("never")).when(matcher::has_annotation("absent.example.com/x")),
@@ -350,20 +390,20 @@ async fn each_step_reports_whether_it_changed_the_object() {
         Step::dynamic("label", target.clone(), LabelThen(Ok(()))),
         Step::dynamic("label-again", target, LabelThen(Ok(()))),
     ])
-    .review(&review, None)
+    .review(&review, NamespaceView::unknown())
     .await;
     assert_eq!(changes(&outcome), vec![None, Some(true), Some(false), Some(true), Some(false)]);
 }
 
 #[tokio::test]
 async fn a_lenient_step_failing_after_its_own_change_is_rolled_back_to_the_earlier_steps_result() {
-    let review = pod_review(pod(), "apps", "CREATE");
+    let review = pod_review(pod(), "apps", Operation::Create);
     let outcome = pipeline(vec![
         Step::new("sidecar", AddSidecar),
         Step::dynamic("label", ResourceTarget::of::<Pod>(), LabelThen(Err("no")))
             .on_error(FailureMode::AllowWithWarning),
     ])
-    .review(&review, None)
+    .review(&review, NamespaceView::unknown())
     .await;
     assert!(outcome.answer.allowed);
     let mutated = outcome.mutated.unwrap();
@@ -376,7 +416,7 @@ async fn a_lenient_step_failing_after_its_own_change_is_rolled_back_to_the_earli
         Step::new("sidecar", AddSidecar),
         Step::dynamic("label", ResourceTarget::of::<Pod>(), LabelThen(Err("no"))),
     ])
-    .review(&review, None)
+    .review(&review, NamespaceView::unknown())
     .await;
     assert!(!strict.answer.allowed, "a failing step in Deny mode denies");
     assert!(strict.answer.patch.is_none() && strict.mutated.is_none(), "nothing of a denied review is sent");

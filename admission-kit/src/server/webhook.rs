@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::Shared;
+use crate::matcher::NamespaceView;
 use crate::metrics::{ReviewLabels, StepLabels, WebhookLabels};
 use crate::pipeline::{FailureMode, Outcome, Pipeline, StepResult};
 use crate::review::{Answer, DecodeError, Review};
@@ -162,7 +163,7 @@ async fn review(
     let deadline = deadline(start, query.as_deref(), &hook.pipeline, shared.config.request_timeout);
     let outcome = hook
         .pipeline
-        .review_until(&review, labels.as_ref().map(crate::namespaces::NamespaceLabels::get), Some(deadline))
+        .review_until(&review, labels.as_ref().map_or(NamespaceView::unknown(), |l| l.get().into()), Some(deadline))
         .instrument(span.clone())
         .await;
     record(shared, webhook, &outcome, &span);

@@ -9,7 +9,6 @@
 //! <https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/#reinvocation-policy>.
 #![warn(missing_docs)]
 
-use admission_kit::pipeline::ReinvocationPolicy;
 use admission_kit::prelude::*;
 use k8s_openapi::api::core::v1::Pod;
 
@@ -63,6 +62,21 @@ mod tests {
         harness().check(&review(&Pod::default()).namespace("off").build()).await.assert_unchanged();
     }
     // ANCHOR_END: test
+
+    // ANCHOR: unit_test
+    #[tokio::test]
+    async fn the_mutator_alone_labels_a_pod_and_keeps_a_named_team() {
+        let mut pod = Pod::default();
+        let request = Request::of(&pod).namespace("on").build();
+        let mut ctx = Context::new(&request, NamespaceView::unknown());
+        DefaultLabels.mutate(&mut pod, &mut ctx).await.unwrap();
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["team"], "unassigned");
+
+        pod.metadata.labels = Some([("team".into(), "payments".into())].into());
+        DefaultLabels.mutate(&mut pod, &mut ctx).await.unwrap();
+        assert_eq!(pod.metadata.labels.unwrap()["team"], "payments");
+    }
+    // ANCHOR_END: unit_test
 
     #[tokio::test]
     async fn keeps_the_team_a_pod_names() {

@@ -80,9 +80,9 @@ pub fn pipeline<S: Into<String>>(mirror: ImageMirror, skip_namespaces: impl Into
 #[cfg(test)]
 mod tests {
     use super::*;
+    use admission_kit::testing::proptest::prelude::*;
     use admission_kit::testing::{Harness, check_property, review};
     use k8s_openapi::api::core::v1::{Container, EphemeralContainer, PodSpec};
-    use proptest::prelude::*;
     use serde_json::{Value, json};
 
     const SHA: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -259,7 +259,7 @@ mod tests {
             let c: Vec<&str> = c.iter().map(String::as_str).collect();
             let i: Vec<&str> = i.iter().map(String::as_str).collect();
             // `check` asserts the patch applies, is idempotent and loses nothing.
-            let checked = runtime.block_on(harness.check(&review(&pod(&c, &i)).namespace("apps").build()));
+            let checked = runtime.block_on(harness.try_check(&review(&pod(&c, &i)).namespace("apps").build()))?;
             for image in images_of(checked.patched()) {
                 let registry = ImageReference::parse(&image).map_err(|e| TestCaseError::fail(e.to_string()))?.registry;
                 prop_assert!(image_mirror().allows(&registry), "{image} escaped the mirror");

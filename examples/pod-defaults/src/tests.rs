@@ -1,11 +1,11 @@
 //! Tests of the pod-defaults webhook, through the testing kit's harness.
 
 use admission_kit::pipeline::ResourceTarget;
+use admission_kit::testing::proptest::prelude::*;
 use admission_kit::testing::{Harness, check_property, review, review_json, strategies};
 use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
@@ -211,10 +211,10 @@ fn property_defaults_apply_cleanly_once_and_only_where_missing() {
     let harness = harness();
     let target = ResourceTarget::of::<Pod>();
     check_property(pods(), |original| {
-        // `check` asserts the patch applies, gives the pipeline's result, is idempotent and loses
+        // `try_check` checks the patch applies, gives the pipeline's result, is idempotent and loses
         // nothing of the original.
         let checked =
-            runtime.block_on(harness.check(&review_json(original.clone(), &target).namespace("apps").build()));
+            runtime.block_on(harness.try_check(&review_json(original.clone(), &target).namespace("apps").build()))?;
         prop_assert!(checked.answer().allowed);
         let result = checked.patched();
         for (before, after) in original["spec"]["containers"]

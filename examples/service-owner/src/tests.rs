@@ -1,8 +1,8 @@
 //! Tests of the service-owner webhook on raw Service (and custom resource) reviews.
 
+use admission_kit::testing::proptest::prelude::*;
 use admission_kit::testing::{Harness, check_property, review_json, strategies};
 use admission_kit::webhook_config::{ClientTarget, WebhookConfigOptions, render_webhook};
-use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
@@ -137,7 +137,7 @@ fn property_every_service_ends_with_one_non_empty_owner() {
             object["spec"]["x-unknown"] = u;
         }
         // `check` asserts the patch applies, is idempotent and loses nothing of the original.
-        let checked = runtime.block_on(harness.check(&review_json(object, &services()).build()));
+        let checked = runtime.block_on(harness.try_check(&review_json(object, &services()).build()))?;
         match owner.as_deref() {
             Some("") => prop_assert!(!checked.answer().allowed, "an empty owner was admitted"),
             Some(named) => prop_assert_eq!(&checked.patched()["metadata"]["labels"][DEFAULT_OWNER_LABEL], named),
