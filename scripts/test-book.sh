@@ -10,7 +10,10 @@
 #      internal link and #fragment of the built site resolves (book/tests/check_links.py);
 #   3. a real browser: every page loads in headless Chromium without a console error or a failed
 #      request, the search UI finds "native sidecar", and a screenshot of the quick start page is
-#      written to target/book-artifacts/quick-start.png (book/tests/browser-check.mjs).
+#      written to target/book-artifacts/quick-start.png (book/tests/browser-check.mjs);
+#   4. the "Your own crate" page followed literally: a crate outside the workspace, made with the
+#      page's commands and sources, built with warnings denied, its tests run
+#      (book/tests/own-crate.sh; about 4 minutes cold on 2 cores, 1 minute warm).
 #
 # The book's command output and reference tables are checked against the code by
 # `cargo test -p sidecar-injector --test cli_reference`, part of scripts/test-all.sh.
@@ -91,6 +94,10 @@ SITE="$site" SUMMARY="$root/book/src/SUMMARY.md" PLAYWRIGHT="$playwright" CHROMI
   ARTIFACTS="$artifacts" timeout 300 node book/tests/browser-check.mjs \
   || fail "browser check (listed above)"
 [ -s "$artifacts/quick-start.png" ] || fail "no screenshot at $artifacts/quick-start.png"
+
+# --- 4. the "Your own crate" page, followed literally ----------------------------------------------
+echo "== your own crate: the page's commands and sources, outside the workspace, warnings denied"
+bash book/tests/own-crate.sh >"$log" 2>&1 || { cat "$log" >&2; fail "the own-crate page's crate (output above)"; }
 
 pages=$(grep -cE '\]\([^)]+\.md\)' book/src/SUMMARY.md)
 echo "book: all checks passed: $pages pages built, linked and loaded in Chromium, search finds \"native sidecar\", screenshot target/book-artifacts/quick-start.png ($((SECONDS - started)) s)"

@@ -3,7 +3,9 @@
 
 use cost_center::plugin::{self, CostCenterWebhook, Flags};
 
+// ANCHOR: main
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     plugin::app().run(|flags: Flags| Ok(CostCenterWebhook::new(flags))).await
 }
+// ANCHOR_END: main

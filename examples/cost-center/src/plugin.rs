@@ -21,6 +21,7 @@ pub fn app() -> App {
     App::new("cost-center").version(env!("CARGO_PKG_VERSION"))
 }
 
+// ANCHOR: flags
 /// The flags: where the table lives, and the standard serving settings.
 #[derive(Debug, clap::Args)]
 pub struct Flags {
@@ -45,6 +46,7 @@ pub enum Command {
         file: PathBuf,
     },
 }
+// ANCHOR_END: flags
 
 /// The plugin.
 #[derive(Debug)]
@@ -72,6 +74,7 @@ impl CostCenters for Watched {
     }
 }
 
+// ANCHOR: plugin
 #[async_trait]
 impl Plugin for CostCenterWebhook {
     type Flags = Flags;
@@ -114,3 +117,4 @@ impl Plugin for CostCenterWebhook {
         Ok(())
     }
 }
+// ANCHOR_END: plugin
