@@ -99,33 +99,21 @@ struct WithServe<A: Args> {
     serve: ServeSettings,
 }
 
-/// The plugin [`run`] and [`run_with`] make: fixed pipelines, settings from the flags.
-struct Fixed {
-    serve: ServeSettings,
-    pipelines: Vec<Pipeline>,
-}
-
-impl Plugin for Fixed {
-    type Flags = WithServe<NoFlags>;
-    type Command = NoCommands;
-
-    fn settings(&self) -> &ServeSettings {
-        &self.serve
-    }
-
-    fn pipelines(&self) -> anyhow::Result<Vec<Pipeline>> {
-        Ok(self.pipelines.clone())
-    }
-}
-
-/// [`Fixed`] for a webhook with flags of its own.
-struct FixedWith<A> {
+/// The plugin [`run`] and [`run_with`] make: fixed pipelines, settings from the flags (`A`: the
+/// webhook's own, already used to make the pipelines).
+struct Fixed<A> {
     serve: ServeSettings,
     pipelines: Vec<Pipeline>,
     flags: std::marker::PhantomData<fn() -> A>,
 }
 
-impl<A: Args + Send + 'static> Plugin for FixedWith<A> {
+impl<A> Fixed<A> {
+    fn new(serve: ServeSettings, pipelines: Vec<Pipeline>) -> Self {
+        Self { serve, pipelines, flags: std::marker::PhantomData }
+    }
+}
+
+impl<A: Args + Send + 'static> Plugin for Fixed<A> {
     type Flags = WithServe<A>;
     type Command = NoCommands;
 
@@ -154,7 +142,7 @@ fn program_name() -> String {
 /// # Errors
 /// When the server cannot start, or the configuration cannot be rendered.
 pub async fn run(pipelines: Vec<Pipeline>) -> anyhow::Result<()> {
-    App::new(program_name()).run(|flags: WithServe<NoFlags>| Ok(Fixed { serve: flags.serve, pipelines })).await
+    App::new(program_name()).run(|flags: WithServe<NoFlags>| Ok(Fixed::<NoFlags>::new(flags.serve, pipelines))).await
 }
 
 /// [`run`] for a webhook with flags of its own: `A` is the plugin's [`clap::Args`] struct (mark
@@ -198,11 +186,7 @@ where
     A: Args + Send + 'static,
     F: FnOnce(A) -> anyhow::Result<Vec<Pipeline>>,
 {
-    App::new(program_name())
-        .run(|flags: WithServe<A>| {
-            Ok(FixedWith { serve: flags.serve, pipelines: build(flags.plugin)?, flags: std::marker::PhantomData })
-        })
-        .await
+    App::new(program_name()).run(|flags: WithServe<A>| Ok(Fixed::<A>::new(flags.serve, build(flags.plugin)?))).await
 }
 
 #[cfg(test)]
