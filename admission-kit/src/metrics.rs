@@ -51,6 +51,15 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of a refused connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `connection_cap` (as many connections open as allowed), `handshake_budget` (as many
+    /// connections in their TLS handshake as allowed) or `peer_handshakes` (as many from this
+    /// peer's address).
+    pub reason: String,
+}
+
 /// Labels naming a watch cache.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
@@ -76,8 +85,10 @@ pub struct Metrics {
     pub failures: Family<StepLabels, Counter>,
     /// Open webhook connections.
     pub connections: Gauge,
-    /// Connections refused because the connection cap was reached.
-    pub connections_refused: Counter,
+    /// Connections refused, by reason.
+    pub connections_refused: Family<RefusalLabels, Counter>,
+    /// Connections in their TLS handshake.
+    pub connections_handshaking: Gauge,
     /// TLS handshakes that failed or timed out.
     pub handshake_failures: Counter,
     /// Certificate reloads.
@@ -109,7 +120,8 @@ impl Metrics {
         let fail_open = Family::<StepLabels, Counter>::default();
         let failures = Family::<StepLabels, Counter>::default();
         let connections = Gauge::default();
-        let connections_refused = Counter::default();
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
+        let connections_handshaking = Gauge::default();
         let handshake_failures = Counter::default();
         let cert_reloads = Family::<ReloadLabels, Counter>::default();
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
@@ -126,8 +138,13 @@ impl Metrics {
         registry.register("connections_open", "Open webhook connections", connections.clone());
         registry.register(
             "connections_refused",
-            "Connections refused at the connection cap",
+            "Connections refused at accept or after the handshake, by reason",
             connections_refused.clone(),
+        );
+        registry.register(
+            "connections_handshaking",
+            "Webhook connections in their TLS handshake",
+            connections_handshaking.clone(),
         );
         registry.register(
             "tls_handshake_failures",
@@ -165,6 +182,7 @@ impl Metrics {
             failures,
             connections,
             connections_refused,
+            connections_handshaking,
             handshake_failures,
             cert_reloads,
             cert_expiry,

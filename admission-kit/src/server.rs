@@ -60,15 +60,26 @@ pub struct ServerConfig {
     pub tls: TlsSource,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Time allowed for a TLS handshake.
+    /// Time allowed for a TLS handshake. Short: the API server completes one in milliseconds,
+    /// and a peer that says nothing holds a handshake slot until then.
     pub handshake_timeout: Duration,
+    /// Most connections in their TLS handshake at once, from all peers; more are refused at accept.
+    /// Connections in the handshake do not count against [`ServerConfig::max_connections`], so
+    /// silent or slow peers cannot take the slots of clients that have shaken hands.
+    pub max_handshakes: usize,
+    /// Most connections in their TLS handshake at once from one IP address: one peer cannot take
+    /// the whole handshake budget. Well above the bursts of new connections an API server opens
+    /// (each handshake takes it milliseconds); raise it when many API servers reach the webhook
+    /// through one address (a NAT).
+    pub max_handshakes_per_peer: usize,
     /// Time allowed between the first byte of a request and the end of its headers.
     pub header_read_timeout: Duration,
     /// Time allowed for a whole request (body and answer); 408 after it.
     pub request_timeout: Duration,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
-    /// Most connections open at once; more are refused at accept.
+    /// Most connections past the TLS handshake open at once; more are refused (at accept when
+    /// every slot is taken).
     pub max_connections: usize,
     /// After SIGTERM, how long to keep serving while unready (so endpoints drop this replica).
     pub drain_delay: Duration,
@@ -99,7 +110,9 @@ impl Default for ServerConfig {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls: TlsSource::SelfSigned { names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()] },
             max_body_bytes: 4 * 1024 * 1024,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            max_handshakes: 256,
+            max_handshakes_per_peer: 64,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             // Longer than Go's http.Transport IdleConnTimeout (90 s), so that the API server, not
@@ -309,6 +322,12 @@ impl Server {
 
     /// Loads the certificate, binds both ports and starts serving. Returns at once with a handle.
     pub async fn start(self) -> Result<RunningServer, ServerError> {
+        if self.config.max_handshakes == 0 || self.config.max_handshakes_per_peer == 0 {
+            return Err(ServerError::BadLimit(format!(
+                "max_handshakes and max_handshakes_per_peer must be at least 1, got {} and {}",
+                self.config.max_handshakes, self.config.max_handshakes_per_peer
+            )));
+        }
         if self.config.max_connections == 0 || self.config.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ServerError::BadLimit(format!(
                 "max_connections must be between 1 and {}, got {}",

@@ -620,7 +620,96 @@ async fn connection_cap_refuses_extra_connections() {
     let client = client(&[&ca], true);
     assert_eq!(post(&client, &server, pod_body("on", "after-cap", None)).await.unwrap().0, 200);
     let metrics = reqwest::get(format!("http://{}/metrics", server.admin_addr())).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("admission_kit_connections_refused_total 1"), "{metrics}");
+    assert!(metrics.contains("admission_kit_connections_refused_total{reason=\"connection_cap\"} 1"), "{metrics}");
+    server.shutdown_and_wait().await.unwrap();
+}
+
+/// A TCP connection to `server` from the loopback address `source` that never says a word.
+async fn silent_from(source: [u8; 4], server: &RunningServer) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((source, 0))).unwrap();
+    socket.connect(server.webhook_addr()).await.unwrap()
+}
+
+/// The value of a metric line that starts with `series` (0 when absent).
+async fn metric(server: &RunningServer, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", server.admin_addr())).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Waits (at most 5 s) until `series` reads `value`.
+async fn metric_reaches(server: &RunningServer, series: &str, value: f64) {
+    let started = Instant::now();
+    // Counts and gauges: whole numbers, exactly represented.
+    while (metric(server, series).await - value).abs() > 0.5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{series} never reached {value}: {}",
+            metric(server, series).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn silent_peers_hold_handshake_slots_only_within_their_budget() {
+    let mut config = ServerConfig::local();
+    config.max_connections = 4;
+    config.max_handshakes = 6;
+    config.max_handshakes_per_peer = 3;
+    // Long, so that the silent connections hold their slots for the whole test.
+    config.handshake_timeout = Duration::from_secs(60);
+    let server = start(config).await;
+    let ca = server.ca_pem().unwrap().to_owned();
+    let handshaking = "admission_kit_connections_handshaking ";
+
+    // One peer opens 20 connections and says nothing: 3 are in their handshake, 17 refused.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(silent_from([127, 0, 0, 2], &server).await);
+    }
+    metric_reaches(&server, handshaking, 3.0).await;
+    metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"peer_handshakes\"}", 17.0).await;
+    // They hold no connection slot: more clients than the connection cap's worth of silent peers
+    // are served, each on a connection of its own.
+    for i in 0..6 {
+        let client = client(&[&ca], false);
+        assert_eq!(post(&client, &server, pod_body("on", &format!("real-{i}"), None)).await.unwrap().0, 200);
+    }
+
+    // Other peers fill the rest of the budget (6): the next connection is refused at once,
+    // whoever it comes from, and a refusal is counted by its reason.
+    for source in [[127, 0, 0, 3], [127, 0, 0, 3], [127, 0, 0, 4]] {
+        silent.push(silent_from(source, &server).await);
+    }
+    metric_reaches(&server, handshaking, 6.0).await;
+    let mut refused = silent_from([127, 0, 0, 5], &server).await;
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await.expect("refused at once");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"handshake_budget\"}", 1.0).await;
+
+    // The silent peers go away: their slots come back, and clients are served again.
+    drop(silent);
+    metric_reaches(&server, handshaking, 0.0).await;
+    let client = client(&[&ca], true);
+    assert_eq!(post(&client, &server, pod_body("on", "after", None)).await.unwrap().0, 200);
+    server.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_handshake_is_cut_at_the_handshake_timeout() {
+    let mut config = ServerConfig::local();
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = start(config).await;
+    let mut silent = silent_from([127, 0, 0, 2], &server).await;
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.expect("closed by the server");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed after {:?}", started.elapsed());
+    metric_reaches(&server, "admission_kit_connections_handshaking ", 0.0).await;
+    metric_reaches(&server, "admission_kit_tls_handshake_failures_total ", 1.0).await;
     server.shutdown_and_wait().await.unwrap();
 }
 

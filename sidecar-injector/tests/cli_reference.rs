@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use admission_kit::metrics::{CacheLabels, Metrics, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels};
+use admission_kit::metrics::{
+    CacheLabels, Metrics, RefusalLabels, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels,
+};
 use serde_json::Value;
 use sidecar_injector::config::{Config, ENV_PREFIX, env_var};
 use sidecar_injector::metrics::{InjectionLabels, InjectorMetrics};
@@ -291,6 +293,7 @@ fn exposed_metrics() -> BTreeSet<String> {
     metrics.fail_open.get_or_create(&step).inc();
     metrics.failures.get_or_create(&step).inc();
     metrics.cert_reloads.get_or_create(&ReloadLabels { result: "success".into() }).inc();
+    metrics.connections_refused.get_or_create(&RefusalLabels { reason: "connection_cap".into() }).inc();
     let cache = CacheLabels { cache: "namespaces".into() };
     metrics.cache_healthy.get_or_create(&cache).set(1);
     metrics.cache_last_contact.get_or_create(&cache).set(1.0);

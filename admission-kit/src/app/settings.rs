@@ -207,11 +207,17 @@ pub struct ServeSettings {
     /// Largest request body, in bytes (413 above it).
     #[arg(long, env = "ADMISSION_KIT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Most open webhook connections.
+    /// Most open webhook connections past the TLS handshake.
     #[arg(long, env = "ADMISSION_KIT_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Time allowed for a TLS handshake.
-    #[arg(long, env = "ADMISSION_KIT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Most connections in their TLS handshake at once (from all peers); more are refused.
+    #[arg(long, env = "ADMISSION_KIT_MAX_HANDSHAKES", default_value_t = 256)]
+    pub max_handshakes: usize,
+    /// Most connections in their TLS handshake at once from one IP address.
+    #[arg(long, env = "ADMISSION_KIT_MAX_HANDSHAKES_PER_PEER", default_value_t = 64)]
+    pub max_handshakes_per_peer: usize,
+    /// Time allowed for a TLS handshake (the API server needs milliseconds).
+    #[arg(long, env = "ADMISSION_KIT_HANDSHAKE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     #[serde(with = "duration_text")]
     pub handshake_timeout: Duration,
     /// Time allowed to send a request's headers.
@@ -264,6 +270,8 @@ impl Default for ServeSettings {
             write_ca: None,
             max_body_bytes: server.max_body_bytes,
             max_connections: server.max_connections,
+            max_handshakes: server.max_handshakes,
+            max_handshakes_per_peer: server.max_handshakes_per_peer,
             handshake_timeout: server.handshake_timeout,
             header_read_timeout: server.header_read_timeout,
             request_timeout: server.request_timeout,
@@ -328,7 +336,12 @@ impl ServeSettings {
                 });
             }
         };
-        for (key, value) in [("maxConnections", self.max_connections), ("maxBodyBytes", self.max_body_bytes)] {
+        for (key, value) in [
+            ("maxConnections", self.max_connections),
+            ("maxBodyBytes", self.max_body_bytes),
+            ("maxHandshakes", self.max_handshakes),
+            ("maxHandshakesPerPeer", self.max_handshakes_per_peer),
+        ] {
             if value == 0 {
                 return Err(SettingsError { key, problem: "must be at least 1".to_owned() });
             }
@@ -339,6 +352,8 @@ impl ServeSettings {
             tls,
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            max_handshakes_per_peer: self.max_handshakes_per_peer,
             handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,

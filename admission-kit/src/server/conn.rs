@@ -1,11 +1,16 @@
-//! The accept loop and one task per connection: connection cap, TLS handshake timeout, header-read
-//! and idle timeouts, and graceful close of keep-alive connections on drain.
+//! The accept loop and one task per connection: the handshake budget (connections in their TLS
+//! handshake, in all and per peer address, with a short timeout), the connection cap (connections
+//! past the handshake), header-read and idle timeouts, and graceful close of keep-alive connections
+//! on drain. A flood of peers that connect and say nothing holds handshake slots only, for the
+//! handshake timeout at most, and never the slots of clients that have shaken hands.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,79 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::Shared;
+use crate::metrics::{Metrics, RefusalLabels};
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    ConnectionCap,
+    HandshakeBudget,
+    PeerHandshakes,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::ConnectionCap => "connection_cap",
+            Self::HandshakeBudget => "handshake_budget",
+            Self::PeerHandshakes => "peer_handshakes",
+        }
+    }
+
+    fn count(self, metrics: &Metrics) {
+        metrics.connections_refused.get_or_create(&RefusalLabels { reason: self.label().to_owned() }).inc();
+    }
+}
+
+/// Connections in their TLS handshake: how many in all, and per peer address.
+#[derive(Debug)]
+struct Handshakes {
+    max: usize,
+    max_per_peer: usize,
+    // A plain mutex: held for a map lookup on accept and on a handshake's end, never across an await.
+    in_progress: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    metrics: Arc<Metrics>,
+}
+
+/// One connection's place in the handshake budget, given back when dropped.
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    peer: IpAddr,
+}
+
+impl Handshakes {
+    fn begin(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakeSlot, Refusal> {
+        let peer = peer.to_canonical();
+        let mut guard = self.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, per_peer) = &mut *guard;
+        if *total >= self.max {
+            return Err(Refusal::HandshakeBudget);
+        }
+        let mine = per_peer.entry(peer).or_insert(0);
+        if *mine >= self.max_per_peer {
+            return Err(Refusal::PeerHandshakes);
+        }
+        *mine += 1;
+        *total += 1;
+        self.metrics.connections_handshaking.inc();
+        Ok(HandshakeSlot { handshakes: self.clone(), peer })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut guard = self.handshakes.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, per_peer) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_peer.get_mut(&self.peer) {
+            *mine -= 1;
+            if *mine == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+        self.handshakes.metrics.connections_handshaking.dec();
+    }
+}
 
 pub(super) struct AcceptLoop {
     pub(super) listener: TcpListener,
@@ -35,6 +113,12 @@ impl AcceptLoop {
     pub(super) async fn run(self, mut stop: watch::Receiver<bool>) {
         let config = &self.shared.config;
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        let handshakes = Arc::new(Handshakes {
+            max: config.max_handshakes,
+            max_per_peer: config.max_handshakes_per_peer,
+            in_progress: Mutex::new((0, HashMap::new())),
+            metrics: self.shared.metrics.clone(),
+        });
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let mut connections = JoinSet::new();
         let conn_stop = stop.clone();
@@ -52,11 +136,22 @@ impl AcceptLoop {
                             continue;
                         }
                     };
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        self.shared.metrics.connections_refused.inc();
-                        tracing::warn!(%peer, max = config.max_connections, "connection refused: connection cap reached");
-                        drop(stream);
-                        continue;
+                    // With every connection slot taken, a new one could only be refused after its
+                    // handshake: refuse it now. (It is checked again after the handshake, which is
+                    // where a slot is taken.)
+                    let slot = if permits.available_permits() == 0 {
+                        Err(Refusal::ConnectionCap)
+                    } else {
+                        handshakes.begin(peer.ip())
+                    };
+                    let slot = match slot {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            refusal.count(&self.shared.metrics);
+                            tracing::warn!(%peer, reason = refusal.label(), "connection refused");
+                            drop(stream);
+                            continue;
+                        }
                     };
                     let _ = stream.set_nodelay(true);
                     let conn = Connection {
@@ -64,11 +159,9 @@ impl AcceptLoop {
                         router: self.router.clone(),
                         shared: self.shared.clone(),
                         stop: conn_stop.clone(),
+                        permits: permits.clone(),
                     };
-                    connections.spawn(async move {
-                        conn.serve(stream).await;
-                        drop(permit);
-                    });
+                    connections.spawn(conn.serve(stream, slot));
                 }
             }
         }
@@ -98,6 +191,7 @@ struct Connection {
     router: Router,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
 }
 
 /// Activity of one connection, shared by the I/O wrapper, the service and the watchdog.
@@ -128,10 +222,12 @@ impl Activity {
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream) {
+    async fn serve(mut self, stream: TcpStream, handshake: HandshakeSlot) {
         let metrics = self.shared.metrics.clone();
         let config = &self.shared.config;
-        let tls = match tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)).await {
+        let handshaken = tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)).await;
+        drop(handshake);
+        let tls = match handshaken {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
                 metrics.handshake_failures.inc();
@@ -143,6 +239,12 @@ impl Connection {
                 tracing::debug!("TLS handshake timed out");
                 return;
             }
+        };
+        // The connection cap counts connections past the handshake only.
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            Refusal::ConnectionCap.count(&metrics);
+            tracing::warn!(max = config.max_connections, reason = "connection_cap", "connection refused");
+            return;
         };
         metrics.connections.inc();
         let activity = Arc::new(Activity {
