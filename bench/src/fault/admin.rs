@@ -63,6 +63,22 @@ pub(super) fn value(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every series of the metric `name`, whatever its labels (`x_total{reason="a"}` and
+/// `x_total{reason="b"}`, or an unlabelled `x_total`); 0 when there is none.
+pub(super) fn sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`sum`] from the live server.
+pub(super) async fn read_sum(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    Ok(sum(&metrics(admin).await?, name))
+}
+
 /// One series' value from the live server (0 when absent or unreachable, with the error).
 pub(super) async fn read(admin: SocketAddr, series: &str) -> anyhow::Result<f64> {
     Ok(value(&metrics(admin).await?, series))
@@ -76,6 +92,9 @@ mod tests {
         assert!((super::value(text, "x_total{result=\"failure\"}") - 1.0).abs() < f64::EPSILON);
         assert!((super::value(text, "g") - 2.5).abs() < f64::EPSILON);
         assert!(super::value(text, "x_total{result=\"other\"}").abs() < f64::EPSILON);
+        assert!((super::sum(text, "x_total") - 4.0).abs() < f64::EPSILON);
+        assert!((super::sum(text, "g") - 2.5).abs() < f64::EPSILON);
+        assert!(super::sum(text, "x").abs() < f64::EPSILON, "a name that is only a prefix of another");
         assert_eq!(super::dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
     }
 }
