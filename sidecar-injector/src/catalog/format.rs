@@ -80,13 +80,15 @@ impl<'de> Visitor<'de> for DocumentVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Document, A::Error> {
-        let entries = Vec::<Fields<Name>>::deserialize(SeqAccessDeserializer::new(seq))?;
-        Ok(Document(entries.into_iter().map(|fields| fields.into_entry(|name| name.0)).collect()))
+        let entries = Vec::<MapOnly<Fields<Name>>>::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok(Document(entries.into_iter().map(|fields| fields.0.into_entry(|name| name.0)).collect()))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Document, A::Error> {
         let catalog = Catalog2019::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(Document(catalog.sidecars.into_iter().map(|entry| entry.sidecar.into_entry(|_| entry.name.0)).collect()))
+        Ok(Document(
+            catalog.sidecars.into_iter().map(|MapOnly(entry)| entry.sidecar.0.into_entry(|_| entry.name.0)).collect(),
+        ))
     }
 }
 
@@ -95,7 +97,7 @@ impl<'de> Visitor<'de> for DocumentVisitor {
 #[serde(deny_unknown_fields)]
 struct Catalog2019 {
     #[serde(default, deserialize_with = "or_default")]
-    sidecars: Vec<Entry2019>,
+    sidecars: Vec<MapOnly<Entry2019>>,
 }
 
 /// One 2019 entry: its name, and the rest under `sidecar`.
@@ -106,7 +108,30 @@ struct Entry2019 {
     /// A `name` repeated inside `sidecar` has always been accepted (and ignored), so 2019 catalogs
     /// that carry one still load.
     #[serde(default, deserialize_with = "or_default")]
-    sidecar: Fields<Option<IgnoredAny>>,
+    sidecar: MapOnly<Fields<Option<IgnoredAny>>>,
+}
+
+/// A struct read from a mapping only. A derived struct also accepts a list of its fields in order
+/// (`["haystack-agent"]` as `{name: haystack-agent}`); the YAML reader never offers that, but a
+/// document already parsed (the configuration's inline `sidecars:`) does, and the two must agree:
+/// an entry is a map, in every source.
+#[derive(Default)]
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = MapOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MapOnly<T>, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(MapOnly)
+            }
+        }
+        deserializer.deserialize_map(Only(std::marker::PhantomData))
+    }
 }
 
 /// The fields of an entry: a whole 2022 entry (`N` = [`Name`], required), or the `sidecar` map of a

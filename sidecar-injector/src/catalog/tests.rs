@@ -388,6 +388,24 @@ fn inline_entries_from_the_configuration_name_the_field_too() {
     assert_eq!(from_2019.unwrap(), from_2022.unwrap());
 }
 
+/// A derived struct would also read a list of its fields in order; the YAML reader never offers
+/// one, so a document already parsed must not either (found by fuzzing: a list inside the list
+/// was an error from text and an entry from the configuration's inline `sidecars:`).
+#[test]
+fn an_entry_written_as_a_list_is_refused_from_text_and_from_a_value_alike() {
+    for (text, value) in [
+        ("- - haystack-agent\n", json!([["haystack-agent"]])),
+        ("sidecars:\n  - - haystack-agent\n", json!({"sidecars": [["haystack-agent"]]})),
+        ("sidecars:\n  - name: a\n    sidecar: [x]\n", json!({"sidecars": [{"name": "a", "sidecar": ["x"]}]})),
+    ] {
+        let from_text = parse_catalog(text, "text").unwrap_err().to_string();
+        let from_value = entries_from_value(&value, "value").unwrap_err().to_string();
+        for error in [&from_text, &from_value] {
+            assert!(error.contains("expected a map") || error.contains("mapping"), "{value}: {error}");
+        }
+    }
+}
+
 #[test]
 fn the_shipped_catalogs_and_the_captured_pods_request_agree() {
     // The 2022 pod captured from a cluster asks for a sidecar by name; both catalog formats define
