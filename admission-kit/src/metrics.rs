@@ -83,6 +83,9 @@ pub struct Metrics {
     pub fail_open: Family<StepLabels, Counter>,
     /// Step failures that denied the object.
     pub failures: Family<StepLabels, Counter>,
+    /// Reviews answered by the deadline backstop: a step was still running (it neither finished
+    /// nor reached an `.await` or a deadline check) when the answer was due.
+    pub overruns: Family<WebhookLabels, Counter>,
     /// Open webhook connections.
     pub connections: Gauge,
     /// Connections refused, by reason.
@@ -119,6 +122,7 @@ impl Metrics {
         let panics = Family::<StepLabels, Counter>::default();
         let fail_open = Family::<StepLabels, Counter>::default();
         let failures = Family::<StepLabels, Counter>::default();
+        let overruns = Family::<WebhookLabels, Counter>::default();
         let connections = Gauge::default();
         let connections_refused = Family::<RefusalLabels, Counter>::default();
         let connections_handshaking = Gauge::default();
@@ -135,6 +139,11 @@ impl Metrics {
         registry.register("mutator_panics", "Mutator panics, answered as denials", panics.clone());
         registry.register("step_fail_open", "Step failures admitted without the step's change", fail_open.clone());
         registry.register("step_failures", "Step failures that denied the object", failures.clone());
+        registry.register(
+            "review_overruns",
+            "Reviews answered by the deadline backstop while a step was still running",
+            overruns.clone(),
+        );
         registry.register("connections_open", "Open webhook connections", connections.clone());
         registry.register(
             "connections_refused",
@@ -180,6 +189,7 @@ impl Metrics {
             panics,
             fail_open,
             failures,
+            overruns,
             connections,
             connections_refused,
             connections_handshaking,

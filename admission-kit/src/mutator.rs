@@ -51,6 +51,10 @@ pub enum MutationError {
         /// What is wrong with the object.
         message: String,
     },
+    /// The review's deadline passed while the mutator worked ([`Context::check_deadline`]).
+    /// Handled like [`MutationError::Failed`].
+    #[error("did not finish before the API server's deadline")]
+    DeadlineExceeded,
 }
 
 impl MutationError {
@@ -98,6 +102,7 @@ pub struct Context<'a> {
     warnings: Vec<String>,
     audit_annotations: BTreeMap<String, String>,
     on_admit: Vec<AdmitEffect>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -108,6 +113,7 @@ impl fmt::Debug for Context<'_> {
             .field("warnings", &self.warnings)
             .field("audit_annotations", &self.audit_annotations)
             .field("on_admit", &self.on_admit.len())
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -117,7 +123,40 @@ impl<'a> Context<'a> {
     /// (`NamespaceView::Known(&labels)`, or [`NamespaceView::unknown`]).
     #[must_use]
     pub fn new(request: &'a Request, namespace: NamespaceView<'a>) -> Self {
-        Self { request, namespace, warnings: Vec::new(), audit_annotations: BTreeMap::new(), on_admit: Vec::new() }
+        Self {
+            request,
+            namespace,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+            on_admit: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    /// The same context with a deadline (the pipeline sets the review's; tests set their own).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: tokio::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// When the review must be answered by (the API server's `?timeout=` less a margin), if known.
+    #[must_use]
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// `Err(MutationError::DeadlineExceeded)` once the deadline has passed.
+    ///
+    /// A mutator that works through many items without awaiting (a long list, a large map) calls
+    /// this between items, `?` on the result: the pipeline's own deadline can only stop a step at
+    /// an `.await`, and the server's backstop can only answer without the step. Reading the clock
+    /// costs tens of nanoseconds; every few dozen items is often enough.
+    pub fn check_deadline(&self) -> MutationResult {
+        match self.deadline {
+            Some(deadline) if tokio::time::Instant::now() >= deadline => Err(MutationError::DeadlineExceeded),
+            _ => Ok(()),
+        }
     }
 
     /// The admission request (uid, operation, namespace, user, old object, dry run, …).

@@ -559,6 +559,9 @@ impl Pipeline {
                 Gate::Undecidable(why) => {
                     self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer)
                 }
+                Gate::Apply if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    self.failed(step, "the API server's deadline passed before it could run".to_owned(), &mut answer)
+                }
                 Gate::Apply => {
                     let run = Run { request, namespace, deadline, original };
                     self.run_step(step, &mut current, &mut tracker, &mut answer, &mut on_admit, run).await
@@ -612,6 +615,9 @@ impl Pipeline {
         let rollback = (step.on_error == FailureMode::AllowWithWarning).then(|| current.clone());
         let before = tracker.before_step(current);
         let mut ctx = Context::new(run.request, run.namespace);
+        if let Some(deadline) = run.deadline {
+            ctx = ctx.with_deadline(deadline);
+        }
         let mutation = AssertUnwindSafe(step.mutator.mutate(current, &mut ctx)).catch_unwind();
         let ran = match run.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, mutation).await.ok(),
@@ -631,6 +637,7 @@ impl Pipeline {
             Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
                 self.failed(step, crate::error_chain(&e), answer)
             }
+            Some(Ok(Err(e @ MutationError::DeadlineExceeded))) => self.failed(step, e.to_string(), answer),
         };
         if let Some(previous) = rollback {
             *current = previous;

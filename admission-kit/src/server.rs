@@ -27,6 +27,7 @@
 
 mod admin;
 mod conn;
+mod pool;
 mod webhook;
 
 use std::future::Future;
@@ -81,6 +82,9 @@ pub struct ServerConfig {
     /// Most connections past the TLS handshake open at once; more are refused (at accept when
     /// every slot is taken).
     pub max_connections: usize,
+    /// Threads that decode and answer reviews, apart from the threads that serve connections and
+    /// probes (so CPU-bound steps cannot stall either); 0: one per CPU the process may use.
+    pub review_threads: usize,
     /// After SIGTERM, how long to keep serving while unready (so endpoints drop this replica).
     pub drain_delay: Duration,
     /// After the drain delay, how long in-flight requests may take before connections are cut.
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             // this server, closes an idle connection: no request races a close.
             idle_timeout: Duration::from_secs(120),
             max_connections: 1024,
+            review_threads: 0,
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             cache_max_staleness: Some(DEFAULT_CACHE_MAX_STALENESS),
@@ -255,6 +260,8 @@ pub(crate) struct Shared {
     pub(crate) namespaces: NamespaceSource,
     pub(crate) readiness: Readiness,
     pub(crate) config: ServerConfig,
+    /// Where reviews run; `None` in an in-process [`router`], which answers on the caller's task.
+    pub(crate) pool: Option<pool::ReviewPool>,
 }
 
 type Gate = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -372,6 +379,10 @@ impl Server {
                 max_staleness: self.config.cache_max_staleness,
             },
             config: self.config.clone(),
+            pool: Some(
+                pool::ReviewPool::new(pool::threads(self.config.review_threads))
+                    .map_err(|e| ServerError::BadLimit(format!("cannot start the review threads: {e}")))?,
+            ),
         });
         for gate in self.gates {
             let shared = shared.clone();
@@ -530,10 +541,17 @@ impl RunningServer {
 }
 
 /// The webhook router alone, for driving pipelines in-process (`tower::ServiceExt::oneshot`)
-/// without sockets or TLS: same decoding, limits, status codes and answers as the server.
+/// without sockets or TLS: same decoding, limits, status codes and answers as the server. Reviews
+/// run on the caller's task, not on review threads of their own, so the deadline holds only for
+/// steps that await or check it.
 pub fn router(config: ServerConfig, pipelines: &[Pipeline], namespaces: NamespaceSource) -> axum::Router {
-    let shared =
-        Arc::new(Shared { metrics: Arc::new(Metrics::new()), namespaces, readiness: Readiness::default(), config });
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::new()),
+        namespaces,
+        readiness: Readiness::default(),
+        config,
+        pool: None,
+    });
     webhook_router(pipelines, &shared)
 }
 

@@ -22,10 +22,14 @@ struct Sidecar;
 
 #[async_trait]
 impl Mutator<Pod> for Sidecar {
-    async fn mutate(&self, pod: &mut Pod, _: &mut Context<'_>) -> MutationResult {
+    async fn mutate(&self, pod: &mut Pod, ctx: &mut Context<'_>) -> MutationResult {
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         match annotations.get("test/behaviour").map(String::as_str) {
             Some("panic") => panic!("mutator bug"),
+            // CPU-bound for 3 s, never awaiting: only the server's backstop can answer in time.
+            Some("spin") => spin(Duration::from_secs(3), || Ok(()))?,
+            // The same, checking the deadline between items as a long loop should.
+            Some("spin-checked") => spin(Duration::from_secs(3), || ctx.check_deadline())?,
             Some("slow") => tokio::time::sleep(Duration::from_secs(5)).await,
             Some("pause") => tokio::time::sleep(Duration::from_millis(300)).await,
             _ => {}
@@ -40,6 +44,16 @@ impl Mutator<Pod> for Sidecar {
         }
         Ok(())
     }
+}
+
+/// Busy for `time` without yielding, calling `between` after each slice of work.
+fn spin(time: Duration, mut between: impl FnMut() -> MutationResult) -> MutationResult {
+    let started = Instant::now();
+    while started.elapsed() < time {
+        std::hint::black_box((0..1_000u64).sum::<u64>());
+        between()?;
+    }
+    Ok(())
 }
 
 fn pipeline() -> Pipeline {
@@ -506,6 +520,108 @@ async fn the_api_server_deadline_is_honoured() {
     assert!(elapsed < Duration::from_secs(1), "answered before the 1s deadline, took {elapsed:?}");
     assert_eq!(review["response"]["allowed"], false);
     assert!(review["response"]["status"]["message"].as_str().unwrap().contains("deadline"), "{review}");
+    server.shutdown_and_wait().await.unwrap();
+}
+
+/// Posts a review with `?timeout=1s`: how long the answer took, its status and its review.
+async fn post_within_1s(client: &reqwest::Client, server: &RunningServer, body: Vec<u8>) -> (Duration, u16, Value) {
+    let url = format!("https://localhost:{}/mutate?timeout=1s", server.webhook_addr().port());
+    let started = Instant::now();
+    let response = client.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let review = response.json().await.unwrap();
+    (started.elapsed(), status, review)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_bound_steps_are_answered_by_the_deadline_while_probes_keep_answering() {
+    let mut config = ServerConfig::local();
+    config.review_threads = 2;
+    let server = Arc::new(start(config).await);
+    let client = client(&[server.ca_pem().unwrap()], true);
+    // Three reviews that never yield, on two review threads: the third waits for a thread.
+    let spinning: Vec<_> = (0..3)
+        .map(|i| {
+            let (client, server) = (client.clone(), server.clone());
+            tokio::spawn(async move {
+                post_within_1s(&client, &server, pod_body("on", &format!("spin-{i}"), Some("spin"))).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every review thread is busy: the probes and the metrics are served elsewhere. Asked from a
+    // thread of their own, so that the time measured is the server's, not this test's.
+    let admin = server.admin_addr();
+    let probes = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            for path in ["livez", "readyz", "metrics"] {
+                let started = Instant::now();
+                let response = reqwest::get(format!("http://{admin}/{path}")).await.unwrap();
+                assert_eq!(response.status(), 200, "/{path}");
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(1), "/{path} took {took:?} while reviews spun");
+            }
+        });
+    });
+    tokio::task::spawn_blocking(move || probes.join()).await.unwrap().expect("probes answered in time");
+    for (i, task) in spinning.into_iter().enumerate() {
+        let (elapsed, status, review) = task.await.unwrap();
+        assert_eq!(status, 200, "{review}");
+        // Due at 0.95 s; the slack covers the connection and a loaded machine, far from the 3 s
+        // the steps spin.
+        assert!(elapsed < Duration::from_millis(1500), "answered at the 1 s timeout, took {elapsed:?}");
+        assert_eq!(review["response"]["uid"], format!("spin-{i}"));
+        assert_eq!(review["response"]["allowed"], false, "failurePolicy Fail denies: {review}");
+        assert_eq!(review["response"]["status"]["code"], 500);
+        let message = review["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("did not finish before the API server's deadline"), "{message}");
+    }
+    metric_reaches(&server, "admission_kit_review_overruns_total{webhook=\"sidecar.test.example.com\"}", 3.0).await;
+    metric_reaches(
+        &server,
+        "admission_kit_requests_total{webhook=\"sidecar.test.example.com\",operation=\"CREATE\",result=\"denied\"}",
+        3.0,
+    )
+    .await;
+
+    // Once the spinning steps return, the review threads serve again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, _, review) = post_within_1s(&client, &server, pod_body("on", "after", None)).await;
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    assert!(review["response"]["patch"].is_string(), "{review}");
+
+    // A loop that checks the deadline stops at it: the step fails by its own failure mode (deny),
+    // and the backstop is not needed.
+    let (elapsed, _, review) = post_within_1s(&client, &server, pod_body("on", "checked", Some("spin-checked"))).await;
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+    let message = review["response"]["status"]["message"].as_str().unwrap();
+    assert_eq!(message, "sidecar failed: did not finish before the API server's deadline");
+    metric_reaches(&server, "admission_kit_review_overruns_total{webhook=\"sidecar.test.example.com\"}", 3.0).await;
+    Arc::into_inner(server).unwrap().shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_overrun_under_failure_policy_ignore_is_admitted_unchanged_with_a_warning() {
+    let pipeline = Pipeline::builder("sidecar.test.example.com")
+        .failure_policy(FailurePolicy::Ignore)
+        .step(Step::new("sidecar", Sidecar).on_error(FailureMode::AllowWithWarning))
+        .build()
+        .unwrap();
+    let server = Server::new(ServerConfig::local(), [pipeline]).start().await.unwrap();
+    let client = client(&[server.ca_pem().unwrap()], true);
+    let (elapsed, status, review) = post_within_1s(&client, &server, pod_body("on", "spin", Some("spin"))).await;
+    assert_eq!(status, 200);
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    assert!(review["response"].get("patch").is_none(), "admitted unchanged: {review}");
+    let warning = review["response"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("did not finish before the API server's deadline"), "{warning}");
+    // The checked loop fails its step by the step's own mode: admitted without its change too.
+    let (_, _, review) = post_within_1s(&client, &server, pod_body("on", "checked", Some("spin-checked"))).await;
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    let warning = review["response"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("sidecar failed, admitted without its change"), "{warning}");
     server.shutdown_and_wait().await.unwrap();
 }
 

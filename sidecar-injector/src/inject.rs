@@ -164,6 +164,10 @@ impl SidecarMutator {
     }
 }
 
+/// How many names or env vars a loop handles between two looks at the review's deadline (reading
+/// the clock costs tens of nanoseconds; a few hundred items cost microseconds).
+const DEADLINE_CHECK_EVERY: usize = 256;
+
 /// Names already taken in the pod, for collision checks.
 struct Taken {
     containers: BTreeSet<String>,
@@ -203,7 +207,10 @@ impl DynamicMutator for SidecarMutator {
         let catalog = self.catalog.current();
         let namespace = ctx.request().namespace.clone().unwrap_or_default();
         let mut entries: Vec<(Arc<SidecarEntry>, bool)> = Vec::new();
-        for name in requested {
+        for (i, name) in requested.into_iter().enumerate() {
+            if i % DEADLINE_CHECK_EVERY == 0 {
+                ctx.check_deadline()?;
+            }
             let from_namespace = match (catalog.get(name), &self.namespaced) {
                 (Some(_), _) | (None, None) => None,
                 (None, Some(namespaced)) => namespaced.lookup(&namespace, name),
@@ -422,7 +429,10 @@ impl DynamicMutator for EnvFromAnnotations {
         // Checked here too: this mutator may run without the sidecar step before it.
         self.annotations.check_limits(&annotations, &self.limits).map_err(MutationError::deny)?;
         let mut env: BTreeMap<String, &str> = BTreeMap::new();
-        for (key, value) in self.annotations.env_pairs(&annotations) {
+        for (i, (key, value)) in self.annotations.env_pairs(&annotations).enumerate() {
+            if i % DEADLINE_CHECK_EVERY == 0 {
+                ctx.check_deadline()?;
+            }
             let name = match self.names {
                 EnvNames::AsIs => key.to_owned(),
                 EnvNames::CIdentifier => c_identifier(key),
@@ -480,7 +490,10 @@ impl DynamicMutator for EnvFromAnnotations {
                         at.entry(n.to_owned()).or_insert(i);
                     }
                 }
-                for (name, value) in &env {
+                for (i, (name, value)) in env.iter().enumerate() {
+                    if i % DEADLINE_CHECK_EVERY == 0 {
+                        ctx.check_deadline()?;
+                    }
                     // kubelet expands `$(VAR)` and turns `$$` into `$`: doubling every `$` makes
                     // the container see exactly the annotation's bytes.
                     let value = if self.literal { value.replace('$', "$$") } else { (*value).to_owned() };

@@ -292,6 +292,7 @@ fn exposed_metrics() -> BTreeSet<String> {
     metrics.panics.get_or_create(&step).inc();
     metrics.fail_open.get_or_create(&step).inc();
     metrics.failures.get_or_create(&step).inc();
+    metrics.overruns.get_or_create(&WebhookLabels { webhook: "w".into() }).inc();
     metrics.cert_reloads.get_or_create(&ReloadLabels { result: "success".into() }).inc();
     metrics.connections_refused.get_or_create(&RefusalLabels { reason: "connection_cap".into() }).inc();
     let cache = CacheLabels { cache: "namespaces".into() };

@@ -216,6 +216,10 @@ pub struct ServeSettings {
     /// Most connections in their TLS handshake at once from one IP address.
     #[arg(long, env = "ADMISSION_KIT_MAX_HANDSHAKES_PER_PEER", default_value_t = 64)]
     pub max_handshakes_per_peer: usize,
+    /// Threads that decode and answer reviews, apart from those serving connections and probes
+    /// (0: one per CPU the process may use).
+    #[arg(long, env = "ADMISSION_KIT_REVIEW_THREADS", default_value_t = 0)]
+    pub review_threads: usize,
     /// Time allowed for a TLS handshake (the API server needs milliseconds).
     #[arg(long, env = "ADMISSION_KIT_HANDSHAKE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     #[serde(with = "duration_text")]
@@ -272,6 +276,7 @@ impl Default for ServeSettings {
             max_connections: server.max_connections,
             max_handshakes: server.max_handshakes,
             max_handshakes_per_peer: server.max_handshakes_per_peer,
+            review_threads: server.review_threads,
             handshake_timeout: server.handshake_timeout,
             header_read_timeout: server.header_read_timeout,
             request_timeout: server.request_timeout,
@@ -354,6 +359,7 @@ impl ServeSettings {
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
             max_handshakes_per_peer: self.max_handshakes_per_peer,
+            review_threads: self.review_threads,
             handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,

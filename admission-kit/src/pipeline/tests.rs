@@ -155,14 +155,31 @@ async fn deadline_fails_a_slow_step_in_time() {
     let review = pod_review(pod(), "apps", Operation::Create);
     let p = pipeline(vec![
         Step::new("slow", Fails("sleep")).on_error(FailureMode::AllowWithWarning),
-        Step::new("sidecar", AddSidecar),
+        Step::new("sidecar", AddSidecar).on_error(FailureMode::AllowWithWarning),
     ]);
     let started = std::time::Instant::now();
     let out =
         p.review_until(&review, NamespaceView::unknown(), Some(Instant::now() + Duration::from_millis(100))).await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(out.answer.allowed);
-    assert!(out.answer.warnings[0].contains("deadline"));
+    assert!(out.answer.patch.is_none(), "neither step's change is admitted");
+    assert!(out.answer.warnings[0].contains("slow failed") && out.answer.warnings[0].contains("deadline"));
+    // The step after the deadline does not start: it fails by its own mode too.
+    assert_eq!(
+        out.answer.warnings[1],
+        "test.example.com: sidecar failed, admitted without its change: the API server's deadline passed before it could run"
+    );
+
+    // A step that must not be skipped denies once the deadline has passed before it.
+    let strict = pipeline(vec![
+        Step::new("slow", Fails("sleep")).on_error(FailureMode::AllowWithWarning),
+        Step::new("sidecar", AddSidecar),
+    ]);
+    let out =
+        strict.review_until(&review, NamespaceView::unknown(), Some(Instant::now() + Duration::from_millis(100))).await;
+    assert!(!out.answer.allowed);
+    assert_eq!(out.answer.code, 500);
+    assert_eq!(out.answer.message, "sidecar failed: the API server's deadline passed before it could run");
 }
 
 #[tokio::test]

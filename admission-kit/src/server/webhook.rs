@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use super::Shared;
 use crate::matcher::NamespaceView;
 use crate::metrics::{ReviewLabels, StepLabels, WebhookLabels};
-use crate::pipeline::{FailureMode, Outcome, Pipeline, StepResult};
+use crate::pipeline::{FailureMode, FailurePolicy, Outcome, Pipeline, StepResult};
 use crate::review::{Answer, DecodeError, Review};
 
 /// When a request's headers arrived (set by the connection; absent in-process).
@@ -86,16 +86,25 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
-/// The time to answer by: the API server's `?timeout=` (or the pipeline's `timeoutSeconds`) less a
-/// margin for the answer's trip back, and never later than the server's request timeout.
-fn deadline(start: Instant, query: Option<&str>, pipeline: &Pipeline, request_timeout: Duration) -> Instant {
+/// When a review must be settled: steps must finish by `steps`, and the answer leaves by `answer`
+/// whatever the steps do.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    steps: Instant,
+    answer: Instant,
+}
+
+/// The API server's `?timeout=` (or the pipeline's `timeoutSeconds`), never later than the server's
+/// request timeout, less a margin for the answer's trip back (a tenth, at most 250 ms). Steps get
+/// the time up to the margin; the backstop answers half-way through it.
+fn deadlines(start: Instant, query: Option<&str>, pipeline: &Pipeline, request_timeout: Duration) -> Deadlines {
     let asked = query
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("timeout=")))
         .and_then(parse_go_duration)
         .unwrap_or_else(|| Duration::from_secs(u64::try_from(pipeline.timeout_seconds()).unwrap_or(10)));
     let budget = asked.min(request_timeout);
     let margin = (budget / 10).min(Duration::from_millis(250));
-    start + budget.saturating_sub(margin)
+    Deadlines { steps: start + budget.saturating_sub(margin), answer: start + budget.saturating_sub(margin / 2) }
 }
 
 fn text(status: StatusCode, message: String) -> Response {
@@ -106,6 +115,25 @@ fn json(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// What a review adds to `admission_kit_requests_total`.
+#[derive(Clone, Copy, Debug)]
+enum Counted {
+    /// Not an `AdmissionReview` that could be answered.
+    Invalid,
+    /// Answered: the operation and the result label.
+    Answered { operation: &'static str, result: &'static str },
+}
+
+/// A review's answer, and how to count it.
+struct Reply {
+    response: Response,
+    counted: Counted,
+}
+
+/// The request's `apiVersion`, `uid` and operation, known once its body is decoded: what the
+/// backstop needs to answer for a review whose steps overran.
+type Header = std::sync::OnceLock<(String, String, &'static str)>;
+
 async fn review(
     State(hook): State<Arc<Hook>>,
     RawQuery(query): RawQuery,
@@ -115,24 +143,117 @@ async fn review(
 ) -> Response {
     // The deadline counts from when the request arrived, not from when its body was read.
     let start = arrived.map_or_else(Instant::now, |a| a.0.0);
-    let shared = &hook.shared;
-    let metrics = &shared.metrics;
+    let shared = hook.shared.clone();
     let webhook = hook.pipeline.name();
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if !json_body {
-        count_invalid(shared, webhook);
+        count(&shared, webhook, Counted::Invalid);
         return text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json with an AdmissionReview body".to_owned(),
         );
     }
+    let _in_flight = InFlightGauge::new(&shared.metrics.in_flight);
+    let deadlines = deadlines(start, query.as_deref(), &hook.pipeline, shared.config.request_timeout);
+    let reply = match &shared.pool {
+        // In-process routers answer on the caller's task.
+        None => answer(hook.clone(), body, deadlines.steps, None).await,
+        Some(pool) => {
+            let header = Arc::new(Header::new());
+            // A cheap reference: the backstop reads the uid itself when the review never reached a
+            // thread.
+            let body_copy = body.clone();
+            let task = pool.spawn(answer(hook.clone(), body, deadlines.steps, Some(header.clone())));
+            let abort = task.abort_handle();
+            match tokio::time::timeout_at(deadlines.answer, task).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "review task failed");
+                    Reply {
+                        response: text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("{webhook}: the review failed: {error}"),
+                        ),
+                        counted: Counted::Invalid,
+                    }
+                }
+                Err(_) => {
+                    // A step neither finished nor reached an `.await` or a deadline check in time.
+                    // Stop it at its next `.await`; a step that never yields keeps its thread.
+                    abort.abort();
+                    let header = header.get().cloned().or_else(|| envelope(&body_copy));
+                    overran(&hook, header.as_ref())
+                }
+            }
+        }
+    };
+    count(&shared, webhook, reply.counted);
+    shared
+        .metrics
+        .duration
+        .get_or_create(&WebhookLabels { webhook: webhook.to_owned() })
+        .observe(start.elapsed().as_secs_f64());
+    reply.response
+}
+
+/// The `apiVersion`, `uid` and operation of a review, read without decoding its object: for the
+/// backstop when the review waited for a review thread until its deadline.
+fn envelope(body: &[u8]) -> Option<(String, String, &'static str)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "apiVersion")]
+        api_version: String,
+        request: Request,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        uid: String,
+        operation: kube::core::admission::Operation,
+    }
+    let review: Envelope = serde_json::from_slice(body).ok()?;
+    Some((review.api_version, review.request.uid, crate::review::operation_name(&review.request.operation)))
+}
+
+/// The backstop's answer for a review still running at its answer deadline: what the pipeline's
+/// `failurePolicy` asks of the API server when a webhook does not answer, said in time and with
+/// a reason.
+fn overran(hook: &Hook, header: Option<&(String, String, &'static str)>) -> Reply {
+    let webhook = hook.pipeline.name();
+    hook.shared.metrics.overruns.get_or_create(&WebhookLabels { webhook: webhook.to_owned() }).inc();
+    let Some((api_version, uid, operation)) = header else {
+        tracing::warn!("a body that is not an AdmissionReview was still waiting at its deadline");
+        return Reply {
+            response: text(StatusCode::BAD_REQUEST, format!("{webhook}: the body is not an AdmissionReview")),
+            counted: Counted::Invalid,
+        };
+    };
+    let reason = "a step did not finish before the API server's deadline";
+    let answer = match hook.pipeline.failure_policy() {
+        FailurePolicy::Fail => {
+            tracing::error!(%uid, "{reason}; denied (failurePolicy Fail)");
+            Answer::deny(api_version, uid, 500, format!("{webhook}: {reason}, so the object was not admitted"))
+        }
+        FailurePolicy::Ignore => {
+            tracing::error!(%uid, "{reason}; admitted unchanged (failurePolicy Ignore)");
+            let mut allowed = Answer::allow(api_version, uid);
+            allowed.warnings.push(format!("{webhook}: {reason}; admitted without its changes"));
+            allowed
+        }
+    };
+    let result = answer.result_label();
+    Reply { response: encode(&answer), counted: Counted::Answered { operation, result } }
+}
+
+/// Decodes, runs the pipeline and encodes: the CPU-bound part of a review, run on the review pool.
+async fn answer(hook: Arc<Hook>, body: Bytes, deadline: Instant, header: Option<Arc<Header>>) -> Reply {
+    let shared = &hook.shared;
+    let webhook = hook.pipeline.name();
     let review = match Review::from_slice(&body) {
         Ok(review) => review,
         Err(DecodeError::MalformedRequest { uid, api_version, source }) => {
-            count_invalid(shared, webhook);
             tracing::warn!(%uid, error = %source, "malformed admission request");
             let answer = Answer::deny(
                 &api_version,
@@ -140,16 +261,19 @@ async fn review(
                 400,
                 format!("{webhook}: the AdmissionReview request could not be read: {source}"),
             );
-            return encode(&answer);
+            return Reply { response: encode(&answer), counted: Counted::Invalid };
         }
         Err(error) => {
-            count_invalid(shared, webhook);
             tracing::warn!(%error, "body is not an AdmissionReview");
-            return text(StatusCode::BAD_REQUEST, error.to_string());
+            return Reply { response: text(StatusCode::BAD_REQUEST, error.to_string()), counted: Counted::Invalid };
         }
     };
-    let _in_flight = InFlightGauge::new(&metrics.in_flight);
+    drop(body);
     let request = &review.request;
+    if let Some(header) = header {
+        let operation = crate::review::operation_name(&request.operation);
+        let _ = header.set((review.api_version.clone(), request.uid.clone(), operation));
+    }
     let span = tracing::info_span!(
         "review",
         webhook,
@@ -160,27 +284,17 @@ async fn review(
         operation = ?request.operation,
     );
     let labels = request.namespace.as_deref().and_then(|ns| shared.namespaces.labels(ns));
-    let deadline = deadline(start, query.as_deref(), &hook.pipeline, shared.config.request_timeout);
     let outcome = hook
         .pipeline
         .review_until(&review, labels.as_ref().map_or(NamespaceView::unknown(), |l| l.get().into()), Some(deadline))
         .instrument(span.clone())
         .await;
     record(shared, webhook, &outcome, &span);
-    let response = encode(&outcome.answer);
-    metrics
-        .requests
-        .get_or_create(&ReviewLabels {
-            webhook: webhook.to_owned(),
-            operation: crate::review::operation_name(&request.operation).to_owned(),
-            result: outcome.answer.result_label().to_owned(),
-        })
-        .inc();
-    metrics
-        .duration
-        .get_or_create(&WebhookLabels { webhook: webhook.to_owned() })
-        .observe(start.elapsed().as_secs_f64());
-    response
+    let counted = Counted::Answered {
+        operation: crate::review::operation_name(&request.operation),
+        result: outcome.answer.result_label(),
+    };
+    Reply { response: encode(&outcome.answer), counted }
 }
 
 /// Counts a review in flight until dropped — also when the review is cancelled (client gone,
@@ -200,14 +314,18 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
-fn count_invalid(shared: &Shared, webhook: &str) {
+fn count(shared: &Shared, webhook: &str, counted: Counted) {
+    let (operation, result) = match counted {
+        Counted::Invalid => ("unknown", "invalid"),
+        Counted::Answered { operation, result } => (operation, result),
+    };
     shared
         .metrics
         .requests
         .get_or_create(&ReviewLabels {
             webhook: webhook.to_owned(),
-            operation: "unknown".to_owned(),
-            result: "invalid".to_owned(),
+            operation: operation.to_owned(),
+            result: result.to_owned(),
         })
         .inc();
 }

@@ -519,3 +519,43 @@ async fn a_hand_written_status_does_not_bring_annotation_env_into_the_pods_own_c
     assert_eq!(env_of(checked.patched(), "app"), &Value::Null);
     assert_eq!(env_of(checked.patched(), "agent"), &Value::Null, "a pod's own container, even named like a sidecar");
 }
+
+#[tokio::test]
+async fn long_loops_stop_at_the_reviews_deadline() {
+    use admission_kit::matcher::NamespaceView;
+    use admission_kit::prelude::{Context, DynamicMutator as _, MutationError};
+    let mut config = Config::default();
+    config.limits.max_inject_names = 100_000;
+    config.limits.max_env_annotations = 100_000;
+    config.limits.max_annotation_bytes = usize::MAX;
+    config.unknown_sidecar = crate::settings::UnknownSidecarPolicy::Warn;
+    let settings = Arc::new(config.injection());
+    let names: Vec<String> = (0..1_000).map(|i| format!("s{i}")).collect();
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(INJECT.to_owned(), json!(names.join(",")));
+    for i in 0..1_000 {
+        annotations.insert(format!("sidecar-injector.expedia.com/v{i}"), json!("x"));
+    }
+    annotations.insert(STATUS.to_owned(), json!(r#"{"sidecars":["agent"],"containers":["agent"]}"#));
+    let mut pod = pod(Value::Object(annotations));
+    let request = review(pod.clone(), "apps").request;
+    let past = tokio::time::Instant::now() - std::time::Duration::from_millis(1);
+
+    // The env step: past its deadline, it stops instead of working through the annotations.
+    let env = EnvFromAnnotations::new(&settings);
+    let mut late = Context::new(&request, NamespaceView::unknown()).with_deadline(past);
+    let stopped = env.mutate(&mut pod, &mut late).await;
+    assert!(matches!(stopped, Err(MutationError::DeadlineExceeded)), "{stopped:?}");
+    // In time, the same work completes.
+    let mut in_time =
+        Context::new(&request, NamespaceView::unknown()).with_deadline(past + std::time::Duration::from_secs(60));
+    env.mutate(&mut pod.clone(), &mut in_time).await.expect("in time");
+
+    // The sidecar step: the names loop looks at the deadline too (the status is removed, so that
+    // the step works through the names).
+    pod["metadata"]["annotations"].as_object_mut().unwrap().remove(STATUS);
+    let sidecars = SidecarMutator::new(Arc::new(CatalogStore::fixed(catalog())), settings);
+    let mut late = Context::new(&request, NamespaceView::unknown()).with_deadline(past);
+    let stopped = sidecars.mutate(&mut pod, &mut late).await;
+    assert!(matches!(stopped, Err(MutationError::DeadlineExceeded)), "{stopped:?}");
+}
