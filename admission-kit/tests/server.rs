@@ -793,20 +793,37 @@ async fn silent_peers_hold_handshake_slots_only_within_their_budget() {
         assert_eq!(post(&client, &server, pod_body("on", &format!("real-{i}"), None)).await.unwrap().0, 200);
     }
 
-    // Other peers fill the rest of the budget (6): the next connection is refused at once,
-    // whoever it comes from, and a refusal is counted by its reason.
+    // Other peers fill the rest of the budget (6). The next connection, whoever it comes from,
+    // takes the slot of the oldest silent one (in its handshake for longer than a real client
+    // ever is): a flood from many addresses cannot keep new clients out.
+    let mut others = Vec::new();
     for source in [[127, 0, 0, 3], [127, 0, 0, 3], [127, 0, 0, 4]] {
-        silent.push(silent_from(source, &server).await);
+        others.push(silent_from(source, &server).await);
     }
     metric_reaches(&server, handshaking, 6.0).await;
-    let mut refused = silent_from([127, 0, 0, 5], &server).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client_new = client(&[&ca], false);
+    assert_eq!(post(&client_new, &server, pod_body("on", "in-a-full-budget", None)).await.unwrap().0, 200);
+    metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"handshake_evicted\"}", 1.0).await;
+    let mut oldest = silent.remove(0);
     let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), oldest.read(&mut buf)).await.expect("the oldest is closed");
+    assert!(matches!(read, Ok(0) | Err(_)));
+
+    // The silent peers go away: their slots come back.
+    drop((silent, others));
+    metric_reaches(&server, handshaking, 0.0).await;
+    // Handshakes younger than a real client needs are never evicted: with the budget filled at
+    // once, the next connection is refused instead.
+    let mut burst = Vec::new();
+    for source in [[127, 0, 0, 3], [127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 4], [127, 0, 0, 6], [127, 0, 0, 6]] {
+        burst.push(silent_from(source, &server).await);
+    }
+    let mut refused = silent_from([127, 0, 0, 5], &server).await;
     let read = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await.expect("refused at once");
     assert!(matches!(read, Ok(0) | Err(_)));
     metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"handshake_budget\"}", 1.0).await;
-
-    // The silent peers go away: their slots come back, and clients are served again.
-    drop(silent);
+    drop(burst);
     metric_reaches(&server, handshaking, 0.0).await;
     let client = client(&[&ca], true);
     assert_eq!(post(&client, &server, pod_body("on", "after", None)).await.unwrap().0, 200);

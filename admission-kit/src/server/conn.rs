@@ -4,7 +4,7 @@
 //! on drain. A flood of peers that connect and say nothing holds handshake slots only, for the
 //! handshake timeout at most, and never the slots of clients that have shaken hands.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
@@ -28,12 +28,13 @@ use tower::ServiceExt as _;
 use super::Shared;
 use crate::metrics::{Metrics, RefusalLabels};
 
-/// Why a connection was refused.
+/// Why a connection was refused (or, for [`Refusal::HandshakeEvicted`], closed in its handshake).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Refusal {
     ConnectionCap,
     HandshakeBudget,
     PeerHandshakes,
+    HandshakeEvicted,
 }
 
 impl Refusal {
@@ -42,6 +43,7 @@ impl Refusal {
             Self::ConnectionCap => "connection_cap",
             Self::HandshakeBudget => "handshake_budget",
             Self::PeerHandshakes => "peer_handshakes",
+            Self::HandshakeEvicted => "handshake_evicted",
         }
     }
 
@@ -50,53 +52,97 @@ impl Refusal {
     }
 }
 
+/// With the handshake budget full, a new connection takes the slot of the oldest connection still
+/// in its handshake if that one has been at it this long: a real client (the API server) finishes
+/// in milliseconds, so the oldest is the likeliest to be a silent peer, and a flood of them cannot
+/// keep new clients out for the whole handshake timeout. Younger ones are left alone, so a burst of
+/// real handshakes does not cut itself short.
+const EVICT_AFTER: Duration = Duration::from_millis(250);
+
 /// Connections in their TLS handshake: how many in all, and per peer address.
 #[derive(Debug)]
 struct Handshakes {
     max: usize,
     max_per_peer: usize,
-    // A plain mutex: held for a map lookup on accept and on a handshake's end, never across an await.
-    in_progress: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    // A plain mutex: held for a map update on accept and on a handshake's end, never across an await.
+    table: Mutex<HandshakeTable>,
     metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct HandshakeTable {
+    per_peer: HashMap<IpAddr, usize>,
+    /// The handshakes in progress, oldest first (ids grow).
+    pending: BTreeMap<u64, Pending>,
+    next: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    peer: IpAddr,
+    since: Instant,
+    /// Tells the connection's task to give up its handshake.
+    evict: tokio::sync::oneshot::Sender<()>,
+}
+
+impl HandshakeTable {
+    fn release(&mut self, peer: IpAddr) {
+        if let Some(mine) = self.per_peer.get_mut(&peer) {
+            *mine -= 1;
+            if *mine == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
 }
 
 /// One connection's place in the handshake budget, given back when dropped.
 struct HandshakeSlot {
     handshakes: Arc<Handshakes>,
-    peer: IpAddr,
+    id: u64,
+    /// Resolves when a newer connection took this slot.
+    evicted: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Handshakes {
     fn begin(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakeSlot, Refusal> {
         let peer = peer.to_canonical();
-        let mut guard = self.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
-        let (total, per_peer) = &mut *guard;
-        if *total >= self.max {
-            return Err(Refusal::HandshakeBudget);
-        }
-        let mine = per_peer.entry(peer).or_insert(0);
-        if *mine >= self.max_per_peer {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer {
             return Err(Refusal::PeerHandshakes);
         }
-        *mine += 1;
-        *total += 1;
+        if table.pending.len() >= self.max {
+            let oldest = table.pending.first_key_value().map(|(&id, p)| (id, p.since.elapsed()));
+            match oldest {
+                Some((id, age)) if age >= EVICT_AFTER => {
+                    if let Some(evicted) = table.pending.remove(&id) {
+                        table.release(evicted.peer);
+                        let _ = evicted.evict.send(());
+                        self.metrics.connections_handshaking.dec();
+                        Refusal::HandshakeEvicted.count(&self.metrics);
+                    }
+                }
+                _ => return Err(Refusal::HandshakeBudget),
+            }
+        }
+        *table.per_peer.entry(peer).or_insert(0) += 1;
+        let id = table.next;
+        table.next += 1;
+        let (evict, evicted) = tokio::sync::oneshot::channel();
+        table.pending.insert(id, Pending { peer, since: Instant::now(), evict });
         self.metrics.connections_handshaking.inc();
-        Ok(HandshakeSlot { handshakes: self.clone(), peer })
+        Ok(HandshakeSlot { handshakes: self.clone(), id, evicted })
     }
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let mut guard = self.handshakes.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
-        let (total, per_peer) = &mut *guard;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = per_peer.get_mut(&self.peer) {
-            *mine -= 1;
-            if *mine == 0 {
-                per_peer.remove(&self.peer);
-            }
+        let mut table = self.handshakes.table.lock().unwrap_or_else(PoisonError::into_inner);
+        // Absent when evicted: its place was given back then.
+        if let Some(pending) = table.pending.remove(&self.id) {
+            table.release(pending.peer);
+            self.handshakes.metrics.connections_handshaking.dec();
         }
-        self.handshakes.metrics.connections_handshaking.dec();
     }
 }
 
@@ -116,7 +162,7 @@ impl AcceptLoop {
         let handshakes = Arc::new(Handshakes {
             max: config.max_handshakes,
             max_per_peer: config.max_handshakes_per_peer,
-            in_progress: Mutex::new((0, HashMap::new())),
+            table: Mutex::new(HandshakeTable::default()),
             metrics: self.shared.metrics.clone(),
         });
         let acceptor = TlsAcceptor::from(self.tls.clone());
@@ -222,10 +268,16 @@ impl Activity {
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream, handshake: HandshakeSlot) {
+    async fn serve(mut self, stream: TcpStream, mut handshake: HandshakeSlot) {
         let metrics = self.shared.metrics.clone();
         let config = &self.shared.config;
-        let handshaken = tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)).await;
+        let handshaken = tokio::select! {
+            handshaken = tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)) => handshaken,
+            _ = &mut handshake.evicted => {
+                tracing::debug!("TLS handshake evicted by a newer connection");
+                return;
+            }
+        };
         drop(handshake);
         let tls = match handshaken {
             Ok(Ok(tls)) => tls,
