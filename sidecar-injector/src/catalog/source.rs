@@ -5,8 +5,9 @@
 //! service, and the error — naming the file and, for syntax, the line — is returned to the caller,
 //! which logs it and counts it. Broken means: bad YAML, an invalid entry, a duplicate name, a
 //! configured file that became a directory (or the reverse), a dangling symbolic link, an
-//! unreadable file, or a file whose bytes differ between the two reads around each parse (a writer
-//! caught part-way). Directories are read the way a mounted `ConfigMap` looks: every file not
+//! unreadable file, or a file whose bytes differ between two reads (a writer caught part-way): the
+//! reload loop reads a changed source again after a settle time, and every reload reads the
+//! sources on both sides of the parse. Directories are read the way a mounted `ConfigMap` looks: every file not
 //! starting with `.`, following kubelet's `..data` symlinks; anything else in them is an error.
 
 use std::path::{Path, PathBuf};
@@ -161,17 +162,23 @@ fn read_stable<T>(
     let result = work(&files);
     let again = snapshot(sources, shapes)?;
     if again != files {
-        let changed = files
-            .iter()
-            .zip(&again)
-            .find(|(a, b)| a != b)
-            .map_or_else(|| "a catalog source".to_owned(), |(a, _)| a.0.clone());
-        return Err(CatalogError::Io {
-            source_name: changed,
-            message: "changed while it was being read; it will be read again at the next poll".to_owned(),
-        });
+        return Err(changed_while_read(&files, &again));
     }
     Ok((files, result))
+}
+
+/// The error for sources that read differently twice, naming the first that changed.
+fn changed_while_read(first: &Snapshot, again: &Snapshot) -> CatalogError {
+    let changed = first
+        .iter()
+        .zip(again)
+        .find(|(a, b)| a != b)
+        .or_else(|| first.first().zip(again.first()))
+        .map_or_else(|| "a catalog source".to_owned(), |(a, _)| a.0.clone());
+    CatalogError::Io {
+        source_name: changed,
+        message: "changed while it was being read; it will be read again at the next poll".to_owned(),
+    }
 }
 
 /// [`read_stable`] for tests: `between` runs between the two reads.
@@ -265,9 +272,12 @@ impl CatalogStore {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.tick().await;
+            // A writer caught part-way through a file must still be writing when it is read again:
+            // a changed file is read again after this settle time before it is taken.
+            let settle = (interval / 4).min(std::time::Duration::from_millis(250));
             loop {
                 ticker.tick().await;
-                match self.reload() {
+                match self.reload_settled(settle).await {
                     Ok(false) => {}
                     Ok(true) => {
                         let catalog = self.current();
@@ -291,11 +301,37 @@ impl CatalogStore {
     /// nothing changed since the last attempt (so a broken file is reported once, not every poll);
     /// on error the last good catalog stays in service.
     pub fn reload(&self) -> Result<bool, CatalogError> {
+        self.reload_expecting(None)
+    }
+
+    /// As [`CatalogStore::reload`], but a change is taken only if the sources still read the same
+    /// after `settle`: a file caught while a writer is part-way through it (a truncated copy that
+    /// may well parse) fails the comparison unless the writer paused for longer than `settle`.
+    pub async fn reload_settled(&self, settle: std::time::Duration) -> Result<bool, CatalogError> {
+        let first = {
+            let mut guard = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (seen, shapes) = &mut *guard;
+            match snapshot(&self.sources, &mut shapes.clone()) {
+                Ok(files) if files == *seen => return Ok(false),
+                Ok(files) => Some(files),
+                // Reported by the read below.
+                Err(_) => None,
+            }
+        };
+        tokio::time::sleep(settle).await;
+        self.reload_expecting(first.as_ref())
+    }
+
+    fn reload_expecting(&self, expected: Option<&Snapshot>) -> Result<bool, CatalogError> {
         let mut guard = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (seen, shapes) = &mut *guard;
         // Building only when the bytes changed keeps an idle poll cheap; the build runs between the
         // two reads, so that what is swapped in was read identically twice.
-        let read = read_stable(&self.sources, shapes, |files| (*seen != *files).then(|| build(&self.sources, files)));
+        let read = read_stable(&self.sources, shapes, |files| (*seen != *files).then(|| build(&self.sources, files)))
+            .and_then(|read| match expected {
+                Some(expected) if *expected != read.0 => Err(changed_while_read(expected, &read.0)),
+                _ => Ok(read),
+            });
         let (files, built) = match read {
             Ok(read) => read,
             Err(error) => {

@@ -233,6 +233,32 @@ fn a_file_that_changes_while_it_is_read_is_not_accepted() {
 }
 
 #[tokio::test]
+async fn a_writer_still_writing_after_the_settle_time_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecars.yaml");
+    std::fs::write(&file, "- name: a\n- name: b\n").unwrap();
+    let store = std::sync::Arc::new(CatalogStore::load(vec![CatalogSource::path(&file)]).unwrap());
+    // A slow writer: the poll finds the file truncated (and valid), and the rest arrives during
+    // the settle time.
+    std::fs::write(&file, "- name: a\n").unwrap();
+    let writer = {
+        let file = file.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            std::fs::write(&file, "- name: a\n- name: b\n- name: c\n").unwrap();
+        })
+    };
+    let error = store.reload_settled(std::time::Duration::from_millis(200)).await.unwrap_err().to_string();
+    assert!(error.contains("sidecars.yaml") && error.contains("changed while it was being read"), "{error}");
+    assert_eq!(store.current().names(), vec!["a", "b"], "the last good catalog stays");
+    writer.await.unwrap();
+    // Unchanged across the settle time: taken.
+    assert!(store.reload_settled(std::time::Duration::from_millis(20)).await.unwrap());
+    assert_eq!(store.current().names(), vec!["a", "b", "c"]);
+    assert!(!store.reload_settled(std::time::Duration::from_millis(20)).await.unwrap(), "nothing changed since");
+}
+
+#[tokio::test]
 async fn a_failed_reload_is_counted_stale_until_a_good_one() {
     let mut registry = admission_kit::metrics::Metrics::default();
     let metrics = crate::metrics::InjectorMetrics::register(&mut registry);
