@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fault tests against the real `sidecar-injector serve` process: soak, certificate
-# rotation, SIGTERM with a second replica taking over, stalled connections, hostile bodies, broken
+# rotation, SIGTERM with a second replica taking over, stalled connections, hostile bodies and pods, broken
 # catalog (bench/src/fault.rs; each scenario is described in bench/README.md, "Fault tests").
 #
 # Usage:

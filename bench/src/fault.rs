@@ -7,6 +7,8 @@
 //! - [`takeover`]: two replicas behind a loopback balancer that follows `/readyz`; SIGTERM one.
 //! - [`stalled`]: 1,000 stalled or slow connections while real traffic runs.
 //! - [`hostile`]: oversized, truncated, deeply nested, invalid-UTF-8 bodies mixed into real traffic.
+//! - [`hostile_pods`]: pods with 60,000 sidecar names or 30,000 env annotations, and 1,100 silent
+//!   connections, while probes check that the server stays responsive.
 //! - [`catalog`]: the catalog file replaced by a broken one under load, then by a good one.
 //!
 //! `--short` runs every scenario for seconds instead of minutes and enforces only correctness
@@ -18,6 +20,7 @@ mod admin;
 mod catalog;
 mod cert;
 mod hostile;
+mod hostile_pods;
 mod soak;
 mod stalled;
 mod takeover;
@@ -48,18 +51,21 @@ pub enum Scenario {
     StalledConnections,
     /// Hostile bodies mixed into real traffic.
     HostileBodies,
+    /// Hostile pods and silent peers while probes check responsiveness.
+    HostilePods,
     /// The catalog file replaced by a broken one under load.
     BrokenCatalog,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Soak,
         Self::CertRotation,
         Self::SigtermTakeover,
         Self::StalledConnections,
         Self::HostileBodies,
+        Self::HostilePods,
         Self::BrokenCatalog,
     ];
 
@@ -72,6 +78,7 @@ impl Scenario {
             Self::SigtermTakeover => "sigterm-takeover",
             Self::StalledConnections => "stalled-connections",
             Self::HostileBodies => "hostile-bodies",
+            Self::HostilePods => "hostile-pods",
             Self::BrokenCatalog => "broken-catalog",
         }
     }
@@ -313,6 +320,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
                 Scenario::SigtermTakeover => takeover::run(&ctx).await,
                 Scenario::StalledConnections => stalled::run(&ctx).await,
                 Scenario::HostileBodies => hostile::run(&ctx).await,
+                Scenario::HostilePods => hostile_pods::run(&ctx).await,
                 Scenario::BrokenCatalog => catalog::run(&ctx).await,
             }
         });

@@ -105,7 +105,7 @@ enum Command {
     /// Make the latest run the baseline (copy latest.{json,md} to baseline.{json,md}).
     Accept,
     /// Fault tests: `soak`, `cert-rotation`, `sigterm-takeover`, `stalled-connections`,
-    /// `hostile-bodies`, `broken-catalog`, or `all`. Writes faults.md (see bench/README.md).
+    /// `hostile-bodies`, `hostile-pods`, `broken-catalog`, or `all`. Writes faults.md (see bench/README.md).
     Fault {
         /// A scenario's name, or `all`.
         scenario: String,

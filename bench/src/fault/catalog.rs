@@ -3,11 +3,14 @@
 //!
 //! The server reads its only catalog from a file (`catalogPaths`, `catalogReloadInterval: 1s`,
 //! through `--config`), whose `haystack-agent` sidecar has the image tag `good-1`. Under 1,000
-//! reviews/s the file is replaced (write and rename) by invalid YAML, later by a good catalog with
-//! the tag `good-2`. Every answer's patch is decoded and must inject `haystack-agent` with `good-1`
-//! or `good-2`, never `good-2` before it was written; while the file is broken, the failure counter
-//! must rise, `catalog_stale` be 1, and the log name the file and the problem; `good-2` must then be
-//! taken.
+//! reviews/s the file is broken three ways in turn, each for a few reload intervals: replaced
+//! (write and rename) by invalid YAML; replaced by a directory; then rewritten in place by a slow
+//! writer (truncate, then 64 bytes every 20 ms, over and over), so that every poll finds it
+//! truncated part-way — a truncated catalog that may well parse. Last, the slow writer finishes a
+//! good catalog with the tag `good-2`. Every answer's patch is decoded and must inject
+//! `haystack-agent` with `good-1` or `good-2`, never `good-2` before it was finished; during each
+//! break the failure counter must rise and `catalog_stale` be 1, and the log must name the file and
+//! the problem; `good-2` must then be taken.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,27 @@ fn catalog(version: u32) -> String {
 
 /// Not YAML: an unterminated quoted string (line 5).
 const BROKEN: &str = "- name: haystack-agent\n  containers:\n    - name: haystack-agent\n      image: \"expediadotcom/haystack-agent:broken\n      env: [\n";
+
+/// Rewrites `path` in place as a slow writer would (truncate, then `CHUNK` bytes every `DRIP`),
+/// again and again until `until`, and then once completely.
+async fn write_slowly(path: &Path, text: &str, until: tokio::time::Instant) -> anyhow::Result<usize> {
+    use std::io::Write as _;
+    const CHUNK: usize = 64;
+    const DRIP: Duration = Duration::from_millis(20);
+    let mut passes = 0;
+    loop {
+        let mut file = std::fs::File::create(path)?;
+        for chunk in text.as_bytes().chunks(CHUNK) {
+            file.write_all(chunk)?;
+            file.flush()?;
+            tokio::time::sleep(DRIP).await;
+        }
+        passes += 1;
+        if tokio::time::Instant::now() >= until {
+            return Ok(passes);
+        }
+    }
+}
 
 /// Writes `text` to `path` as an editor or a deploy script would: a new file renamed over the old.
 fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -115,7 +139,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         }
         Ok(())
     }));
-    let (seconds, broken_at, restore_at) = ctx.pick((9.0, 2.0, 5.5), (25.0, 3.0, 15.0));
+    // Each break lasts this long: several polls, each of which must fail.
+    let phase = INTERVAL * 5 / 2;
+    let (seconds, broken_at) = ctx.pick((14.0, 2.0), (30.0, 3.0));
     let mut load_spec = ctx.load(1000.0, 1.0, seconds);
     load_spec.check = Some(check);
     let start = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -124,11 +150,18 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         tokio::time::sleep_until(start + Duration::from_secs_f64(broken_at)).await;
         replace(&catalog_path, BROKEN)?;
         let broken = Instant::now();
-        tokio::time::sleep(INTERVAL * 5 / 2).await;
+        tokio::time::sleep(phase).await;
         let during = admin::metrics(admin).await?;
+        // A directory where the file was.
+        std::fs::remove_file(&catalog_path)?;
+        std::fs::create_dir(&catalog_path)?;
+        tokio::time::sleep(phase).await;
+        let during_dir = admin::metrics(admin).await?;
+        std::fs::remove_dir(&catalog_path)?;
+        // A slow writer, caught part-way by every poll, finishing catalog 2.
+        let passes = write_slowly(&catalog_path, &catalog(2), tokio::time::Instant::now() + phase).await?;
+        let during_slow = admin::metrics(admin).await?;
         let log = super::log_text(&server);
-        tokio::time::sleep_until(start + Duration::from_secs_f64(restore_at)).await;
-        replace(&catalog_path, &catalog(2))?;
         let restored = Instant::now();
         let mut taken = None;
         while restored.elapsed() < INTERVAL * 5 {
@@ -140,11 +173,11 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        anyhow::Ok((broken, during, log, restored, taken))
+        anyhow::Ok((broken, [during, during_dir, during_slow], passes, log, restored, taken))
     };
     let (report, faults) = tokio::join!(load::open_loop(server.webhook, &tls, &load_spec), faults);
     let report = report?;
-    let (broken, during, log, restored, taken) = faults?;
+    let (broken, [during, during_dir, during_slow], passes, log, restored, taken) = faults?;
     let after = admin::metrics(admin).await?;
     let alive = super::still_serving(ctx, &mut server, &tls).await;
     let _ = server.stop();
@@ -156,16 +189,30 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let failure_line = log
         .lines()
         .find(|l| l.contains("catalog not reloaded") && l.contains(&file) && l.contains("failed to parse catalog"));
-    let failures_during = admin::value(&during, FAILURES) - admin::value(&before, FAILURES);
-    v.check(failures_during >= 1.0, || {
-        format!("the reload-failure counter rose by {failures_during} while the file was broken")
-    });
-    v.check((admin::value(&during, STALE) - 1.0).abs() < f64::EPSILON, || {
-        "catalog_stale was not 1 while the file was broken".to_owned()
-    });
+    let directory_line = log.lines().find(|l| l.contains("catalog not reloaded") && l.contains("a directory"));
+    let slow_line =
+        log.lines().find(|l| l.contains("catalog not reloaded") && l.contains("changed while it was being read"));
+    let mut rises = Vec::new();
+    for (what, earlier, later) in [
+        ("invalid YAML", &before, &during),
+        ("a directory", &during, &during_dir),
+        ("a slow writer", &during_dir, &during_slow),
+    ] {
+        let rise = admin::value(later, FAILURES) - admin::value(earlier, FAILURES);
+        rises.push(format!("{what} +{rise}"));
+        v.check(rise >= 1.0, || format!("the reload-failure counter rose by {rise} while the file was {what}"));
+        v.check((admin::value(later, STALE) - 1.0).abs() < f64::EPSILON, || {
+            format!("catalog_stale was not 1 while the file was {what}")
+        });
+    }
     v.check(failure_line.is_some(), || {
         format!("no log line names {file} and the parse failure (`catalog not reloaded` … `failed to parse catalog`)")
     });
+    v.check(directory_line.is_some(), || "no log line says the catalog file is now a directory".to_owned());
+    v.check(slow_line.is_some(), || {
+        "no log line says the slowly written file `changed while it was being read`".to_owned()
+    });
+    let failures_during = rises.join(", ");
     v.check(seen.first_v2.is_none_or(|t| t >= restored), || {
         "an answer injected catalog 2 before it was written".to_owned()
     });
@@ -202,7 +249,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         },
     );
     let figures = format!(
-        "{} reviews at 1,000/s, {} failed; patches injected catalog 1 ×{} and catalog 2 ×{} (never another, none of 2 before it was written); broken file for {:.1} s: reload failures +{failures_during}, catalog_stale {}, log: {line}; catalog 2 served {} after it was written (load's last catalog-1 answer {} after); p99 {:.2} ms",
+        "{} reviews at 1,000/s, {} failed; patches injected catalog 1 ×{} and catalog 2 ×{} (never another, none of 2 before it was finished); broken for {:.1} s (invalid YAML, a directory, a slow writer: {passes} passes): reload failures {failures_during}, catalog_stale {}, log: {line}; catalog 2 served {} after it was finished (load's last catalog-1 answer {} after); p99 {:.2} ms",
         report.scheduled,
         report.errors,
         seen.v1,
@@ -222,7 +269,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         report.latency_ms(0.99),
     );
     let checked = format!(
-        "catalog file (`catalogPaths`, reload every {} ms) replaced mid-load by invalid YAML, later by a good catalog 2: every answer's decoded patch injects haystack-agent from the last good catalog (1) until 2 is written, zero failed requests; `catalog_reloads_total{{result=\"failure\"}}` rises and `catalog_stale` is 1; a log line names the file and the parse error; catalog 2 served within the interval + {} ms{}",
+        "catalog file (`catalogPaths`, reload every {} ms) replaced mid-load by invalid YAML, then by a directory, then rewritten by a slow writer (every poll finds it truncated part-way) that finishes a good catalog 2: every answer's decoded patch injects haystack-agent from the last good catalog (1) until 2 is finished, zero failed requests; during each break `catalog_reloads_total{{result=\"failure\"}}` rises and `catalog_stale` is 1, and a log line names the problem (the parse error with the file, a directory, changed while read); catalog 2 served within the interval + {} ms{}",
         INTERVAL.as_millis(),
         SLACK.as_millis(),
         if ctx.short { " (reported; enforced: within 5× the interval)" } else { "" },
