@@ -51,7 +51,7 @@ echo "== book"
 bash scripts/test-book.sh
 
 # The fault tests' short variant against the real release binary (soak, certificate rotation,
-# SIGTERM with a second replica taking over, stalled connections, hostile bodies, broken catalog):
+# SIGTERM with a second replica taking over, stalled connections, hostile bodies and pods, broken catalog):
 # correctness enforced, timing reported. Release builds go to a build directory in the cache root,
 # so that a warm run rebuilds only this project's crates. Cluster access lost is the cluster_access
 # integration test above.

@@ -793,15 +793,14 @@ async fn silent_peers_hold_handshake_slots_only_within_their_budget() {
         assert_eq!(post(&client, &server, pod_body("on", &format!("real-{i}"), None)).await.unwrap().0, 200);
     }
 
-    // Other peers fill the rest of the budget (6). The next connection, whoever it comes from,
-    // takes the slot of the oldest silent one (in its handshake for longer than a real client
-    // ever is): a flood from many addresses cannot keep new clients out.
+    // Other peers fill the rest of the budget (6). A new client from an address holding fewer
+    // handshakes takes the slot of the oldest handshake of the address holding the most: a flood
+    // from many addresses cannot keep new clients out, however fast it comes.
     let mut others = Vec::new();
     for source in [[127, 0, 0, 3], [127, 0, 0, 3], [127, 0, 0, 4]] {
         others.push(silent_from(source, &server).await);
     }
     metric_reaches(&server, handshaking, 6.0).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let client_new = client(&[&ca], false);
     assert_eq!(post(&client_new, &server, pod_body("on", "in-a-full-budget", None)).await.unwrap().0, 200);
     metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"handshake_evicted\"}", 1.0).await;
@@ -809,15 +808,25 @@ async fn silent_peers_hold_handshake_slots_only_within_their_budget() {
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), oldest.read(&mut buf)).await.expect("the oldest is closed");
     assert!(matches!(read, Ok(0) | Err(_)));
+    // An address holding as many as any other takes the slot of the oldest handshake once that one
+    // has lasted longer than a real client needs.
+    // (The client's handshake is over: one more fills the budget again; 127.0.0.2, 127.0.0.3 and
+    // 127.0.0.4 then hold two each.)
+    let _fill = silent_from([127, 0, 0, 4], &server).await;
+    metric_reaches(&server, handshaking, 6.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _newer = silent_from([127, 0, 0, 4], &server).await;
+    metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"handshake_evicted\"}", 2.0).await;
 
     // The silent peers go away: their slots come back.
-    drop((silent, others));
+    drop((silent, others, _fill, _newer));
     metric_reaches(&server, handshaking, 0.0).await;
-    // Handshakes younger than a real client needs are never evicted: with the budget filled at
-    // once, the next connection is refused instead.
+    // Handshakes younger than a real client needs are never evicted for an address holding as
+    // many as any other: with the budget filled at once, one each from six addresses, the next
+    // connection from one of them is refused.
     let mut burst = Vec::new();
-    for source in [[127, 0, 0, 3], [127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 4], [127, 0, 0, 6], [127, 0, 0, 6]] {
-        burst.push(silent_from(source, &server).await);
+    for last in 3..9 {
+        burst.push(silent_from([127, 0, 0, last], &server).await);
     }
     let mut refused = silent_from([127, 0, 0, 5], &server).await;
     let read = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await.expect("refused at once");

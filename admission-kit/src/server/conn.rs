@@ -52,11 +52,12 @@ impl Refusal {
     }
 }
 
-/// With the handshake budget full, a new connection takes the slot of the oldest connection still
-/// in its handshake if that one has been at it this long: a real client (the API server) finishes
-/// in milliseconds, so the oldest is the likeliest to be a silent peer, and a flood of them cannot
-/// keep new clients out for the whole handshake timeout. Younger ones are left alone, so a burst of
-/// real handshakes does not cut itself short.
+/// With the handshake budget full, a new connection takes a slot from the address holding the most
+/// handshakes if its own address holds fewer (a fair share: a client with one or two handshakes in
+/// progress, like an API server, always gets in, however fast a flood from other addresses
+/// arrives); otherwise it takes the slot of the oldest handshake if that one has been at it this
+/// long (a real client finishes in milliseconds, so the oldest is the likeliest to be a silent
+/// peer). Younger ones are left alone, so a burst of real handshakes does not cut itself short.
 const EVICT_AFTER: Duration = Duration::from_millis(250);
 
 /// Connections in their TLS handshake: how many in all, and per peer address.
@@ -86,6 +87,20 @@ struct Pending {
 }
 
 impl HandshakeTable {
+    /// Which handshake a new connection from `peer` may take the slot of, with the budget full
+    /// (see [`EVICT_AFTER`]): the oldest of the address holding the most, if `peer` holds fewer;
+    /// else the oldest of all, if it is old enough.
+    fn victim(&self, peer: IpAddr) -> Option<u64> {
+        let mine = self.per_peer.get(&peer).copied().unwrap_or(0);
+        let heaviest = self.per_peer.iter().max_by_key(|(_, count)| **count);
+        if let Some((&heaviest, &count)) = heaviest
+            && count > mine
+        {
+            return self.pending.iter().find(|(_, p)| p.peer == heaviest).map(|(&id, _)| id);
+        }
+        self.pending.first_key_value().filter(|(_, p)| p.since.elapsed() >= EVICT_AFTER).map(|(&id, _)| id)
+    }
+
     fn release(&mut self, peer: IpAddr) {
         if let Some(mine) = self.per_peer.get_mut(&peer) {
             *mine -= 1;
@@ -112,17 +127,12 @@ impl Handshakes {
             return Err(Refusal::PeerHandshakes);
         }
         if table.pending.len() >= self.max {
-            let oldest = table.pending.first_key_value().map(|(&id, p)| (id, p.since.elapsed()));
-            match oldest {
-                Some((id, age)) if age >= EVICT_AFTER => {
-                    if let Some(evicted) = table.pending.remove(&id) {
-                        table.release(evicted.peer);
-                        let _ = evicted.evict.send(());
-                        self.metrics.connections_handshaking.dec();
-                        Refusal::HandshakeEvicted.count(&self.metrics);
-                    }
-                }
-                _ => return Err(Refusal::HandshakeBudget),
+            let Some(victim) = table.victim(peer) else { return Err(Refusal::HandshakeBudget) };
+            if let Some(evicted) = table.pending.remove(&victim) {
+                table.release(evicted.peer);
+                let _ = evicted.evict.send(());
+                self.metrics.connections_handshaking.dec();
+                Refusal::HandshakeEvicted.count(&self.metrics);
             }
         }
         *table.per_peer.entry(peer).or_insert(0) += 1;
