@@ -5,9 +5,9 @@
 //! through `--config`), whose `haystack-agent` sidecar has the image tag `good-1`. Under 1,000
 //! reviews/s the file is broken three ways in turn, each for a few reload intervals: replaced
 //! (write and rename) by invalid YAML; replaced by a directory; then rewritten in place by a slow
-//! writer (truncate, then 64 bytes every 20 ms, over and over), so that every poll finds it
-//! truncated part-way — a truncated catalog that may well parse. Last, the slow writer finishes a
-//! good catalog with the tag `good-2`. Every answer's patch is decoded and must inject
+//! writer (truncated, then a few bytes every 50 ms for 2.5 s), so that every poll finds it
+//! truncated part-way — a truncated catalog that may well parse. The slow writer's file is a good
+//! catalog with the tag `good-2`. Every answer's patch is decoded and must inject
 //! `haystack-agent` with `good-1` or `good-2`, never `good-2` before it was finished; during each
 //! break the failure counter must rise and `catalog_stale` be 1, and the log must name the file and
 //! the problem; `good-2` must then be taken.
@@ -41,25 +41,24 @@ fn catalog(version: u32) -> String {
 /// Not YAML: an unterminated quoted string (line 5).
 const BROKEN: &str = "- name: haystack-agent\n  containers:\n    - name: haystack-agent\n      image: \"expediadotcom/haystack-agent:broken\n      env: [\n";
 
-/// Rewrites `path` in place as a slow writer would (truncate, then `CHUNK` bytes every `DRIP`),
-/// again and again until `until`, and then once completely.
-async fn write_slowly(path: &Path, text: &str, until: tokio::time::Instant) -> anyhow::Result<usize> {
+/// Writes `text` over `path` in place as a slow writer would: truncated first, then a few bytes
+/// every 50 ms, so that the write takes `time` and every poll meanwhile finds a truncated file.
+/// Returns the number of writes. On a thread of its own with plain sleeps, so that the harness's
+/// busy runtime cannot stretch a pause beyond the server's settle time (a writer that pauses that
+/// long cannot be told from a finished edit).
+fn write_slowly(path: &Path, text: &str, time: Duration) -> anyhow::Result<usize> {
     use std::io::Write as _;
-    const CHUNK: usize = 64;
-    const DRIP: Duration = Duration::from_millis(20);
-    let mut passes = 0;
-    loop {
-        let mut file = std::fs::File::create(path)?;
-        for chunk in text.as_bytes().chunks(CHUNK) {
-            file.write_all(chunk)?;
-            file.flush()?;
-            tokio::time::sleep(DRIP).await;
-        }
-        passes += 1;
-        if tokio::time::Instant::now() >= until {
-            return Ok(passes);
-        }
+    const DRIP: Duration = Duration::from_millis(50);
+    let writes = usize::try_from(time.as_millis() / DRIP.as_millis()).unwrap_or(1).max(1);
+    let mut file = std::fs::File::create(path)?;
+    let chunks = text.as_bytes().chunks(text.len().div_ceil(writes));
+    let count = chunks.len();
+    for chunk in chunks {
+        file.write_all(chunk)?;
+        file.flush()?;
+        std::thread::sleep(DRIP);
     }
+    Ok(count)
 }
 
 /// Writes `text` to `path` as an editor or a deploy script would: a new file renamed over the old.
@@ -159,7 +158,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let during_dir = admin::metrics(admin).await?;
         std::fs::remove_dir(&catalog_path)?;
         // A slow writer, caught part-way by every poll, finishing catalog 2.
-        let passes = write_slowly(&catalog_path, &catalog(2), tokio::time::Instant::now() + phase).await?;
+        let (path, text) = (catalog_path.clone(), catalog(2));
+        let passes = tokio::task::spawn_blocking(move || write_slowly(&path, &text, phase)).await??;
         let during_slow = admin::metrics(admin).await?;
         let log = super::log_text(&server);
         let restored = Instant::now();
@@ -249,7 +249,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         },
     );
     let figures = format!(
-        "{} reviews at 1,000/s, {} failed; patches injected catalog 1 ×{} and catalog 2 ×{} (never another, none of 2 before it was finished); broken for {:.1} s (invalid YAML, a directory, a slow writer: {passes} passes): reload failures {failures_during}, catalog_stale {}, log: {line}; catalog 2 served {} after it was finished (load's last catalog-1 answer {} after); p99 {:.2} ms",
+        "{} reviews at 1,000/s, {} failed; patches injected catalog 1 ×{} and catalog 2 ×{} (never another, none of 2 before it was finished); broken for {:.1} s (invalid YAML, a directory, a slow writer: {passes} writes): reload failures {failures_during}, catalog_stale {}, log: {line}; catalog 2 served {} after it was finished (load's last catalog-1 answer {} after); p99 {:.2} ms",
         report.scheduled,
         report.errors,
         seen.v1,
@@ -269,7 +269,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         report.latency_ms(0.99),
     );
     let checked = format!(
-        "catalog file (`catalogPaths`, reload every {} ms) replaced mid-load by invalid YAML, then by a directory, then rewritten by a slow writer (every poll finds it truncated part-way) that finishes a good catalog 2: every answer's decoded patch injects haystack-agent from the last good catalog (1) until 2 is finished, zero failed requests; during each break `catalog_reloads_total{{result=\"failure\"}}` rises and `catalog_stale` is 1, and a log line names the problem (the parse error with the file, a directory, changed while read); catalog 2 served within the interval + {} ms{}",
+        "catalog file (`catalogPaths`, reload every {} ms) replaced mid-load by invalid YAML, then by a directory, then rewritten in place by a slow writer (a few bytes every 50 ms: every poll finds it truncated part-way) of a good catalog 2: every answer's decoded patch injects haystack-agent from the last good catalog (1) until 2 is finished, zero failed requests; during each break `catalog_reloads_total{{result=\"failure\"}}` rises and `catalog_stale` is 1, and a log line names the problem (the parse error with the file, a directory, changed while read); catalog 2 served within the interval + {} ms{}",
         INTERVAL.as_millis(),
         SLACK.as_millis(),
         if ctx.short { " (reported; enforced: within 5× the interval)" } else { "" },
