@@ -812,14 +812,14 @@ async fn silent_peers_hold_handshake_slots_only_within_their_budget() {
     // has lasted longer than a real client needs.
     // (The client's handshake is over: one more fills the budget again; 127.0.0.2, 127.0.0.3 and
     // 127.0.0.4 then hold two each.)
-    let _fill = silent_from([127, 0, 0, 4], &server).await;
+    let fill = silent_from([127, 0, 0, 4], &server).await;
     metric_reaches(&server, handshaking, 6.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _newer = silent_from([127, 0, 0, 4], &server).await;
+    let newer = silent_from([127, 0, 0, 4], &server).await;
     metric_reaches(&server, "admission_kit_connections_refused_total{reason=\"handshake_evicted\"}", 2.0).await;
 
     // The silent peers go away: their slots come back.
-    drop((silent, others, _fill, _newer));
+    drop((silent, others, fill, newer));
     metric_reaches(&server, handshaking, 0.0).await;
     // Handshakes younger than a real client needs are never evicted for an address holding as
     // many as any other: with the budget filled at once, one each from six addresses, the next
