@@ -51,6 +51,14 @@ pub enum MutationError {
         /// What is wrong with the object.
         message: String,
     },
+    /// The object does not decode as the step's kind (a wrong JSON type somewhere, such as a string
+    /// where a list belongs). Whatever the failure mode, the object is denied with code 400: a
+    /// webhook never answers garbage with a mutation. `message` names the field.
+    #[error("{message}")]
+    Undecodable {
+        /// The field and what is wrong with it.
+        message: String,
+    },
     /// The review's deadline passed while the mutator worked ([`Context::check_deadline`]).
     /// Handled like [`MutationError::Failed`].
     #[error("did not finish before the API server's deadline")]

@@ -44,6 +44,59 @@ pub struct ResourceTarget {
     pub kind: String,
     /// Plural resource name (`pods`), used in the webhook's rules.
     pub plural: String,
+    /// How an object of the kind is checked before a step works on it (targets of k8s-openapi types).
+    schema: Schema,
+}
+
+/// Checks that an object decodes as a kind, naming the field that does not.
+type Check = fn(&Value) -> Result<(), String>;
+
+/// A target's [`Check`], if it has one. Part of the target, not of its identity: targets compare
+/// by group, version, kind and plural alone.
+#[derive(Clone, Copy, Default)]
+struct Schema(Option<Check>);
+
+impl fmt::Debug for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "typed" } else { "untyped" })
+    }
+}
+
+impl PartialEq for Schema {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Schema {}
+
+impl std::hash::Hash for Schema {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl PartialOrd for Schema {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Schema {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Decodes `value` as `K`, naming the field (`spec.containers`) where decoding failed.
+fn decode<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
+    serde_path_to_error::deserialize::<_, K>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." { inner.to_string() } else { format!("`{path}`: {inner}") }
+    })
+}
+
+fn check<K: DeserializeOwned>(value: &Value) -> Result<(), String> {
+    decode::<K>(value).map(drop)
 }
 
 impl ResourceTarget {
@@ -54,13 +107,28 @@ impl ResourceTarget {
         kind: impl Into<String>,
         plural: impl Into<String>,
     ) -> Self {
-        Self { group: group.into(), version: version.into(), kind: kind.into(), plural: plural.into() }
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            schema: Schema::default(),
+        }
     }
 
-    /// The target of a k8s-openapi resource type.
+    /// The target of a k8s-openapi resource type. Objects are checked against the type before a
+    /// step works on them, raw-JSON steps included: one that does not decode (a string where a
+    /// list belongs) is denied with code 400, naming the field.
     #[must_use]
-    pub fn of<K: k8s_openapi::Resource>() -> Self {
-        Self::new(K::GROUP, K::VERSION, K::KIND, K::URL_PATH_SEGMENT)
+    pub fn of<K: k8s_openapi::Resource + DeserializeOwned>() -> Self {
+        let mut target = Self::new(K::GROUP, K::VERSION, K::KIND, K::URL_PATH_SEGMENT);
+        target.schema = Schema(Some(check::<K>));
+        target
+    }
+
+    /// Checks `object` against the target's type, when it has one.
+    fn check(&self, object: &Value) -> Result<(), String> {
+        self.schema.0.map_or(Ok(()), |check| check(object))
     }
 
     fn matches(&self, review: &crate::review::Request) -> bool {
@@ -95,9 +163,7 @@ where
     M: Mutator<K>,
 {
     async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
-        let mut typed = K::deserialize(&*object).map_err(|e| MutationError::Invalid {
-            message: format!("object does not decode as {}: {e}", self.target),
-        })?;
+        let mut typed = decode::<K>(object).map_err(|message| MutationError::Undecodable { message })?;
         let encode = |k: &K| {
             serde_json::to_value(k)
                 .map_err(|e| MutationError::caused_by(format!("failed to encode {}", self.target), e))
@@ -144,7 +210,10 @@ impl Step {
         M: Mutator<K>,
     {
         let target = ResourceTarget::of::<K>();
-        Self::dynamic(name, target.clone(), Typed { mutator, target, _kind: PhantomData::<fn() -> K> })
+        // The mutator decodes the object itself, naming the field that does not decode: the
+        // pipeline need not check it first.
+        let unchecked = ResourceTarget { schema: Schema::default(), ..target.clone() };
+        Self::dynamic(name, unchecked, Typed { mutator, target, _kind: PhantomData::<fn() -> K> })
     }
 
     /// A step running a mutator over the raw JSON of objects of `target`'s kind.
@@ -410,6 +479,8 @@ pub enum StepResult {
     },
     /// The mutator panicked; the object was denied.
     Panicked(String),
+    /// The object does not decode as the step's kind; denied with code 400.
+    Undecodable(String),
 }
 
 /// One step's part in a review.
@@ -552,12 +623,19 @@ impl Pipeline {
         let mut current = original.clone();
         let mut tracker = ChangeTracker::default();
         let mut on_admit = Vec::new();
+        // Whether the object the API server sent decodes as the steps' kind: checked once, before
+        // the first step that applies (a target whose kind matches the request's has its schema).
+        let mut decodes: Option<Result<(), String>> = None;
         for step in &self.inner.steps {
             let input = MatchInput { request, object: Some(&current), namespace };
             let result = match applies(step, &input) {
                 Gate::Skip(reason) => StepResult::Skipped(reason),
                 Gate::Undecidable(why) => {
                     self.failed(step, format!("cannot decide whether it applies: {why}"), &mut answer)
+                }
+                Gate::Apply if decodes.get_or_insert_with(|| step.target.check(original)).is_err() => {
+                    let why = decodes.clone().and_then(Result::err).unwrap_or_default();
+                    StepResult::Undecodable(why)
                 }
                 Gate::Apply if deadline.is_some_and(|d| Instant::now() >= d) => {
                     self.failed(step, "the API server's deadline passed before it could run".to_owned(), &mut answer)
@@ -571,6 +649,9 @@ impl Pipeline {
                 StepResult::Denied(message) => Some((403, message.clone())),
                 StepResult::Failed { message, mode: FailureMode::Deny } => {
                     Some((500, format!("{} failed: {message}", step.name)))
+                }
+                StepResult::Undecodable(why) => {
+                    Some((400, format!("{}: the object does not decode as {}: {why}", step.name, step.target)))
                 }
                 StepResult::Panicked(message) => Some((
                     500,
@@ -634,6 +715,7 @@ impl Pipeline {
                 return StepResult::Applied { changed: tracker.after_step(before, current, run.original) };
             }
             Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
+            Some(Ok(Err(MutationError::Undecodable { message }))) => StepResult::Undecodable(message),
             Some(Ok(Err(e @ (MutationError::Failed { .. } | MutationError::Invalid { .. })))) => {
                 self.failed(step, crate::error_chain(&e), answer)
             }

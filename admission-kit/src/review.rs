@@ -143,7 +143,7 @@ impl Request {
     /// assert_eq!(request.kind.kind, "Pod");
     /// assert_eq!(request.namespace.as_deref(), Some("apps"));
     /// ```
-    pub fn of<K: k8s_openapi::Resource + Serialize>(object: &K) -> RequestBuilder {
+    pub fn of<K: k8s_openapi::Resource + Serialize + serde::de::DeserializeOwned>(object: &K) -> RequestBuilder {
         // A k8s-openapi object always encodes; `null` would only show in the test that built it.
         let value = serde_json::to_value(object).unwrap_or(Value::Null);
         Self::of_json(value, &ResourceTarget::of::<K>())

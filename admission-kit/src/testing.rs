@@ -62,7 +62,7 @@ pub type ReviewBuilder = RequestBuilder<Review>;
 
 /// A CREATE review of a typed object (namespace from its metadata, else `default`); see
 /// [`Request::of`].
-pub fn review<K: k8s_openapi::Resource + Serialize>(object: &K) -> ReviewBuilder {
+pub fn review<K: k8s_openapi::Resource + Serialize + serde::de::DeserializeOwned>(object: &K) -> ReviewBuilder {
     Request::of(object).for_review()
 }
 

@@ -183,12 +183,56 @@ async fn deadline_fails_a_slow_step_in_time() {
 }
 
 #[tokio::test]
-async fn undecodable_object_is_a_clear_failure() {
-    let review =
-        pod_review(json!({"metadata": {"name": 5}, "spec": {"containers": "nope"}}), "apps", Operation::Create);
-    let out = pipeline(vec![Step::new("sidecar", AddSidecar)]).review(&review, NamespaceView::unknown()).await;
-    assert!(!out.answer.allowed);
-    assert!(out.answer.message.contains("does not decode as v1 Pod"), "{}", out.answer.message);
+async fn undecodable_objects_are_denied_with_400_naming_the_field_for_every_step_kind() {
+    /// A raw-JSON step that would happily overwrite whatever it finds.
+    struct Overwrite;
+    #[async_trait]
+    impl crate::mutator::DynamicMutator for Overwrite {
+        async fn mutate(&self, pod: &mut Value, _: &mut Context<'_>) -> MutationResult {
+            pod["spec"]["containers"] = json!([{"name": "sidecar"}]);
+            Ok(())
+        }
+    }
+    let cases = [
+        // A string where a list belongs.
+        (
+            json!({"spec": {"containers": "oops"}}),
+            "`spec.containers`: invalid type: string \"oops\", expected a sequence",
+        ),
+        // A number where an object belongs.
+        (json!({"spec": 7}), "`spec`: invalid type: integer `7`, expected PodSpec"),
+        // Null where a map of strings is required.
+        (
+            json!({"metadata": {"labels": {"app": null}}, "spec": {"containers": []}}),
+            "`metadata.labels.app`: invalid type: null, expected a string",
+        ),
+    ];
+    for (object, field) in cases {
+        let review = pod_review(object.clone(), "apps", Operation::Create);
+        for (kind, step) in [
+            ("typed", Step::new("sidecar", AddSidecar)),
+            ("typed, lenient", Step::new("sidecar", AddSidecar).on_error(FailureMode::AllowWithWarning)),
+            ("raw JSON", Step::dynamic("sidecar", ResourceTarget::of::<Pod>(), Overwrite)),
+            (
+                "raw JSON, lenient",
+                Step::dynamic("sidecar", ResourceTarget::of::<Pod>(), Overwrite)
+                    .on_error(FailureMode::AllowWithWarning),
+            ),
+        ] {
+            let out = pipeline(vec![step]).review(&review, NamespaceView::unknown()).await;
+            assert!(!out.answer.allowed, "{kind} {object}: {:?}", out.answer);
+            assert_eq!(out.answer.code, 400, "{kind} {object}");
+            assert_eq!(out.answer.uid, "uid-1");
+            assert_eq!(out.answer.message, format!("sidecar: the object does not decode as v1 Pod: {field}"), "{kind}");
+            assert!(out.answer.patch.is_none());
+        }
+    }
+    // A raw-JSON step on a target without a type (a custom resource) is not checked.
+    let custom = ResourceTarget::new("", "v1", "Pod", "pods");
+    let review = pod_review(json!({"spec": {"containers": "oops"}}), "apps", Operation::Create);
+    let out =
+        pipeline(vec![Step::dynamic("sidecar", custom, Overwrite)]).review(&review, NamespaceView::unknown()).await;
+    assert!(out.answer.allowed);
 }
 
 #[tokio::test]

@@ -358,6 +358,9 @@ fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Spa
                 tracing::warn!(step = %report.step, reason = %message, "step failed; denied");
             }
             StepResult::Denied(message) => tracing::info!(step = %report.step, reason = %message, "denied"),
+            StepResult::Undecodable(message) => {
+                tracing::warn!(step = %report.step, reason = %message, "object does not decode; denied");
+            }
             StepResult::Applied { changed } => {
                 tracing::debug!(step = %report.step, changed, "applied");
             }

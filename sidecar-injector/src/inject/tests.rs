@@ -559,3 +559,22 @@ async fn long_loops_stop_at_the_reviews_deadline() {
     let stopped = sidecars.mutate(&mut pod, &mut late).await;
     assert!(matches!(stopped, Err(MutationError::DeadlineExceeded)), "{stopped:?}");
 }
+
+#[tokio::test]
+async fn objects_that_do_not_decode_as_pods_are_denied_with_400_naming_the_field() {
+    for (spec, field) in [
+        (json!("oops"), "`spec`: invalid type: string \"oops\", expected PodSpec"),
+        (json!({"containers": "oops"}), "`spec.containers`: invalid type: string \"oops\", expected a sequence"),
+        (json!({"containers": [], "volumes": 7}), "`spec.volumes`: invalid type: integer `7`, expected a sequence"),
+    ] {
+        let mut pod = pod(json!({INJECT: "agent"}));
+        pod["spec"] = spec;
+        let review = review_json(pod, &ResourceTarget::of::<Pod>()).namespace("apps").uid("u-bad").build();
+        let outcome = harness().run(&review).await;
+        assert!(!outcome.answer.allowed, "{field}");
+        assert_eq!(outcome.answer.code, 400);
+        assert_eq!(outcome.answer.uid, "u-bad");
+        assert!(outcome.answer.patch.is_none());
+        assert!(outcome.answer.message.ends_with(field), "{}", outcome.answer.message);
+    }
+}
