@@ -167,6 +167,9 @@ pub enum ServerError {
     /// A limit is out of range.
     #[error("failed to start: {0}")]
     BadLimit(String),
+    /// A pipeline is served on a path the server keeps for itself.
+    #[error("failed to start: pipeline `{0}` is served on `{1}`, which the webhook port keeps for its health check")]
+    ReservedPath(String, String),
     /// The server task failed.
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -344,6 +347,9 @@ impl Server {
         }
         let mut seen: Vec<&Pipeline> = Vec::new();
         for p in &self.pipelines {
+            if p.path() == webhook::HEALTHZ {
+                return Err(ServerError::ReservedPath(p.name().to_owned(), p.path().to_owned()));
+            }
             if let Some(other) = seen.iter().find(|o| o.path() == p.path()) {
                 return Err(ServerError::DuplicatePath(
                     other.name().to_owned(),

@@ -710,6 +710,44 @@ async fn a_silent_tls_connection_gets_the_header_timeout_not_the_idle_timeout() 
 }
 
 #[tokio::test]
+async fn healthz_on_the_webhook_port_answers_until_the_drain() {
+    let mut config = ServerConfig::local();
+    config.drain_delay = Duration::from_secs(2);
+    let server = start(config).await;
+    let client = client(&[server.ca_pem().unwrap()], false);
+    let url = format!("https://localhost:{}/healthz", server.webhook_addr().port());
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok\n");
+    // Only GET: a review posted there is not a review.
+    assert_eq!(client.post(&url).body("{}").send().await.unwrap().status(), 405);
+    server.begin_shutdown();
+    let started = Instant::now();
+    loop {
+        let response = client.get(&url).send().await.unwrap();
+        if response.status() == 503 {
+            assert_eq!(response.text().await.unwrap(), "draining\n");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "still {} while draining", response.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown_and_wait().await.unwrap();
+
+    // The path is the server's: a pipeline on it is refused at start.
+    let on_healthz = Pipeline::builder("healthz.test.example.com")
+        .path("/healthz")
+        .step(Step::new("sidecar", Sidecar))
+        .build()
+        .unwrap();
+    let err = Server::new(ServerConfig::local(), [on_healthz]).start().await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "failed to start: pipeline `healthz.test.example.com` is served on `/healthz`, which the webhook port keeps for its health check"
+    );
+}
+
+#[tokio::test]
 async fn limits_out_of_range_refuse_to_start() {
     let mut config = ServerConfig::local();
     config.max_connections = 0;

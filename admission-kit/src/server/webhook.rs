@@ -27,10 +27,35 @@ struct Hook {
     shared: Arc<Shared>,
 }
 
+/// The path of the webhook port's own health check, reserved: no pipeline may be served on it.
+pub(crate) const HEALTHZ: &str = "/healthz";
+
 /// The axum router serving `pipelines` on their paths, with the body cap (413), request timeout
-/// (408), method (405) and content-type (415) checks. Exposed so tests can drive it in-process.
+/// (408), method (405) and content-type (415) checks, and `GET /healthz`. Exposed so tests can
+/// drive it in-process.
 pub(crate) fn webhook_router(pipelines: &[Pipeline], shared: &Arc<Shared>) -> Router {
+    let health = shared.clone();
+    // For probes that look at the webhook port itself (Deployments written for other injectors
+    // probe `GET /healthz` over HTTPS): 200 while serving, 503 once draining, so that a readiness
+    // probe on it takes the replica out of its Service before it stops. Unlike `/readyz` it does
+    // not wait for caches, so a liveness probe on it never restarts a replica that is syncing.
     let mut router = Router::new();
+    // (The server refuses a pipeline on this path; an in-process router serves the pipeline.)
+    if pipelines.iter().all(|p| p.path() != HEALTHZ) {
+        router = router.route(
+            HEALTHZ,
+            axum::routing::get(move || {
+                let health = health.clone();
+                async move {
+                    if health.readiness.is_draining() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    } else {
+                        (StatusCode::OK, "ok\n")
+                    }
+                }
+            }),
+        );
+    }
     for pipeline in pipelines {
         let hook = Arc::new(Hook { pipeline: pipeline.clone(), shared: shared.clone() });
         router = router.route(pipeline.path(), post(review).with_state(hook));
