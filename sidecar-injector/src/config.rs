@@ -28,6 +28,8 @@ pub const ENV_PREFIX: &str = "SIDECAR_INJECTOR_";
 pub struct Config {
     /// Annotation prefix: `<prefix>/inject`, `<prefix>/status`, `<prefix>/<key>` env vars.
     pub annotation_prefix: String,
+    /// The name under the prefix of the annotation listing the sidecars: `<prefix>/<name>`.
+    pub inject_annotation_name: String,
     /// The namespace label that opts a namespace in (key).
     pub namespace_label_key: String,
     /// The namespace label that opts a namespace in (value).
@@ -83,6 +85,7 @@ impl Default for Config {
         let injection = InjectionSettings::default();
         Self {
             annotation_prefix: injection.annotation_prefix,
+            inject_annotation_name: injection.inject_annotation_name,
             namespace_label_key: "kubernetes-sidecar-injector".to_owned(),
             namespace_label_value: "enabled".to_owned(),
             excluded_namespaces: vec!["kube-system".to_owned(), "kube-public".to_owned()],
@@ -271,6 +274,16 @@ impl Config {
         if self.annotation_prefix.trim_matches('/').is_empty() || self.annotation_prefix.contains(char::is_whitespace) {
             return bad("annotationPrefix", "must be a DNS-style prefix such as sidecar-injector.expedia.com");
         }
+        let name = &self.inject_annotation_name;
+        if name.is_empty()
+            || name == "status"
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad(
+                "injectAnnotationName",
+                "must be a name such as inject (letters, digits, `-`, `_`, `.`; not `status`, which the injector writes)",
+            );
+        }
         if self.namespace_label_key.is_empty() {
             return bad("namespaceLabelKey", "must not be empty");
         }
@@ -299,6 +312,7 @@ impl Config {
     pub fn injection(&self) -> InjectionSettings {
         InjectionSettings {
             annotation_prefix: self.annotation_prefix.trim_end_matches('/').to_owned(),
+            inject_annotation_name: self.inject_annotation_name.clone(),
             unknown_sidecar: self.unknown_sidecar,
             on_collision: self.on_collision,
             override_pod_metadata: self.override_pod_metadata,

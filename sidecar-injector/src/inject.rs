@@ -27,11 +27,18 @@ pub struct Annotations {
 }
 
 impl Annotations {
-    /// Names under `prefix` (e.g. `sidecar-injector.expedia.com`).
+    /// Names under `prefix` (e.g. `sidecar-injector.expedia.com`), the sidecars listed in
+    /// `<prefix>/<inject>` (`inject` by default).
     #[must_use]
-    pub fn new(prefix: &str) -> Self {
+    pub fn new(prefix: &str, inject: &str) -> Self {
         let prefix = prefix.trim_end_matches('/');
-        Self { prefix: format!("{prefix}/"), inject: format!("{prefix}/inject"), status: format!("{prefix}/status") }
+        Self { prefix: format!("{prefix}/"), inject: format!("{prefix}/{inject}"), status: format!("{prefix}/status") }
+    }
+
+    /// The names `settings` use.
+    #[must_use]
+    pub fn of(settings: &InjectionSettings) -> Self {
+        Self::new(&settings.annotation_prefix, &settings.inject_annotation_name)
     }
 
     /// The env var annotations of a pod: every `<prefix>/<key>` but the control annotations.
@@ -137,7 +144,7 @@ impl SidecarMutator {
     /// A mutator over `catalog` with `settings`.
     #[must_use]
     pub fn new(catalog: Arc<CatalogStore>, settings: Arc<InjectionSettings>) -> Self {
-        let annotations = Annotations::new(&settings.annotation_prefix);
+        let annotations = Annotations::of(&settings);
         Self { catalog, namespaced: None, settings, annotations, count: None }
     }
 
@@ -384,7 +391,7 @@ impl EnvFromAnnotations {
     #[must_use]
     pub fn new(settings: &InjectionSettings) -> Self {
         Self {
-            annotations: Annotations::new(&settings.annotation_prefix),
+            annotations: Annotations::of(settings),
             names: settings.env_names,
             literal: settings.literal_env_values,
             limits: settings.limits,

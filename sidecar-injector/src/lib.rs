@@ -35,7 +35,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
 // ANCHOR: selection
 #[must_use]
 pub fn selection(config: &Config) -> matcher::All {
-    let annotations = Annotations::new(&config.annotation_prefix);
+    let annotations = Annotations::of(&config.injection());
     matcher::namespace_label(&config.namespace_label_key, &config.namespace_label_value)
         .and(matcher::namespace_not_in(config.excluded_namespaces.iter().cloned()))
         .and(matcher::has_annotation(annotations.inject))

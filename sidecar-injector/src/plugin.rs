@@ -149,7 +149,7 @@ impl Plugin for Injector {
         };
         let pipeline = crate::pipeline_with(config, store.clone(), configmap_catalogs, Some(&metrics))?;
         store.clone().spawn_reload(config.catalog_reload_interval, Some(metrics));
-        let inject = Annotations::new(&config.annotation_prefix).inject;
+        let inject = Annotations::of(&config.injection()).inject;
         runtime.on_started(move |server| print_banner(server, &store, &inject));
         Ok(vec![pipeline])
     }
@@ -169,7 +169,7 @@ impl Plugin for Injector {
             }
             Command::Explain(args) => {
                 let (pipeline, objects, labels) = offline_setup(config, &args)?;
-                let annotations = Annotations::new(&config.annotation_prefix);
+                let annotations = Annotations::of(&config.injection());
                 print!("{}", offline::explain(&pipeline, &annotations, &objects, &args.namespace, &labels).await);
             }
         }

@@ -76,6 +76,8 @@ impl Default for Limits {
 pub struct InjectionSettings {
     /// Annotation prefix: `<prefix>/inject`, `<prefix>/status`, and `<prefix>/<key>` env vars.
     pub annotation_prefix: String,
+    /// The name under the prefix of the annotation listing the sidecars (`inject`).
+    pub inject_annotation_name: String,
     /// Unknown sidecar names.
     pub unknown_sidecar: UnknownSidecarPolicy,
     /// Name collisions.
@@ -97,6 +99,7 @@ impl Default for InjectionSettings {
     fn default() -> Self {
         Self {
             annotation_prefix: "sidecar-injector.expedia.com".to_owned(),
+            inject_annotation_name: "inject".to_owned(),
             unknown_sidecar: UnknownSidecarPolicy::Deny,
             on_collision: CollisionPolicy::Deny,
             override_pod_metadata: false,

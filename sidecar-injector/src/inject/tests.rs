@@ -578,3 +578,21 @@ async fn objects_that_do_not_decode_as_pods_are_denied_with_400_naming_the_field
         assert!(outcome.answer.message.ends_with(field), "{}", outcome.answer.message);
     }
 }
+
+#[tokio::test]
+async fn the_inject_annotation_name_is_configurable() {
+    let mut config = Config::default();
+    config.inject_annotation_name = "sidecars".to_owned();
+    config.check().expect("a valid name");
+    let h = harness_with(&config);
+    let asked = h.check(&review(pod(json!({"sidecar-injector.expedia.com/sidecars": "agent"})), "apps")).await;
+    assert_eq!(containers(asked.patched()), vec!["app", "agent"]);
+    // The default name is then an ordinary annotation: nothing is injected for it.
+    let old = h.check(&review(pod(json!({INJECT: "agent"})), "apps")).await;
+    old.assert_unchanged();
+    for bad in ["", "status", "a/b", "in ject"] {
+        config.inject_annotation_name = bad.to_owned();
+        let error = config.check().unwrap_err().to_string();
+        assert!(error.contains("injectAnnotationName"), "{bad:?}: {error}");
+    }
+}
