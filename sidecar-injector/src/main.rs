@@ -11,7 +11,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match plugin::app().run(|flags: Flags| Injector::from_flags(&flags)).await {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A Deployment written for the Expedia injector starts this binary with Expedia's flags.
+    match sidecar_injector::expedia::native(args.get(1..).unwrap_or_default()) {
+        None => {}
+        Some(Ok(native)) => {
+            eprintln!("sidecar-injector: {}", native.describe());
+            args.truncate(1);
+            args.extend(native.args.into_iter().map(Into::into));
+        }
+        Some(Err(error)) => {
+            eprintln!("sidecar-injector: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    match plugin::app().run_from(args, |flags: Flags| Injector::from_flags(&flags)).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sidecar-injector: {error:#}");

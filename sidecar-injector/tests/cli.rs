@@ -337,3 +337,70 @@ fn kubelet_service_variables_in_the_environment_do_not_break_the_configuration()
     let (ok, _, stderr) = run(&["check"], &[("SIDECAR_INJECTOR_PORTS", "1")]);
     assert!(!ok && stderr.contains("SIDECAR_INJECTOR_PORTS"), "{stderr}");
 }
+
+/// Starts the binary with `args` exactly as given (an Expedia command line) and serving
+/// certificate files it writes; returns the process, its webhook port and the CA.
+fn serve_as_given(args: &[String], dir: &Path) -> (Served, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("SIDECAR_INJECTOR_CONFIG")
+        .env("SIDECAR_INJECTOR_SERVER__ADMIN_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = lines.next().expect("a banner").unwrap();
+    let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    let port = banner.split("on https://").nth(1).and_then(|r| r.split(' ').next()).unwrap();
+    let port = port.rsplit(':').next().unwrap().parse().unwrap();
+    (Served { child, port, admin: 0, ca: String::new() }, stderr)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn the_2019_expedia_command_line_serves_its_catalog_file_with_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = admission_kit::tls::GeneratedCert::generate(&["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &cert.key_pem).unwrap();
+    let port = free_port();
+    // The 2019 chart's arguments, with this test's paths and port.
+    let args = [
+        format!("-port={port}"),
+        format!("-certFile={}", dir.path().join("cert.pem").display()),
+        format!("-keyFile={}", dir.path().join("key.pem").display()),
+        format!("-sideCar={}", data("catalog-2019.yaml")),
+        "-logtostderr".to_owned(),
+        "-v=2".to_owned(),
+    ];
+    let (mut served, stderr) = serve_as_given(&args, dir.path());
+    served.ca = cert.ca_pem.clone();
+    assert_eq!(served.port, port);
+    assert!(
+        stderr.contains("Expedia 2019 (Go flag) command line recognised; serving as: sidecar-injector serve --set"),
+        "{stderr}"
+    );
+    let answer = review(&served, &pod_review("haystack-agent")).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(patch_of(&answer).to_string().contains("\"name\":\"haystack-agent\""), "{answer}");
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let health = client.get(format!("https://localhost:{port}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn expedia_command_lines_the_injector_cannot_serve_exit_with_the_flag_named() {
+    let (ok, _, err) = run(&["-port=8443", "-sidecarConfig=/etc/x.yaml"], &[]);
+    assert!(!ok);
+    assert!(err.contains("unknown flag `-sidecarConfig=/etc/x.yaml` in an Expedia command line"), "{err}");
+    let (ok, _, err) = run(&["--port=8443", "--local"], &[]);
+    assert!(!ok && err.contains("`--local` (plain HTTP with the local kubeconfig) is not supported"), "{err}");
+}
