@@ -563,6 +563,28 @@ async fn still_serving(ctx: &Ctx, server: &mut Running, tls: &Tls) -> Result<(),
     }
 }
 
+/// The container named `name` that an answer's patch adds (decoded from the answer's base64 JSON
+/// patch), or why there is none.
+fn injected_container(reply: &crate::client::Reply, name: &str) -> Result<serde_json::Value, String> {
+    use base64::Engine as _;
+    use serde_json::Value;
+    let review: Value = serde_json::from_slice(&reply.body).map_err(|e| format!("answer not JSON: {e}"))?;
+    let patch = review["response"]["patch"].as_str().ok_or("no patch in the answer")?;
+    let patch =
+        base64::engine::general_purpose::STANDARD.decode(patch).map_err(|e| format!("patch not base64: {e}"))?;
+    let patch: Value = serde_json::from_slice(&patch).map_err(|e| format!("patch not JSON: {e}"))?;
+    patch
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|op| op["op"] == "add")
+        .map(|op| &op["value"])
+        .flat_map(|value| if let Value::Array(items) = value { items.iter().collect() } else { vec![value] })
+        .find(|c| c["name"] == name && c["image"].is_string())
+        .cloned()
+        .ok_or_else(|| format!("the patch injects no {name} container"))
+}
+
 /// The load's verdict on failed requests: zero, and every scheduled request answered.
 fn check_load(v: &mut Verdict, what: &str, report: &crate::load::LoadReport) {
     v.check(report.errors == 0 && report.ok == report.scheduled, || {

@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use base64::Engine as _;
-use serde_json::Value;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load};
 use crate::client::{Reply, Tls, post_once};
@@ -71,20 +69,7 @@ fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Which catalog version an answer's patch injected (the `N` of `good-N`).
 fn injected_version(reply: &Reply) -> Result<u32, String> {
-    let review: Value = serde_json::from_slice(&reply.body).map_err(|e| format!("answer not JSON: {e}"))?;
-    let patch = review["response"]["patch"].as_str().ok_or("no patch in the answer")?;
-    let patch =
-        base64::engine::general_purpose::STANDARD.decode(patch).map_err(|e| format!("patch not base64: {e}"))?;
-    let patch: Value = serde_json::from_slice(&patch).map_err(|e| format!("patch not JSON: {e}"))?;
-    let container = patch
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|op| op["op"] == "add")
-        .map(|op| &op["value"])
-        .flat_map(|value| if let Value::Array(items) = value { items.iter().collect() } else { vec![value] })
-        .find(|c| c["name"] == "haystack-agent" && c["image"].is_string())
-        .ok_or("the patch injects no haystack-agent container")?;
+    let container = super::injected_container(reply, "haystack-agent")?;
     let image = container["image"].as_str().unwrap_or_default();
     image
         .strip_prefix(IMAGE)

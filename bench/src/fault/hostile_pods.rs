@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -86,20 +85,7 @@ fn hostile(review: &[u8], kind: Kind, uid: &str) -> anyhow::Result<Bytes> {
 
 /// Whether the answer's patch adds a container named `name`.
 fn injects(reply: &Reply, name: &str) -> Result<(), String> {
-    let review: Value = serde_json::from_slice(&reply.body).map_err(|e| format!("answer not JSON: {e}"))?;
-    let patch = review["response"]["patch"].as_str().ok_or("no patch in the answer")?;
-    let patch =
-        base64::engine::general_purpose::STANDARD.decode(patch).map_err(|e| format!("patch not base64: {e}"))?;
-    let patch: Value = serde_json::from_slice(&patch).map_err(|e| format!("patch not JSON: {e}"))?;
-    let added = patch
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|op| op["op"] == "add")
-        .map(|op| &op["value"])
-        .flat_map(|value| if let Value::Array(items) = value { items.iter().collect() } else { vec![value] })
-        .any(|c| c["name"] == name && c["image"].is_string());
-    if added { Ok(()) } else { Err(format!("the patch injects no {name} container")) }
+    super::injected_container(reply, name).map(drop)
 }
 
 /// One hostile review's answer.
