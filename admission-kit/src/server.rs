@@ -82,6 +82,9 @@ pub struct ServerConfig {
     /// Most connections past the TLS handshake open at once; more are refused (at accept when
     /// every slot is taken).
     pub max_connections: usize,
+    /// Also serve `GET /metrics` on the webhook port (HTTPS), for scrape configurations written for
+    /// webhooks that serve it there; the admin port serves it in any case.
+    pub metrics_on_webhook_port: bool,
     /// Threads that decode and answer reviews, apart from the threads that serve connections and
     /// probes (so CPU-bound steps cannot stall either); 0: one per CPU the process may use.
     pub review_threads: usize,
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(120),
             max_connections: 1024,
             review_threads: 0,
+            metrics_on_webhook_port: false,
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             cache_max_staleness: Some(DEFAULT_CACHE_MAX_STALENESS),
@@ -168,7 +172,7 @@ pub enum ServerError {
     #[error("failed to start: {0}")]
     BadLimit(String),
     /// A pipeline is served on a path the server keeps for itself.
-    #[error("failed to start: pipeline `{0}` is served on `{1}`, which the webhook port keeps for its health check")]
+    #[error("failed to start: pipeline `{0}` is served on `{1}`, which the webhook port keeps for its own use")]
     ReservedPath(String, String),
     /// The server task failed.
     #[error("server task failed: {0}")]
@@ -347,7 +351,7 @@ impl Server {
         }
         let mut seen: Vec<&Pipeline> = Vec::new();
         for p in &self.pipelines {
-            if p.path() == webhook::HEALTHZ {
+            if p.path() == webhook::HEALTHZ || (self.config.metrics_on_webhook_port && p.path() == webhook::METRICS) {
                 return Err(ServerError::ReservedPath(p.name().to_owned(), p.path().to_owned()));
             }
             if let Some(other) = seen.iter().find(|o| o.path() == p.path()) {

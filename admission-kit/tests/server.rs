@@ -743,8 +743,31 @@ async fn healthz_on_the_webhook_port_answers_until_the_drain() {
     let err = Server::new(ServerConfig::local(), [on_healthz]).start().await.unwrap_err().to_string();
     assert_eq!(
         err,
-        "failed to start: pipeline `healthz.test.example.com` is served on `/healthz`, which the webhook port keeps for its health check"
+        "failed to start: pipeline `healthz.test.example.com` is served on `/healthz`, which the webhook port keeps for its own use"
     );
+}
+
+#[tokio::test]
+async fn metrics_on_the_webhook_port_only_when_asked() {
+    let mut config = ServerConfig::local();
+    let server = start(config.clone()).await;
+    let client = client(&[server.ca_pem().unwrap()], false);
+    let url = |server: &RunningServer| format!("https://localhost:{}/metrics", server.webhook_addr().port());
+    assert_eq!(client.get(url(&server)).send().await.unwrap().status(), 404);
+    server.shutdown_and_wait().await.unwrap();
+
+    config.metrics_on_webhook_port = true;
+    let server = start(config.clone()).await;
+    let client = self::client(&[server.ca_pem().unwrap()], false);
+    let response = client.get(url(&server)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("admission_kit_connections_open"));
+    server.shutdown_and_wait().await.unwrap();
+    // Then the path is the server's.
+    let on_metrics =
+        Pipeline::builder("m.test.example.com").path("/metrics").step(Step::new("sidecar", Sidecar)).build().unwrap();
+    let err = Server::new(config, [on_metrics]).start().await.unwrap_err().to_string();
+    assert!(err.contains("is served on `/metrics`, which the webhook port keeps for its own use"), "{err}");
 }
 
 #[tokio::test]

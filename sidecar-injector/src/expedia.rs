@@ -182,8 +182,11 @@ fn translate(args: &[OsString]) -> Result<Native, String> {
                             HTTPS only; run `sidecar-injector serve` for a local run (it makes its own certificate)"
                     .to_owned());
             }
+            // `--metricsPort` defaults to `--port`: then the metrics are on the webhook port.
             let metrics_port = port("metricsPort", webhook_port)?;
-            if metrics_port != webhook_port {
+            if metrics_port == webhook_port {
+                set.push("server.metricsOnWebhookPort=true".to_owned());
+            } else {
                 set.push(format!("server.adminAddr=0.0.0.0:{metrics_port}"));
             }
             set.push(format!(
@@ -293,7 +296,7 @@ mod tests {
             ]
         );
         // The defaults: port 443, the certificate paths of the 2022 image, metrics on the webhook
-        // port (the admin port keeps its own default), debug off.
+        // port (and on the admin port, at its own default), debug off.
         let defaults = super::native(&args(&["--port=443", "--debug=false"])).unwrap().unwrap();
         assert_eq!(
             sets(&defaults),
@@ -303,6 +306,7 @@ mod tests {
                 "server.tlsKeyFile=/etc/mutator/certs/key.pem",
                 "sidecars=[]",
                 "server.namespaceCache=never",
+                "server.metricsOnWebhookPort=true",
                 "annotationPrefix=sidecar-injector.expedia.com",
                 "injectAnnotationName=inject",
                 "namespaceCatalogs=true",

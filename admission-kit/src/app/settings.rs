@@ -216,6 +216,9 @@ pub struct ServeSettings {
     /// Most connections in their TLS handshake at once from one IP address.
     #[arg(long, env = "ADMISSION_KIT_MAX_HANDSHAKES_PER_PEER", default_value_t = 64)]
     pub max_handshakes_per_peer: usize,
+    /// Also serve /metrics on the webhook port (HTTPS); the admin port serves it in any case.
+    #[arg(long, env = "ADMISSION_KIT_METRICS_ON_WEBHOOK_PORT")]
+    pub metrics_on_webhook_port: bool,
     /// Threads that decode and answer reviews, apart from those serving connections and probes
     /// (0: one per CPU the process may use).
     #[arg(long, env = "ADMISSION_KIT_REVIEW_THREADS", default_value_t = 0)]
@@ -277,6 +280,7 @@ impl Default for ServeSettings {
             max_handshakes: server.max_handshakes,
             max_handshakes_per_peer: server.max_handshakes_per_peer,
             review_threads: server.review_threads,
+            metrics_on_webhook_port: server.metrics_on_webhook_port,
             handshake_timeout: server.handshake_timeout,
             header_read_timeout: server.header_read_timeout,
             request_timeout: server.request_timeout,
@@ -360,6 +364,7 @@ impl ServeSettings {
             max_handshakes: self.max_handshakes,
             max_handshakes_per_peer: self.max_handshakes_per_peer,
             review_threads: self.review_threads,
+            metrics_on_webhook_port: self.metrics_on_webhook_port,
             handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,

@@ -29,6 +29,8 @@ struct Hook {
 
 /// The path of the webhook port's own health check, reserved: no pipeline may be served on it.
 pub(crate) const HEALTHZ: &str = "/healthz";
+/// Where the webhook port serves the metrics when asked to (reserved then).
+pub(crate) const METRICS: &str = "/metrics";
 
 /// The axum router serving `pipelines` on their paths, with the body cap (413), request timeout
 /// (408), method (405) and content-type (415) checks, and `GET /healthz`. Exposed so tests can
@@ -55,6 +57,9 @@ pub(crate) fn webhook_router(pipelines: &[Pipeline], shared: &Arc<Shared>) -> Ro
                 }
             }),
         );
+    }
+    if shared.config.metrics_on_webhook_port && pipelines.iter().all(|p| p.path() != METRICS) {
+        router = router.route(METRICS, axum::routing::get(super::admin::metrics).with_state(shared.clone()));
     }
     for pipeline in pipelines {
         let hook = Arc::new(Hook { pipeline: pipeline.clone(), shared: shared.clone() });
