@@ -93,8 +93,17 @@ pub struct Checked {
 
 impl Checked {
     /// The object after the patch.
+    ///
+    /// # Panics
+    /// When the review was denied: a denied object has no "after", and returning the object as it
+    /// was sent would let a test that expects a change pass on a denial it did not look at.
     #[must_use]
     pub fn patched(&self) -> &Value {
+        assert!(
+            self.outcome.answer.allowed,
+            "patched() of a denied review (code {}): {}",
+            self.outcome.answer.code, self.outcome.answer.message
+        );
         &self.result
     }
 
@@ -620,6 +629,16 @@ mod tests {
             Ok(())
         });
         Harness::new(Pipeline::builder("grow.example.com").step(Step::new("grow", grow)).build().unwrap())
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "patched() of a denied review (code 403): no pods here")]
+    async fn patched_of_a_denial_panics_instead_of_returning_the_original() {
+        let deny = mutator::from_fn(|_, _| Err(crate::MutationError::deny("no pods here")));
+        let pipeline =
+            Pipeline::builder("deny.example.com").step(Step::dynamic("deny", ResourceTarget::of::<Pod>(), deny));
+        let checked = Harness::new(pipeline.build().unwrap()).check(&review(&Pod::default()).build()).await;
+        let _ = checked.patched();
     }
 
     #[tokio::test]

@@ -40,6 +40,10 @@ enum Command {
         /// Run even if the sidecar-injector binary is older than its sources.
         #[arg(long)]
         allow_stale: bool,
+        /// Run without the Go baseline when it cannot be built (the report says NOT RUN; without
+        /// this flag that is an error).
+        #[arg(long)]
+        allow_no_go: bool,
         /// Keep-alive connections of the load driver.
         #[arg(long, default_value_t = 16)]
         connections: usize,
@@ -153,13 +157,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { quick, runs, go, ours, allow_stale, connections, out, nice, no_realtime } => {
+        Command::Run { quick, runs, go, ours, allow_stale, allow_no_go, connections, out, nice, no_realtime } => {
             let options = bench::runner::Options {
                 quick,
                 runs,
                 go,
                 ours,
                 allow_stale,
+                allow_no_go,
                 connections,
                 out_dir: out.unwrap_or_else(|| {
                     if quick { bench::runner::workspace_root().join("target/bench-quick") } else { results_dir() }

@@ -25,6 +25,7 @@ pub const CLIENT_CPU: usize = 1;
 
 /// Options of `bench run`.
 #[derive(Clone, Debug)]
+#[allow(clippy::struct_excessive_bools, reason = "each bool is an independent command-line switch")]
 pub struct Options {
     /// One short run of everything (CI smoke).
     pub quick: bool,
@@ -36,6 +37,9 @@ pub struct Options {
     pub ours: Option<PathBuf>,
     /// Run even when the sidecar-injector binary is older than its sources.
     pub allow_stale: bool,
+    /// Run without the Go baseline when it cannot be built (the report says NOT RUN); without
+    /// this, a missing baseline is an error, so that the correctness gate never skips it silently.
+    pub allow_no_go: bool,
     /// Keep-alive connections of the load driver.
     pub connections: usize,
     /// Where to write `latest.md` and `latest.json`.
@@ -579,6 +583,24 @@ fn in_process(
     Ok(())
 }
 
+/// The Go baseline's binary and what the report says of it; an error when it cannot be built,
+/// unless `--allow-no-go`.
+fn go_baseline(root: &Path, opts: &Options) -> anyhow::Result<(Option<PathBuf>, String)> {
+    let (go, go_status) = match opts.go.clone().map_or_else(|| find_go(root), Ok) {
+        Ok(path) if path.is_file() => (Some(path.clone()), format!("run ({})", report_path(&path))),
+        Ok(path) => (None, format!("NOT RUN ({} is not a file)", report_path(&path))),
+        Err(reason) => (None, format!("NOT RUN ({reason})")),
+    };
+    eprintln!("bench: Go baseline: {go_status}");
+    if go.is_none() && !opts.allow_no_go {
+        anyhow::bail!(
+            "the Go baseline is {go_status}: the correctness gate compares against it. Install Go (the module \
+             proxy is enough), or pass --allow-no-go to run without it"
+        );
+    }
+    Ok((go, go_status))
+}
+
 /// Runs everything and writes the results. Must be called outside any runtime: it makes its own
 /// current-thread runtime on the load generator's core.
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
@@ -586,12 +608,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let root = workspace_root();
     // Builds (the Go script's) run before the harness raises its own priority.
     let ours = find_ours(&root, opts)?;
-    let (go, go_status) = match opts.go.clone().map_or_else(|| find_go(&root), Ok) {
-        Ok(path) if path.is_file() => (Some(path.clone()), format!("run ({})", report_path(&path))),
-        Ok(path) => (None, format!("NOT RUN ({} is not a file)", report_path(&path))),
-        Err(reason) => (None, format!("NOT RUN ({reason})")),
-    };
-    eprintln!("bench: Go baseline: {go_status}");
+    let (go, go_status) = go_baseline(&root, opts)?;
     let priority = servers::Priority::take(CLIENT_CPU, opts.nice, opts.realtime.then_some(REALTIME_PRIORITY))?;
     let nice = priority.nice;
     let machine_before = servers::machine_cpu()?;
@@ -804,6 +821,7 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
                 go: None,
                 ours: None,
                 allow_stale: true,
+                allow_no_go: true,
                 connections: opts.connections,
                 out_dir: PathBuf::new(),
                 nice: opts.nice,
