@@ -44,7 +44,7 @@ const EXTRA_CATALOG: &str = r#"
   annotations: {agent.example.com/scrape: "true", shared: catalog}
   labels: {agent: "yes", app: catalog}
 - name: logger
-  containers: [{name: logger, image: logger:1, env: "not a list"}]
+  containers: [{name: logger, image: logger:1}]
   initContainers: [{name: logger-init, image: logger:1}]
   volumes: [{name: logs, emptyDir: {}}]
   imagePullSecrets: [{name: regcred}]

@@ -229,10 +229,39 @@ pub fn entries_from_value(document: &Value, source_name: &str) -> Result<Vec<Sid
     checked(entries, source_name)
 }
 
-/// Refuses an entry that repeats a name of its own: the second item would collide with the first
-/// in every pod, and the denial would blame the pod.
+/// Checks one catalog item against its Kubernetes type.
+type ItemCheck = fn(&Value) -> Result<(), String>;
+
+/// Whether `value` decodes as `K`, naming the field that does not.
+fn decodes_as<K: serde::de::DeserializeOwned>(value: &Value) -> Result<(), String> {
+    serde_path_to_error::deserialize::<_, K>(value).map(drop).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." { inner.to_string() } else { format!("`{path}`: {inner}") }
+    })
+}
+
+/// Refuses an entry whose items are not what Kubernetes accepts (a container, volume or image
+/// pull secret that does not decode as one: every pod it went into would be rejected, or denied
+/// by the webhook itself as undecodable), or that repeats a name of its own (the second item would
+/// collide with the first in every pod, and the denial would blame the pod).
 fn checked(entries: Vec<SidecarEntry>, source_name: &str) -> Result<Vec<SidecarEntry>, CatalogError> {
+    use k8s_openapi::api::core::v1::{Container, LocalObjectReference, Volume};
     for entry in &entries {
+        let typed: [(&str, &[Value], ItemCheck); 4] = [
+            ("containers", &entry.containers, decodes_as::<Container>),
+            ("initContainers", &entry.init_containers, decodes_as::<Container>),
+            ("volumes", &entry.volumes, decodes_as::<Volume>),
+            ("imagePullSecrets", &entry.image_pull_secrets, decodes_as::<LocalObjectReference>),
+        ];
+        for (field, items, check) in typed {
+            for (i, item) in items.iter().enumerate() {
+                check(item).map_err(|why| CatalogError::Invalid {
+                    source_name: source_name.to_owned(),
+                    message: format!("sidecar `{}`: {field}[{i}]: {why}", entry.name),
+                })?;
+            }
+        }
         let pull_secret_names = entry.image_pull_secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str));
         for (what, names) in [
             ("container", entry.container_names().collect::<Vec<_>>()),

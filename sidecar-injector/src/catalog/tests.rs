@@ -232,6 +232,23 @@ fn a_file_that_changes_while_it_is_read_is_not_accepted() {
     assert!(source::read_stable_for_tests(&sources, |_| {}).is_ok());
 }
 
+#[test]
+fn items_that_kubernetes_would_not_accept_are_refused_naming_the_entry_and_field() {
+    let err = |text: &str| parse_catalog(text, "c.yaml").unwrap_err().to_string();
+    assert_eq!(
+        err("- name: logger\n  containers: [{name: logger, image: l, env: not a list}]\n"),
+        "invalid catalog c.yaml: sidecar `logger`: containers[0]: `env`: invalid type: string \"not a list\", expected a sequence"
+    );
+    assert!(
+        err("- name: a\n  initContainers: [{name: i, ports: 7}]\n").contains("sidecar `a`: initContainers[0]: `ports`")
+    );
+    assert!(err("- name: a\n  volumes: [{name: v, emptyDir: []}]\n").contains("sidecar `a`: volumes[0]: `emptyDir`"));
+    let secret = err("- name: a\n  imagePullSecrets: [{name: [r]}]\n");
+    assert!(secret.contains("imagePullSecrets") && secret.contains("name"), "{secret}");
+    // Fields Kubernetes does not know (a newer release's) are kept, not refused.
+    assert!(parse_catalog("- name: a\n  containers: [{name: c, image: i, futureField: {x: 1}}]\n", "c.yaml").is_ok());
+}
+
 #[tokio::test]
 async fn a_writer_still_writing_after_the_settle_time_is_not_taken() {
     let dir = tempfile::tempdir().unwrap();
