@@ -3,6 +3,9 @@
 # pushing. Installs what it needs that a fresh machine may lack; needs only the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A fresh clone builds everything once: incremental compilation would only add gigabytes of
+# session data to the build directory (a developer may set CARGO_INCREMENTAL=1 to keep it).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # The TLS tests use the openssl CLI as an independent TLS client (TLS 1.1 must be refused); the
 # control-plane harness uses curl for health checks. The container tests build and run images with
