@@ -111,6 +111,7 @@ pub struct Context<'a> {
     audit_annotations: BTreeMap<String, String>,
     on_admit: Vec<AdmitEffect>,
     deadline: Option<tokio::time::Instant>,
+    shared: http::Extensions,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -122,6 +123,7 @@ impl fmt::Debug for Context<'_> {
             .field("audit_annotations", &self.audit_annotations)
             .field("on_admit", &self.on_admit.len())
             .field("deadline", &self.deadline)
+            .field("shared", &self.shared.len())
             .finish()
     }
 }
@@ -138,7 +140,33 @@ impl<'a> Context<'a> {
             audit_annotations: BTreeMap::new(),
             on_admit: Vec::new(),
             deadline: None,
+            shared: http::Extensions::new(),
         }
+    }
+
+    /// The same context carrying `shared`: what earlier steps of the review left for later ones
+    /// (the pipeline passes them on; a unit test of a later step passes its own).
+    #[must_use]
+    pub fn with_shared(mut self, shared: http::Extensions) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Values earlier steps of this review left for the later ones ([`Context::shared_mut`]).
+    ///
+    /// One step may leave a later step more than the object says: which containers it added for
+    /// which reason, what it looked up. The values live for one review only (a reinvocation starts
+    /// with none), and are keyed by type, so a step defines a type of its own for what it shares.
+    #[must_use]
+    pub fn shared(&self) -> &http::Extensions {
+        &self.shared
+    }
+
+    /// Leaves values for the later steps of this review: `ctx.shared_mut().insert(MyNote { … })`.
+    /// Like the step's change to the object, they reach later steps only if the step succeeds; a
+    /// step that fails (even one admitted without its change) leaves nothing.
+    pub fn shared_mut(&mut self) -> &mut http::Extensions {
+        &mut self.shared
     }
 
     /// The same context with a deadline (the pipeline sets the review's; tests set their own).
@@ -222,9 +250,22 @@ impl<'a> Context<'a> {
         self.on_admit.push(Box::new(effect));
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<String>, BTreeMap<String, String>, Vec<AdmitEffect>) {
-        (self.warnings, self.audit_annotations, self.on_admit)
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            warnings: self.warnings,
+            audit_annotations: self.audit_annotations,
+            on_admit: self.on_admit,
+            shared: self.shared,
+        }
     }
+}
+
+/// What a step left in its [`Context`], for the pipeline.
+pub(crate) struct Parts {
+    pub(crate) warnings: Vec<String>,
+    pub(crate) audit_annotations: BTreeMap<String, String>,
+    pub(crate) on_admit: Vec<AdmitEffect>,
+    pub(crate) shared: http::Extensions,
 }
 
 /// Changes one object of type `K` in place.

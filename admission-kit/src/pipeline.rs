@@ -623,6 +623,7 @@ impl Pipeline {
         let mut current = original.clone();
         let mut tracker = ChangeTracker::default();
         let mut on_admit = Vec::new();
+        let mut shared = http::Extensions::new();
         // Whether the object the API server sent decodes as the steps' kind: checked once, before
         // the first step that applies (a target whose kind matches the request's has its schema).
         let mut decodes: Option<Result<(), String>> = None;
@@ -642,7 +643,8 @@ impl Pipeline {
                 }
                 Gate::Apply => {
                     let run = Run { request, namespace, deadline, original };
-                    self.run_step(step, &mut current, &mut tracker, &mut answer, &mut on_admit, run).await
+                    let left = Left { on_admit: &mut on_admit, shared: &mut shared };
+                    self.run_step(step, &mut current, &mut tracker, &mut answer, left, run).await
                 }
             };
             let denial = match &result {
@@ -690,12 +692,14 @@ impl Pipeline {
         current: &mut Value,
         tracker: &mut ChangeTracker,
         answer: &mut Answer,
-        on_admit: &mut Vec<crate::mutator::AdmitEffect>,
+        left: Left<'_>,
         run: Run<'_>,
     ) -> StepResult {
         let rollback = (step.on_error == FailureMode::AllowWithWarning).then(|| current.clone());
         let before = tracker.before_step(current);
-        let mut ctx = Context::new(run.request, run.namespace);
+        // The step works on a copy of the shared values (an empty map costs nothing to copy), so a
+        // step that fails leaves them as they were.
+        let mut ctx = Context::new(run.request, run.namespace).with_shared(left.shared.clone());
         if let Some(deadline) = run.deadline {
             ctx = ctx.with_deadline(deadline);
         }
@@ -704,14 +708,15 @@ impl Pipeline {
             Some(deadline) => tokio::time::timeout_at(deadline, mutation).await.ok(),
             None => Some(mutation.await),
         };
-        let (warnings, audit, effects) = ctx.into_parts();
+        let parts = ctx.into_parts();
         let result = match ran {
             None => self.failed(step, "did not finish before the API server's deadline".to_owned(), answer),
             Some(Err(panic)) => StepResult::Panicked(panic_message(&*panic)),
             Some(Ok(Ok(()))) => {
-                answer.warnings.extend(warnings);
-                answer.audit_annotations.extend(audit);
-                on_admit.extend(effects);
+                answer.warnings.extend(parts.warnings);
+                answer.audit_annotations.extend(parts.audit_annotations);
+                left.on_admit.extend(parts.on_admit);
+                *left.shared = parts.shared;
                 return StepResult::Applied { changed: tracker.after_step(before, current, run.original) };
             }
             Some(Ok(Err(MutationError::Denied { message }))) => StepResult::Denied(message),
@@ -735,6 +740,12 @@ impl Pipeline {
         }
         StepResult::Failed { message, mode: step.on_error }
     }
+}
+
+/// What the steps before leave to the steps after, in [`Pipeline::run_step`].
+struct Left<'a> {
+    on_admit: &'a mut Vec<crate::mutator::AdmitEffect>,
+    shared: &'a mut http::Extensions,
 }
 
 /// What [`Pipeline::run_step`] needs of the request.

@@ -482,3 +482,48 @@ async fn a_lenient_step_failing_after_its_own_change_is_rolled_back_to_the_earli
     assert!(!strict.answer.allowed, "a failing step in Deny mode denies");
     assert!(strict.answer.patch.is_none() && strict.mutated.is_none(), "nothing of a denied review is sent");
 }
+
+/// What [`Shares`] leaves for later steps: the names of the steps that ran before.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Trail(Vec<&'static str>);
+
+/// Appends its name to the [`Trail`] it finds, and labels the object with the trail it found; fails
+/// after sharing when asked to.
+struct Shares(&'static str, Result<(), &'static str>);
+
+#[async_trait]
+impl DynamicMutator for Shares {
+    async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
+        let mut trail = ctx.shared().get::<Trail>().cloned().unwrap_or_default();
+        object["metadata"]["labels"][self.0] = json!(trail.0.join("."));
+        trail.0.push(self.0);
+        ctx.shared_mut().insert(trail);
+        self.1.map_err(|e| MutationError::caused_by("after sharing", std::io::Error::other(e)))
+    }
+}
+
+#[tokio::test]
+async fn steps_share_values_within_one_review_and_a_failed_step_leaves_none() {
+    let target = ResourceTarget::of::<Pod>();
+    let review = pod_review(pod(), "apps", Operation::Create);
+    let outcome = pipeline(vec![
+        Step::dynamic("a", target.clone(), Shares("a", Ok(()))),
+        Step::dynamic("b", target.clone(), Shares("b", Err("no"))).on_error(FailureMode::AllowWithWarning),
+        Step::dynamic("c", target.clone(), Shares("c", Ok(()))),
+    ])
+    .review(&review, NamespaceView::unknown())
+    .await;
+    assert!(outcome.answer.allowed);
+    let labels = &outcome.mutated.as_ref().unwrap()["metadata"]["labels"];
+    assert_eq!(labels, &json!({"a": "", "c": "a"}), "c sees what a shared and nothing of the failed b");
+
+    // Each review starts with nothing shared: the same pipeline again gives the same result.
+    let again = pipeline(vec![
+        Step::dynamic("a", target.clone(), Shares("a", Ok(()))),
+        Step::dynamic("c", target, Shares("c", Ok(()))),
+    ]);
+    for _ in 0..2 {
+        let outcome = again.review(&review, NamespaceView::unknown()).await;
+        assert_eq!(outcome.mutated.unwrap()["metadata"]["labels"], json!({"a": "", "c": "a"}));
+    }
+}
