@@ -45,6 +45,9 @@ pub struct SidecarEntry {
     pub native_sidecar: bool,
     /// Namespaces where this sidecar may be injected; `None` means everywhere.
     pub namespaces: Option<Vec<String>>,
+    /// Which env vars annotations may set in this entry's containers, over the configuration's
+    /// `annotationEnv`.
+    pub annotation_env: Option<crate::env_rules::SidecarEnvRules>,
 }
 
 impl SidecarEntry {

@@ -15,6 +15,7 @@ use figment::providers::{Env, Format as _, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::env_rules::AnnotationEnv;
 use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, Limits, NativePlacement, UnknownSidecarPolicy};
 
 /// The prefix of environment variables.
@@ -75,6 +76,10 @@ pub struct Config {
     /// Caps on what one pod may ask (`limits.maxInjectNames`, `limits.maxEnvAnnotations`,
     /// `limits.maxAnnotationBytes`); a pod over one is denied with a message naming it.
     pub limits: Limits,
+    /// Which env vars a pod's annotations may set in injected containers (`annotationEnv.allow`,
+    /// `.deny`, `.exempt`, `.locked`, `.maxVars`, `.maxValueBytes`, `.onViolation`); a catalog
+    /// entry's own `annotationEnv` replaces these for its containers.
+    pub annotation_env: AnnotationEnv,
     /// The server: every setting of admission-kit's server, under `server.` (`server.webhookAddr`,
     /// `server.handshakeTimeout`, …).
     pub server: ServeSettings,
@@ -107,6 +112,7 @@ impl Default for Config {
             reinvocation_policy: ReinvocationPolicy::IfNeeded,
             match_conditions: true,
             limits: injection.limits,
+            annotation_env: injection.annotation_env,
             server: ServeSettings::default(),
         }
     }
@@ -320,6 +326,7 @@ impl Config {
             native_sidecar_placement: self.native_sidecar_placement,
             literal_env_values: self.literal_env_values,
             limits: self.limits,
+            annotation_env: self.annotation_env.clone(),
         }
     }
 

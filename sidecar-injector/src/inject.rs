@@ -13,6 +13,7 @@ use admission_kit::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::catalog::{CatalogStore, NamespaceCatalogs, SidecarEntry};
+use crate::env_rules::{AnnotationEnv, OnViolation, Rules, Violation};
 use crate::settings::{CollisionPolicy, EnvNames, InjectionSettings, Limits, NativePlacement, UnknownSidecarPolicy};
 
 /// The annotation names derived from the prefix.
@@ -121,6 +122,11 @@ fn names(items: Option<&Value>) -> impl Iterator<Item = String> + '_ {
         .flatten()
         .filter_map(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
 }
+
+/// Which catalog entry added each container of this review, left by [`SidecarMutator`] for
+/// [`EnvFromAnnotations`] (through [`Context::shared`]), whose rules depend on the entry.
+#[derive(Clone, Debug, Default)]
+pub struct AddedBy(pub Arc<HashMap<String, Arc<SidecarEntry>>>);
 
 /// Counts injection outcomes by sidecar; the server's metrics registry holds it.
 pub type InjectionCounter = Arc<dyn Fn(&str, &'static str) + Send + Sync>;
@@ -282,6 +288,7 @@ impl SidecarMutator {
         let mut status = Status::default();
         let mut native: Vec<Value> = Vec::new();
         let mut injected: Vec<String> = Vec::new();
+        let mut added_by: HashMap<String, Arc<SidecarEntry>> = HashMap::new();
         for (entry, from_catalog) in entries {
             let name = entry.name.as_str();
             // Names from a namespace ConfigMap are tenants' input: never a metric label.
@@ -309,7 +316,9 @@ impl SidecarMutator {
             };
             for container in &entry.containers {
                 if add(container, &mut taken.containers, "container", ctx)? {
-                    status.containers.push(container["name"].as_str().unwrap_or_default().to_owned());
+                    let container_name = container["name"].as_str().unwrap_or_default();
+                    added_by.insert(container_name.to_owned(), entry.clone());
+                    status.containers.push(container_name.to_owned());
                     if entry.native_sidecar {
                         let mut c = container.clone();
                         c["restartPolicy"] = json!("Always");
@@ -321,7 +330,9 @@ impl SidecarMutator {
             }
             for container in &entry.init_containers {
                 if add(container, &mut taken.containers, "init container", ctx)? {
-                    status.containers.push(container["name"].as_str().unwrap_or_default().to_owned());
+                    let container_name = container["name"].as_str().unwrap_or_default();
+                    added_by.insert(container_name.to_owned(), entry.clone());
+                    status.containers.push(container_name.to_owned());
                     array_at(spec, "initContainers").push(container.clone());
                 }
             }
@@ -340,6 +351,7 @@ impl SidecarMutator {
             status.sidecars.push(name.to_owned());
             injected.push(label.to_owned());
         }
+        ctx.shared_mut().insert(AddedBy(Arc::new(added_by)));
         // Counted once the review's verdict is in, and only if the pod is admitted: a later
         // sidecar's collision or the env step may still deny it.
         if let Some(count) = self.count.clone() {
@@ -384,6 +396,7 @@ pub struct EnvFromAnnotations {
     names: EnvNames,
     literal: bool,
     limits: Limits,
+    rules: AnnotationEnv,
 }
 
 impl EnvFromAnnotations {
@@ -395,6 +408,7 @@ impl EnvFromAnnotations {
             names: settings.env_names,
             literal: settings.literal_env_values,
             limits: settings.limits,
+            rules: settings.annotation_env.clone(),
         }
     }
 }
@@ -435,7 +449,8 @@ impl DynamicMutator for EnvFromAnnotations {
         };
         // Checked here too: this mutator may run without the sidecar step before it.
         self.annotations.check_limits(&annotations, &self.limits).map_err(MutationError::deny)?;
-        let mut env: BTreeMap<String, &str> = BTreeMap::new();
+        // Env var name → (annotation key, value), in name order.
+        let mut env: BTreeMap<String, (&str, &str)> = BTreeMap::new();
         for (i, (key, value)) in self.annotations.env_pairs(&annotations).enumerate() {
             if i % DEADLINE_CHECK_EVERY == 0 {
                 ctx.check_deadline()?;
@@ -450,7 +465,7 @@ impl DynamicMutator for EnvFromAnnotations {
                     self.annotations.prefix
                 )));
             }
-            if let Some(previous) = env.insert(name.clone(), value)
+            if let Some((_, previous)) = env.insert(name.clone(), (key, value))
                 && previous != value
             {
                 return Err(MutationError::deny(format!(
@@ -476,44 +491,129 @@ impl DynamicMutator for EnvFromAnnotations {
         if targets.is_empty() {
             return Ok(());
         }
+        let added_by = ctx.shared().get::<AddedBy>().cloned().unwrap_or_default();
+        let mut skipped = Skipped::default();
         let spec = object_at(pod, "spec");
         for key in ["initContainers", "containers"] {
             let Some(containers) = spec.get_mut(key).and_then(Value::as_array_mut) else { continue };
             for container in containers {
-                if !container.get("name").and_then(Value::as_str).is_some_and(|n| targets.contains(n)) {
+                let Some(container_name) =
+                    container.get("name").and_then(Value::as_str).filter(|n| targets.contains(n)).map(str::to_owned)
+                else {
                     continue;
-                }
+                };
                 let Some(container) = container.as_object_mut() else { continue };
-                let list = container.entry("env").or_insert_with(|| Value::Array(Vec::new()));
-                if !list.is_array() {
-                    *list = Value::Array(Vec::new());
-                }
-                let list = list.as_array_mut().unwrap_or_else(|| unreachable!("just made an array"));
-                // Where each existing var sits, by name: one lookup per annotation keeps this linear
-                // in the number of annotations (a list search per var made 60,000 take 30 s).
-                let mut at: HashMap<String, usize> = HashMap::with_capacity(list.len());
-                for (i, e) in list.iter().enumerate() {
-                    if let Some(n) = e.get("name").and_then(Value::as_str) {
-                        at.entry(n.to_owned()).or_insert(i);
-                    }
-                }
-                for (i, (name, value)) in env.iter().enumerate() {
-                    if i % DEADLINE_CHECK_EVERY == 0 {
-                        ctx.check_deadline()?;
-                    }
-                    // kubelet expands `$(VAR)` and turns `$$` into `$`: doubling every `$` makes
-                    // the container see exactly the annotation's bytes.
-                    let value = if self.literal { value.replace('$', "$$") } else { (*value).to_owned() };
-                    let var = json!({"name": name, "value": value});
-                    match at.get(name.as_str()) {
-                        // An annotation overrides the catalog's var of the same name (and its valueFrom).
-                        Some(&i) => list[i] = var,
-                        None => list.push(var),
+                // The rules of the entry that added the container; a container the sidecar step
+                // did not report (this step run on its own) follows the configuration's.
+                let entry = added_by.0.get(&container_name);
+                let rules = Rules::new(&self.rules, entry.and_then(|e| e.annotation_env.as_ref()));
+                let whom = match entry {
+                    Some(entry) => format!("sidecar `{}` (container `{container_name}`)", entry.name),
+                    None => format!("injected container `{container_name}`"),
+                };
+                self.set_env(container, &whom, rules, &env, ctx, &mut skipped)?;
+            }
+        }
+        skipped.warn(ctx);
+        Ok(())
+    }
+}
+
+impl EnvFromAnnotations {
+    /// Sets the annotations' `env` (name → key, value) in one injected `container`, as `rules` allow.
+    fn set_env(
+        &self,
+        container: &mut Map<String, Value>,
+        whom: &str,
+        rules: Rules<'_>,
+        env: &BTreeMap<String, (&str, &str)>,
+        ctx: &mut Context<'_>,
+        skipped: &mut Skipped,
+    ) -> MutationResult {
+        let list = container.entry("env").or_insert_with(|| Value::Array(Vec::new()));
+        if !list.is_array() {
+            *list = Value::Array(Vec::new());
+        }
+        let list = list.as_array_mut().unwrap_or_else(|| unreachable!("just made an array"));
+        // Where each existing var sits, by name: one lookup per annotation keeps this linear in the
+        // number of annotations (a list search per var made 60,000 take 30 s).
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(list.len());
+        for (i, e) in list.iter().enumerate() {
+            if let Some(n) = e.get("name").and_then(Value::as_str) {
+                at.entry(n.to_owned()).or_insert(i);
+            }
+        }
+        let max_vars = rules.max_vars();
+        let mut taken = 0;
+        for (i, (name, (key, value))) in env.iter().enumerate() {
+            if i % DEADLINE_CHECK_EVERY == 0 {
+                ctx.check_deadline()?;
+            }
+            let existing = at.get(name.as_str()).copied();
+            let verdict = if taken < max_vars {
+                rules.check(key, name, value, existing.is_some())
+            } else {
+                Err(Violation::TooMany { limit: max_vars })
+            };
+            if let Err(violation) = verdict {
+                let message = format!(
+                    "{whom}: annotation `{}{key}` may not set env var `{name}`: {}",
+                    self.annotations.prefix,
+                    violation.describe(rules.whose(&violation))
+                );
+                match rules.on_violation() {
+                    OnViolation::Deny => return Err(MutationError::deny(message)),
+                    OnViolation::Skip => {
+                        skipped.add(message);
+                        continue;
                     }
                 }
             }
+            taken += 1;
+            // kubelet expands `$(VAR)` and turns `$$` into `$`: doubling every `$` makes the
+            // container see exactly the annotation's bytes.
+            let value = if self.literal { value.replace('$', "$$") } else { (*value).to_owned() };
+            let var = json!({"name": name, "value": value});
+            match existing {
+                // An unlocked var of the container's own is replaced (and its valueFrom).
+                Some(i) => list[i] = var,
+                None => list.push(var),
+            }
         }
         Ok(())
+    }
+}
+
+/// The vars `onViolation: skip` left out, for warnings: each named up to a cap, then a count, so
+/// a pod with a thousand refused annotations gets a readable answer.
+#[derive(Default)]
+struct Skipped {
+    messages: Vec<String>,
+    more: usize,
+}
+
+impl Skipped {
+    /// Warnings named one by one; the rest are counted.
+    const NAMED: usize = 10;
+
+    fn add(&mut self, message: String) {
+        if self.messages.len() < Self::NAMED {
+            self.messages.push(message);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn warn(self, ctx: &mut Context<'_>) {
+        for message in self.messages {
+            ctx.warn(format!("{message}; not set"));
+        }
+        if self.more > 0 {
+            ctx.warn(format!(
+                "{} more env vars from annotations were not set, for the same kinds of reasons",
+                self.more
+            ));
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod env_rules;
 pub mod expedia;
 pub mod inject;
 pub mod metrics;

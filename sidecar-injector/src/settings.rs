@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::env_rules::AnnotationEnv;
+
 /// What to do when a pod asks for a sidecar the catalog does not have.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +95,8 @@ pub struct InjectionSettings {
     pub literal_env_values: bool,
     /// Caps on one pod's requests.
     pub limits: Limits,
+    /// Which env vars annotations may set in injected containers, unless a catalog entry sets its own.
+    pub annotation_env: AnnotationEnv,
 }
 
 impl Default for InjectionSettings {
@@ -107,6 +111,7 @@ impl Default for InjectionSettings {
             native_sidecar_placement: NativePlacement::First,
             literal_env_values: true,
             limits: Limits::default(),
+            annotation_env: AnnotationEnv::default(),
         }
     }
 }

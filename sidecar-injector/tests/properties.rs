@@ -11,6 +11,10 @@
 //! image pull secrets, annotations, labels, native sidecars and namespace restrictions; entries are
 //! built directly or parsed from either Expedia format.
 //!
+//! Generated policies include the env rules: the catalog's own vars locked or not, an allow-list
+//! narrowed to two keys or not, and refused vars denying the pod or skipped; annotation keys include
+//! names on the built-in deny-list (`LD_PRELOAD`, `ld_preload`).
+//!
 //! Every patch is applied with `admission_kit::testing::apply_patch`, written independently of the
 //! `json-patch` crate that derives it.
 
@@ -69,6 +73,29 @@ struct Policy {
     env_names: EnvNames,
     placement: NativePlacement,
     override_pod_metadata: bool,
+    env: EnvPolicy,
+}
+
+/// The env rules of the configuration (`annotationEnv`).
+#[derive(Clone, Copy, Debug)]
+struct EnvPolicy {
+    /// `locked: ['*']` (the default) rather than `[]`.
+    locked: bool,
+    /// `allow: [ALLOWED…]` rather than `['*']`.
+    narrow: bool,
+    /// `onViolation: skip` rather than `deny`.
+    skip: bool,
+}
+
+/// The keys a narrowed allow-list lets through.
+const ALLOWED: [&str; 2] = ["api-key", "token"];
+
+impl EnvPolicy {
+    /// Whether annotation `key`, becoming env var `name`, may not reach a container that `had` a
+    /// var of that name in the catalog: written from the documented rules, not from the crate.
+    fn refuses(self, key: &str, name: &str, had: bool) -> bool {
+        (self.narrow && !ALLOWED.contains(&key)) || name.to_ascii_uppercase().starts_with("LD_") || (self.locked && had)
+    }
 }
 
 impl Policy {
@@ -79,6 +106,12 @@ impl Policy {
         config.env_names = self.env_names;
         config.native_sidecar_placement = self.placement;
         config.override_pod_metadata = self.override_pod_metadata;
+        config.annotation_env = serde_json::from_value(json!({
+            "locked": if self.env.locked { vec!["*"] } else { vec![] },
+            "allow": if self.env.narrow { ALLOWED.to_vec() } else { vec!["*"] },
+            "onViolation": if self.env.skip { "skip" } else { "deny" },
+        }))
+        .expect("env rules");
         config
     }
 
@@ -100,13 +133,19 @@ fn c_identifier(key: &str) -> String {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        |(skip, warn, c_names, last, override_pod_metadata)| Policy {
+    let env = (any::<bool>(), prop::bool::weighted(0.25), any::<bool>()).prop_map(|(locked, narrow, skip)| EnvPolicy {
+        locked,
+        narrow,
+        skip,
+    });
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), env).prop_map(
+        |(skip, warn, c_names, last, override_pod_metadata, env)| Policy {
             on_collision: if skip { CollisionPolicy::Skip } else { CollisionPolicy::Deny },
             unknown_sidecar: if warn { UnknownSidecarPolicy::Warn } else { UnknownSidecarPolicy::Deny },
             env_names: if c_names { EnvNames::CIdentifier } else { EnvNames::AsIs },
             placement: if last { NativePlacement::Last } else { NativePlacement::First },
             override_pod_metadata,
+            env,
         },
     )
 }
@@ -126,7 +165,7 @@ fn set(object: &mut Value, key: &str, value: Option<Value>) {
 fn env_key() -> impl Strategy<Value = String> {
     prop_oneof![
         8 => prop::sample::select(vec!["api-key", "region", "log.level", "API_KEY", "token", "HOME"]),
-        1 => prop::sample::select(vec!["1st", "x/y", "with space", "", "inject/", "Region"]),
+        1 => prop::sample::select(vec!["1st", "x/y", "with space", "", "inject/", "Region", "LD_PRELOAD", "ld_preload"]),
     ]
     .prop_map(str::to_owned)
 }
@@ -616,8 +655,8 @@ fn env_list(container: &Value) -> &[Value] {
     container.get("env").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
-/// The env vars the annotations of `pod` ask for: `(env var name, value)`.
-fn expected_env(pod: &Value, policy: Policy) -> BTreeMap<String, String> {
+/// The env vars the annotations of `pod` ask for: env var name → (annotation key, value).
+fn expected_env(pod: &Value, policy: Policy) -> BTreeMap<String, (String, String)> {
     let mut env = BTreeMap::new();
     let Some(annotations) = pod.pointer("/metadata/annotations").and_then(Value::as_object) else { return env };
     for (key, value) in annotations {
@@ -627,7 +666,7 @@ fn expected_env(pod: &Value, policy: Policy) -> BTreeMap<String, String> {
         }
         // Values are written with `$` doubled so that kubelet's `$(VAR)` expansion gives back
         // exactly the annotation's bytes.
-        env.insert(policy.env_name(short), value.as_str().unwrap_or_default().replace('$', "$$"));
+        env.insert(policy.env_name(short), (short.to_owned(), value.as_str().unwrap_or_default().replace('$', "$$")));
     }
     env
 }
@@ -820,7 +859,11 @@ fn nothing_of_the_pod_or_the_catalog_is_lost() {
             for (key, value) in source.as_object().expect("catalog containers are maps") {
                 match key.as_str() {
                     "env" => {
-                        for var in value.as_array().into_iter().flatten().filter(|v| !env.contains_key(name_of(v))) {
+                        // Every catalog var no annotation replaced (none set, or refused) is kept.
+                        let kept = |v: &&Value| {
+                            env.get(name_of(v)).is_none_or(|(key, _)| case.policy.env.refuses(key, name_of(v), true))
+                        };
+                        for var in value.as_array().into_iter().flatten().filter(kept) {
                             prop_assert!(
                                 env_list(injected).contains(var),
                                 "catalog env var {} of `{}` lost: {}",
@@ -896,7 +939,7 @@ fn env_from_annotations_reaches_injected_containers_only() {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
-        let Some(result) = &ran.result else { return Ok(()) };
+        let Some(result) = &ran.result else { return env_denial_is_right(&case, &ran.outcome.answer.message) };
         let original = &case.pod;
         for list in ["containers", "initContainers"] {
             for app in items(original, list) {
@@ -919,10 +962,35 @@ fn env_from_annotations_reaches_injected_containers_only() {
         added.sort();
         prop_assert_eq!(recorded, added, "status containers are not the added containers");
         let env = expected_env(result, case.policy);
+        let fields: [fn(&SidecarEntry) -> &Vec<Value>; 2] = [|e| &e.containers, |e| &e.init_containers];
         for name in &status.containers {
             let (_, injected) = container(result, name).expect("checked above");
-            for (env_name, value) in &env {
+            let (_, source) = catalog_item(&case.entries, &status, name, &fields).expect("an injected sidecar has it");
+            for (env_name, (key, value)) in &env {
                 let vars: Vec<Value> = env_list(injected).iter().filter(|v| name_of(v) == env_name).cloned().collect();
+                let own: Vec<Value> = env_list(source).iter().filter(|v| name_of(v) == env_name).cloned().collect();
+                if case.policy.env.refuses(key, env_name, !own.is_empty()) {
+                    // Refused: admitted only when refusals skip, and the container keeps its own.
+                    prop_assert!(
+                        case.policy.env.skip,
+                        "`{}` → `{}` refused in `{}`, yet the pod was admitted",
+                        key,
+                        env_name,
+                        name
+                    );
+                    prop_assert_eq!(vars, own, "container `{}`: refused var `{}` changed", name, env_name);
+                    prop_assert!(
+                        ran.outcome
+                            .answer
+                            .warnings
+                            .iter()
+                            .any(|w| w.contains(&format!("{PREFIX}{key}`")) || w.contains("more env vars")),
+                        "no warning names the skipped annotation `{}`: {:?}",
+                        key,
+                        ran.outcome.answer.warnings
+                    );
+                    continue;
+                }
                 prop_assert_eq!(
                     vars,
                     vec![json!({"name": env_name, "value": value})],
@@ -937,6 +1005,40 @@ fn env_from_annotations_reaches_injected_containers_only() {
         Ok(())
     });
     coverage.assert_meaningful("property 5");
+}
+
+/// A denial for an env rule names a container, an annotation and its env var; the rules, applied
+/// here to the catalog's container, must refuse that var, in a policy whose refusals deny.
+fn env_denial_is_right(case: &Case, message: &str) -> Result<(), TestCaseError> {
+    let Some(at) = message.find(" may not set env var `") else { return Ok(()) };
+    let between = |text: &str, open: &str| -> Option<String> {
+        let start = text.find(open)? + open.len();
+        Some(text[start..].split('`').next()?.to_owned())
+    };
+    let (Some(container_name), Some(key), Some(env_name)) = (
+        between(&message[..at], "(container `"),
+        between(&message[..at], &format!("annotation `{PREFIX}")),
+        between(&message[at..], "env var `"),
+    ) else {
+        return Err(TestCaseError::fail(format!("an env denial that does not name its parts: {message}")));
+    };
+    prop_assert!(!case.policy.env.skip, "refusals skip, yet the pod was denied: {}", message);
+    prop_assert_eq!(case.policy.env_name(&key), env_name.clone(), "{}", message);
+    let value_of =
+        |c: &Value| c.get("env").and_then(Value::as_array).is_some_and(|l| l.iter().any(|v| name_of(v) == env_name));
+    let had = case
+        .entries
+        .iter()
+        .flat_map(|e| e.containers.iter().chain(&e.init_containers))
+        .filter(|c| name_of(c) == container_name)
+        .any(value_of);
+    prop_assert!(
+        case.policy.env.refuses(&key, &env_name, had),
+        "denied, but the rules let `{}` through: {}",
+        key,
+        message
+    );
+    Ok(())
 }
 
 /// Two pods that ask for the same sidecar with different values for the same env annotations.
@@ -975,7 +1077,9 @@ prop_compose! {
     ) -> TwoPods {
         // Collisions skip, the sidecar is allowed everywhere, catalog metadata never overrides
         // the pod's: both pods are admitted with the sidecar and only their own values differ.
-        let policy = Policy { on_collision: CollisionPolicy::Skip, override_pod_metadata: false, ..policy };
+        // The catalog's own vars are not locked and every key is allowed, so each pod's values arrive.
+        let env_rules = EnvPolicy { locked: false, narrow: false, ..policy.env };
+        let policy = Policy { on_collision: CollisionPolicy::Skip, override_pod_metadata: false, env: env_rules, ..policy };
         let mut parts = EntryParts { namespaces: None, ..parts };
         if parts.containers.is_empty() && parts.init_containers.is_empty() {
             parts.containers.push(ContainerParts { shared: None, body: json!({"image": "side:1"}) });

@@ -158,6 +158,8 @@ struct Fields<N> {
     native_sidecar: Flag,
     #[serde(default)]
     namespaces: Option<Vec<Text>>,
+    #[serde(default)]
+    annotation_env: Option<crate::env_rules::SidecarEnvRules>,
 }
 
 impl<N> Fields<N> {
@@ -175,6 +177,7 @@ impl<N> Fields<N> {
             labels: strings(self.labels),
             native_sidecar: self.native_sidecar.0,
             namespaces: self.namespaces.map(|names| names.into_iter().map(|name| name.0).collect()),
+            annotation_env: self.annotation_env,
         }
     }
 }

@@ -193,10 +193,16 @@ async fn keys_with_slash_and_tilde_and_unknown_fields_survive() {
 }
 
 #[tokio::test]
-async fn env_annotations_override_catalog_vars_and_stay_data() {
+async fn env_annotations_override_unlocked_catalog_vars_and_stay_data() {
     let hostile = "quote\" {{ .Values.x }} $(HOME) $$ \n newline";
     let annotations = json!({INJECT: "agent", "sidecar-injector.expedia.com/MODE": "annotation", "sidecar-injector.expedia.com/weird": hostile});
-    let checked = check(pod(annotations.clone()), "apps").await;
+    // By default the catalog's own vars are locked: the pod is denied, naming the rule.
+    check(pod(annotations.clone()), "apps").await.assert_denied(
+        "sidecar `agent` (container `agent`): annotation `sidecar-injector.expedia.com/MODE` may not set env var `MODE`: the sidecar sets this var itself and the configuration's `annotationEnv.locked` (`*`) keeps it",
+    );
+    let mut config = Config::default();
+    config.annotation_env.locked = crate::env_rules::Patterns::new(&["keep"]).unwrap();
+    let checked = harness_with(&config).check(&review(pod(annotations.clone()), "apps")).await;
     let env = env_of(checked.patched(), "agent");
     // `$` doubled: after kubelet's `$(VAR)` expansion the container sees exactly `hostile`.
     let escaped = "quote\" {{ .Values.x }} $$(HOME) $$$$ \n newline";
@@ -204,7 +210,6 @@ async fn env_annotations_override_catalog_vars_and_stay_data() {
         env,
         &json!([{"name": "MODE", "value": "annotation"}, {"name": "keep", "value": "1"}, {"name": "weird", "value": escaped}])
     );
-    let mut config = Config::default();
     config.literal_env_values = false;
     let raw = harness_with(&config).check(&review(pod(annotations), "apps")).await;
     assert_eq!(env_of(raw.patched(), "agent")[2]["value"], hostile);
@@ -388,6 +393,10 @@ async fn sidecars_from_configmaps_in_the_pods_namespace() {
         "- name: agent\n  containers: [{name: impostor, image: evil}]\n",
     )));
     writer.apply_watcher_event(&watcher::Event::Apply(config_map("broken", "- name: [oops\n")));
+    writer.apply_watcher_event(&watcher::Event::Apply(config_map(
+        "narrow",
+        "- name: narrow\n  containers: [{name: narrow, image: \"narrow:1\"}]\n  annotationEnv: {allow: [only-this]}\n",
+    )));
     let namespaced = Arc::new(writer.as_reader());
     let pipeline =
         crate::pipeline_with(&Config::default(), Arc::new(CatalogStore::fixed(catalog())), Some(namespaced), None)
@@ -401,6 +410,11 @@ async fn sidecars_from_configmaps_in_the_pods_namespace() {
     assert_eq!(result["spec"]["containers"][1]["restartPolicy"], "Always", "ConfigMap entries keep every field");
     assert_eq!(result["spec"]["volumes"][0]["name"], "scratch", "every sidecar of the ConfigMap is injected");
     assert_eq!(env_of(result, "busybox"), &json!([{"name": "k", "value": "v"}]));
+    // A ConfigMap entry's env rules apply to its containers, as a catalog entry's do.
+    harness
+        .check(&review(pod(json!({INJECT: "narrow", "sidecar-injector.expedia.com/k": "v"})), "apps"))
+        .await
+        .assert_denied("sidecar `narrow` (container `narrow`): annotation `sidecar-injector.expedia.com/k` may not set env var `k`: the key matches none of the catalog entry's `annotationEnv.allow` (`only-this`)");
     // The administrator's catalog wins over a namespace `ConfigMap` of the same name.
     let checked = harness.check(&review(pod(json!({INJECT: "agent"})), "apps")).await;
     assert_eq!(containers(checked.patched()), vec!["app", "agent"]);
@@ -454,6 +468,7 @@ async fn hostile_annotation_counts_cost_linear_time() {
     harness_with(&config).run(&review(pod(json!({INJECT: names.join(",")})), "apps")).await;
     // 20,000 env annotations with the caps raised: one map lookup per variable per container.
     config.limits.max_env_annotations = 100_000;
+    config.annotation_env.max_vars = 100_000;
     let mut annotations = serde_json::Map::new();
     annotations.insert(INJECT.to_owned(), json!("agent, logger"));
     for i in 0..20_000 {
@@ -595,4 +610,158 @@ async fn the_inject_annotation_name_is_configurable() {
         let error = config.check().unwrap_err().to_string();
         assert!(error.contains("injectAnnotationName"), "{bad:?}: {error}");
     }
+}
+
+/// A catalog with env rules of its own: `agent` takes only `api-key` and short values and skips
+/// what breaks its rules; `java` may take `JAVA_TOOL_OPTIONS`; `plain` follows the configuration's.
+fn ruled_harness(config: &Config) -> Harness {
+    let text = r"
+- name: agent
+  containers: [{name: agent, image: agent:1, env: [{name: MODE, value: catalog}]}]
+  annotationEnv: {allow: [api-key], maxValueBytes: 16, onViolation: skip}
+- name: java
+  containers: [{name: java, image: java:1}]
+  annotationEnv: {exempt: [JAVA_TOOL_OPTIONS], deny: [TEAM_*]}
+- name: plain
+  containers: [{name: plain, image: plain:1}]
+  initContainers: [{name: plain-init, image: plain:1}]
+";
+    let mut catalog = Catalog::new();
+    catalog.extend(parse_catalog(text, "test").unwrap(), "test").unwrap();
+    let pipeline = crate::pipeline(config, Arc::new(CatalogStore::fixed(catalog)), None).unwrap();
+    Harness::new(pipeline).namespace("apps", [("kubernetes-sidecar-injector", "enabled")])
+}
+
+fn with_env(inject: &str, env: &[(&str, &str)]) -> Value {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(INJECT.to_owned(), json!(inject));
+    for (key, value) in env {
+        annotations.insert(format!("sidecar-injector.expedia.com/{key}"), json!(value));
+    }
+    pod(Value::Object(annotations))
+}
+
+#[tokio::test]
+async fn loader_and_runtime_hook_names_are_denied_and_an_api_key_still_arrives() {
+    let h = ruled_harness(&Config::default());
+    for name in ["LD_PRELOAD", "LD_LIBRARY_PATH", "GCONV_PATH", "JAVA_TOOL_OPTIONS", "NODE_OPTIONS", "PYTHONSTARTUP"] {
+        let denied = h.check(&review(with_env("plain", &[("api-key", "k"), (name, "/tmp/x")]), "apps")).await;
+        denied.assert_denied(&format!(
+            "sidecar `plain` (container `plain-init`): annotation `sidecar-injector.expedia.com/{name}` may not set env var `{name}`: it matches"
+        ));
+        denied.assert_denied("of the built-in deny-list");
+    }
+    // The seed's documented use: an api-key annotation reaches every injected container.
+    let admitted = h.check(&review(with_env("plain", &[("some-api-key", "6feab")]), "apps")).await;
+    for container in ["plain", "plain-init"] {
+        assert_eq!(env_of(admitted.patched(), container), &json!([{"name": "some-api-key", "value": "6feab"}]));
+    }
+    // Names are judged as the container will see them: `ld-preload` becomes `LD_PRELOAD`.
+    let mut config = Config::default();
+    config.env_names = crate::settings::EnvNames::CIdentifier;
+    ruled_harness(&config)
+        .check(&review(with_env("plain", &[("ld-preload", "/tmp/x")]), "apps"))
+        .await
+        .assert_denied("annotation `sidecar-injector.expedia.com/ld-preload` may not set env var `LD_PRELOAD`");
+}
+
+#[tokio::test]
+async fn a_catalog_entry_narrows_what_its_containers_take_and_skips_with_warnings() {
+    let h = ruled_harness(&Config::default());
+    let env = [("api-key", "k"), ("other", "o"), ("MODE", "m")];
+    let outcome = h.check(&review(with_env("agent, plain", &env), "apps")).await;
+    let patched = outcome.patched();
+    // agent: only api-key (its allow-list); `other` is not allowed, `MODE` is its own var, locked.
+    assert_eq!(
+        env_of(patched, "agent"),
+        &json!([{"name": "MODE", "value": "catalog"}, {"name": "api-key", "value": "k"}])
+    );
+    // plain follows the configuration: everything not denied.
+    assert_eq!(
+        env_of(patched, "plain"),
+        &json!([{"name": "MODE", "value": "m"}, {"name": "api-key", "value": "k"}, {"name": "other", "value": "o"}])
+    );
+    let warnings = &outcome.answer().warnings;
+    assert_eq!(
+        warnings,
+        &vec![
+            "sidecar `agent` (container `agent`): annotation `sidecar-injector.expedia.com/MODE` may not set env var `MODE`: the key matches none of the catalog entry's `annotationEnv.allow` (`api-key`); not set".to_owned(),
+            "sidecar `agent` (container `agent`): annotation `sidecar-injector.expedia.com/other` may not set env var `other`: the key matches none of the catalog entry's `annotationEnv.allow` (`api-key`); not set".to_owned(),
+        ]
+    );
+    // A value over the entry's maxValueBytes is skipped too, naming the limit.
+    let long = h.check(&review(with_env("agent", &[("api-key", "0123456789abcdefX")]), "apps")).await;
+    assert!(env_of(long.patched(), "agent").as_array().unwrap().iter().all(|e| e["name"] != "api-key"));
+    assert!(
+        long.answer().warnings[0].contains(
+            "its value is 17 bytes, over the limit of 16 (the catalog entry's `annotationEnv.maxValueBytes`)"
+        ),
+        "{:?}",
+        long.answer().warnings
+    );
+}
+
+#[tokio::test]
+async fn exempt_and_deny_apply_to_their_entry_only() {
+    let h = ruled_harness(&Config::default());
+    let java = h.check(&review(with_env("java", &[("JAVA_TOOL_OPTIONS", "-Xmx1g")]), "apps")).await;
+    assert_eq!(env_of(java.patched(), "java"), &json!([{"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx1g"}]));
+    // The same annotation with `plain` injected too: plain has no exemption.
+    h.check(&review(with_env("java, plain", &[("JAVA_TOOL_OPTIONS", "-Xmx1g")]), "apps")).await.assert_denied(
+        "sidecar `plain` (container `plain-init`): annotation `sidecar-injector.expedia.com/JAVA_TOOL_OPTIONS`",
+    );
+    // The exemption lifts only what it names; the entry's own deny adds to the configuration's.
+    h.check(&review(with_env("java", &[("LD_PRELOAD", "x")]), "apps")).await.assert_denied("built-in deny-list");
+    h.check(&review(with_env("java", &[("team_token", "x")]), "apps"))
+        .await
+        .assert_denied("it matches `TEAM_*` of the catalog entry's `annotationEnv.deny`");
+    let plain = h.check(&review(with_env("plain", &[("team_token", "x")]), "apps")).await;
+    assert_eq!(env_of(plain.patched(), "plain"), &json!([{"name": "team_token", "value": "x"}]));
+}
+
+#[tokio::test]
+async fn the_configuration_sets_the_defaults_and_skipping_warns_a_bounded_number_of_times() {
+    let mut config = Config::default();
+    config.annotation_env = serde_json::from_value(json!({
+        "deny": ["secret-*"], "maxVars": 2, "onViolation": "skip",
+    }))
+    .unwrap();
+    let h = ruled_harness(&config);
+    let env: Vec<(String, &str)> = (0..30).map(|i| (format!("v{i:02}"), "x")).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    env.push(("SECRET-x", "s"));
+    let outcome = h.check(&review(with_env("plain", &env), "apps")).await;
+    // Two vars per container (maxVars), in name order; the deny pattern ignores case.
+    assert_eq!(
+        env_of(outcome.patched(), "plain"),
+        &json!([{"name": "v00", "value": "x"}, {"name": "v01", "value": "x"}])
+    );
+    let warnings = &outcome.answer().warnings;
+    assert_eq!(warnings.len(), 11, "ten named, then a count: {warnings:?}");
+    assert!(
+        warnings[0].contains("`SECRET-x`: it matches `secret-*` of the configuration's `annotationEnv.deny`"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].contains(
+            "annotations would set more than 2 env vars in this container (the configuration's `annotationEnv.maxVars`)"
+        ),
+        "{}",
+        warnings[1]
+    );
+    assert!(warnings[10].starts_with("48 more env vars"), "{}", warnings[10]);
+}
+
+#[test]
+fn a_catalog_entry_with_a_bad_rule_is_refused_naming_it() {
+    let error = parse_catalog(
+        "- name: a\n  containers: [{name: a, image: a}]\n  annotationEnv: {allow: ['api-[key']}\n",
+        "c.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("[0].annotationEnv.allow") && error.contains("`api-[key` is not a glob pattern"), "{error}");
+    let error = parse_catalog("- name: a\n  annotationEnv: {alow: ['*']}\n", "c.yaml").unwrap_err().to_string();
+    assert!(error.contains("alow"), "{error}");
 }
