@@ -225,6 +225,20 @@ async fn core_scenarios(client: &kube::Client) -> anyhow::Result<()> {
         "{message}"
     );
 
+    // Env from annotations: a loader variable is refused, naming the rule; an api-key arrives.
+    let hook = json!({INJECT: "logger", "sidecar-injector.expedia.com/LD_PRELOAD": "/tmp/evil.so"});
+    let err = pods.create(&PostParams::default(), &pod("preload", hook)?).await.unwrap_err().to_string();
+    assert!(
+        err.contains("sidecar `logger` (container `logger-init`): annotation `sidecar-injector.expedia.com/LD_PRELOAD` may not set env var `LD_PRELOAD`: it matches `LD_*` of the built-in deny-list"),
+        "{err}"
+    );
+    let keyed = json!({INJECT: "logger", "sidecar-injector.expedia.com/api-key": "6feab"});
+    let stored = pods.create(&PostParams::default(), &pod("keyed", keyed)?).await?;
+    let logger = stored.spec.as_ref().unwrap().containers.iter().find(|c| c.name == "logger").cloned().unwrap();
+    let env: Vec<(String, Option<String>)> =
+        logger.env.unwrap_or_default().into_iter().map(|e| (e.name, e.value)).collect();
+    assert!(env.contains(&("api-key".to_owned(), Some("6feab".to_owned()))), "{env:?}");
+
     // Server-side dry run: the mutation is in the response, nothing is stored.
     let dry = pods
         .create(&PostParams { dry_run: true, ..PostParams::default() }, &pod("dry", json!({INJECT: "logger"}))?)

@@ -190,6 +190,9 @@ fn rendered_configuration_and_catalog_load_in_the_injector() {
     assert!(config.namespace_catalogs);
     assert_eq!(config.failure_policy, admission_kit::pipeline::FailurePolicy::Ignore);
     assert_eq!(config.timeout_seconds, 5);
+    assert_eq!(config.annotation_env.allow.texts(), ["api-key", "log-*"]);
+    assert_eq!(config.annotation_env.on_violation, sidecar_injector::env_rules::OnViolation::Skip);
+    assert_eq!(config.annotation_env.locked.texts(), ["*"], "what the values leave out keeps its default");
     assert_eq!(config.server.tls_cert_file.as_deref(), Some(Path::new("/etc/sidecar-injector/tls/tls.crt")));
     assert_eq!(config.server.drain_delay, std::time::Duration::from_secs(7));
     assert_eq!(config.server.cache_max_staleness, admission_kit::app::MaxStaleness(None));
@@ -216,6 +219,23 @@ fn rendered_configuration_and_catalog_load_in_the_injector() {
     assert!(r.one("ServiceMonitor", None).is_ok());
     let policy = r.one("NetworkPolicy", None).unwrap();
     assert_eq!(policy["spec"]["ingress"][0]["from"], json!([{"ipBlock": {"cidr": "10.0.0.1/32"}}]));
+}
+
+#[test]
+fn the_inject_annotation_name_reaches_the_configuration_and_the_match_condition() {
+    let r = render(&["--set", "injector.injectAnnotationName=sidecars"]);
+    let config_map = r.one("ConfigMap", Some("sidecar-injector-config")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("config.yaml");
+    std::fs::write(&config_file, config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let config = Config::load(Some(&config_file), &[]).expect("the injector accepts the rendered configuration");
+    assert_eq!(config.inject_annotation_name, "sidecars");
+    assert_eq!(config.annotation_env, sidecar_injector::env_rules::AnnotationEnv::default(), "empty values: defaults");
+    let hook = &r.one("MutatingWebhookConfiguration", None).unwrap()["webhooks"][0];
+    assert_eq!(
+        hook["matchConditions"][0]["expression"],
+        "has(object.metadata.annotations) && 'sidecar-injector.expedia.com/sidecars' in object.metadata.annotations"
+    );
 }
 
 #[test]
@@ -361,6 +381,13 @@ fn schema_rejects_bad_values() {
         ("a bad duration", "catalog:\n  reloadInterval: soon\n", "reloadInterval"),
         ("a bad staleness bound", "injector:\n  cacheMaxStaleness: forever\n", "cacheMaxStaleness"),
         ("a plain-HTTP url", "webhook:\n  url: http://10.0.0.1\n", "url"),
+        ("a misspelt env rule", "injector:\n  annotationEnv:\n    alow: ['*']\n", "alow"),
+        ("a bad violation mode", "sidecars:\n  - name: a\n    annotationEnv: {onViolation: ignore}\n", "onViolation"),
+        (
+            "the status annotation as the inject one",
+            "injector:\n  injectAnnotationName: status\n",
+            "injectAnnotationName",
+        ),
     ];
     for (what, values, named) in cases {
         let file = dir.path().join("values.yaml");

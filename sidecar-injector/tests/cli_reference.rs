@@ -9,6 +9,9 @@
 //! - The metrics table (`book/src/operations/metrics.md`) must list exactly the metrics the server
 //!   exposes, and the example alerts (`book/src/operations/prometheus-alerts.yaml`) may only use
 //!   those.
+//! - The built-in env deny-list table (`book/src/sidecar-injector/annotations.md`) is exactly
+//!   [`sidecar_injector::env_rules::DENIED`], in order.
+//! - Every test the threat model page names exists.
 //! - The example configuration file (`book/src/sidecar-injector/examples/config.yaml`) loads.
 
 use std::collections::BTreeSet;
@@ -365,4 +368,46 @@ fn example_alerts_use_only_exposed_metrics() {
         }
     }
     assert!(count > 0, "the alerts file has no rules");
+}
+
+#[test]
+fn the_books_deny_list_is_the_built_in_one() {
+    let page = read(&book("sidecar-injector/annotations.md"));
+    let section = page.split("### The built-in deny-list").nth(1).expect("the page has the deny-list section");
+    let section = section.split("\n#").next().unwrap_or(section);
+    let rows: Vec<(String, String)> = table_rows(section)
+        .into_iter()
+        .map(|row| (code(&row[0]).unwrap_or_default().to_owned(), row[1].clone()))
+        .collect();
+    let built_in: Vec<(String, String)> = sidecar_injector::env_rules::DENIED
+        .iter()
+        .map(|(pattern, why)| ((*pattern).to_owned(), (*why).to_owned()))
+        .collect();
+    assert_eq!(rows, built_in, "the book's deny-list table differs from env_rules::DENIED");
+}
+
+/// The threat model proves each setting by naming tests: each name must be a test function in the
+/// files the page says they are in, so a renamed or deleted test cannot leave the page vouching for it.
+#[test]
+fn the_threat_models_tests_exist() {
+    let page = read(&book("sidecar-injector/threat-model.md"));
+    let sources: String = [
+        "sidecar-injector/src/inject/tests.rs",
+        "sidecar-injector/src/env_rules.rs",
+        "sidecar-injector/tests/properties.rs",
+        "integration-tests/src/scenarios.rs",
+    ]
+    .iter()
+    .map(|path| read(&root().join(path)))
+    .collect();
+    let mut named = 0;
+    for span in page.split('`').skip(1).step_by(2) {
+        let is_test_name = span.matches('_').count() >= 2
+            && span.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if is_test_name {
+            named += 1;
+            assert!(sources.contains(&format!("fn {span}(")), "the threat model names `{span}`, which is no test");
+        }
+    }
+    assert!(named >= 15, "the threat model names only {named} tests");
 }

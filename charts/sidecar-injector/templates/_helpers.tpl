@@ -142,6 +142,7 @@ Returns JSON: {"ca.crt", "ca.key", "tls.crt", "tls.key", "notAfter", "caNotAfter
 {{- $i := .Values.injector }}
 {{- $excluded := concat (list "kube-system" "kube-public" .Release.Namespace) .Values.webhook.namespaceSelector.excludeNamespaces | uniq }}
 annotationPrefix: {{ $i.annotationPrefix | quote }}
+injectAnnotationName: {{ $i.injectAnnotationName | quote }}
 namespaceLabelKey: {{ .Values.webhook.namespaceSelector.optInLabel.key | quote }}
 namespaceLabelValue: {{ .Values.webhook.namespaceSelector.optInLabel.value | quote }}
 excludedNamespaces: {{ toJson $excluded }}
@@ -151,6 +152,9 @@ overridePodMetadata: {{ $i.overridePodMetadata }}
 envNames: {{ $i.envNames }}
 nativeSidecarPlacement: {{ $i.nativeSidecarPlacement }}
 literalEnvValues: {{ $i.literalEnvValues }}
+{{- with $i.annotationEnv }}
+annotationEnv: {{ toJson . }}
+{{- end }}
 catalogPaths: [/etc/sidecar-injector/catalog/{{ .Values.catalog.key }}]
 catalogReloadInterval: {{ .Values.catalog.reloadInterval | quote }}
 namespaceCatalogs: {{ $i.namespaceCatalogs }}
