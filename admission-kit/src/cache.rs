@@ -30,6 +30,12 @@
 //!   contact the same way; the next successful check, or an event from the watch, ends it. A list
 //!   in progress that pauses for [`LIST_IDLE_TIMEOUT`] is abandoned and started again.
 //!
+//! - **The API server lets the cache list but not watch** (an RBAC role with `get` and `list` on
+//!   the resource, but no `watch`, as some charts grant): the list completes, then the watch is
+//!   refused with `403 Forbidden`. That is no outage: the cache logs one `warn` saying so, and lists
+//!   again every [`POLL_INTERVAL`] instead of watching, each completed list being contact (so the
+//!   cache is at most that old). Once the role grants `watch`, the next list is followed by a watch.
+//!
 //! "Out of contact since" is the last time the API server answered the cache (an event, a completed
 //! list or a successful check), so at most [`PROBE_INTERVAL`] before it stopped answering.
 
@@ -58,6 +64,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause within a list (between its pages) before the list is abandoned and started again.
 pub const LIST_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a cache lists again when it may list but not watch (see the module's documentation).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Starts a reflector over `api` with `config` (label selectors, …). Returns the store and the
 /// cache's health (its first sync, contact with the API server, errors); hand the health to
@@ -155,11 +163,17 @@ struct Timing {
     probe_interval: Duration,
     probe_timeout: Duration,
     list_idle_timeout: Duration,
+    poll_interval: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Self { probe_interval: PROBE_INTERVAL, probe_timeout: PROBE_TIMEOUT, list_idle_timeout: LIST_IDLE_TIMEOUT }
+        Self {
+            probe_interval: PROBE_INTERVAL,
+            probe_timeout: PROBE_TIMEOUT,
+            list_idle_timeout: LIST_IDLE_TIMEOUT,
+            poll_interval: POLL_INTERVAL,
+        }
     }
 }
 
@@ -180,25 +194,63 @@ async fn run<K, E, W, S, P>(
     S: Stream<Item = watcher::Result<watcher::Event<K>>>,
     P: Fn() -> BoxFuture<Result<(), String>>,
 {
+    let mut polling = false;
     loop {
-        let error = watch_until_failure(&mut sink, &health, make_watch(), &probe, timing).await;
-        // A new outage starts from the shortest delay; within one, the delay grows.
-        if health.failed(FailureKind::Watch, error) {
-            backoff.reset();
+        match watch_until_failure(&mut sink, &health, make_watch(), &probe, timing).await {
+            Ended::WatchForbidden(error) => {
+                // The list just completed, so the cache is current: poll, do not back off.
+                if polling {
+                    tracing::debug!(cache = health.name(), "listed again; the watch is still forbidden");
+                } else {
+                    tracing::warn!(
+                        cache = health.name(),
+                        %error,
+                        interval = ?timing.poll_interval,
+                        "the API server lets this cache list but not watch (the role grants `list` without `watch`); listing again at this interval instead, so changes take up to that long to arrive (grant `watch` to see them at once)"
+                    );
+                    polling = true;
+                }
+                backoff.reset();
+                tokio::time::sleep(timing.poll_interval).await;
+            }
+            Ended::Failed(error) => {
+                // A new outage starts from the shortest delay; within one, the delay grows.
+                if health.failed(FailureKind::Watch, error) {
+                    backoff.reset();
+                }
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tokio::time::sleep(delay).await;
+            }
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-        tokio::time::sleep(delay).await;
     }
 }
 
-/// Feeds one watcher's events to `sink` and `health` until it fails; returns the failure.
+/// Why one watcher stopped.
+enum Ended {
+    /// The list or the watch failed; the message names the error.
+    Failed(String),
+    /// The list completed, then the watch was refused with `403 Forbidden`.
+    WatchForbidden(String),
+}
+
+/// Whether `error` is the API server refusing a watch (not a list) with `403 Forbidden`.
+fn watch_forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status.code == 403,
+        _ => false,
+    }
+}
+
+/// Feeds one watcher's events to `sink` and `health` until it fails; returns how it ended.
 async fn watch_until_failure<K, E, S, P>(
     sink: &mut E,
     health: &CacheHealth,
     stream: S,
     probe: &P,
     timing: Timing,
-) -> String
+) -> Ended
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
@@ -242,12 +294,15 @@ where
                         tracing::debug!(cache = health.name(), "watch expired (410 Gone); relisting");
                         listing = true;
                     }
-                    Some(Err(error)) => return describe_watcher_error(&error),
-                    None => return "the watch stream ended".to_owned(),
+                    Some(Err(error)) if !listing && watch_forbidden(&error) => {
+                        return Ended::WatchForbidden(describe_watcher_error(&error));
+                    }
+                    Some(Err(error)) => return Ended::Failed(describe_watcher_error(&error)),
+                    None => return Ended::Failed("the watch stream ended".to_owned()),
                 }
             }
             () = sleep_until(last_event + timing.list_idle_timeout), if listing => {
-                return format!("no answer to the list for {:?}", timing.list_idle_timeout);
+                return Ended::Failed(format!("no answer to the list for {:?}", timing.list_idle_timeout));
             }
             () = sleep_until(next_probe), if probe_wanted => {
                 probing = Some(Box::pin(tokio::time::timeout(timing.probe_timeout, probe())));

@@ -187,6 +187,7 @@ fn fast() -> Timing {
         probe_interval: Duration::from_millis(100),
         probe_timeout: Duration::from_millis(100),
         list_idle_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_secs(2),
     }
 }
 
@@ -321,4 +322,54 @@ async fn a_stalled_list_is_abandoned_and_started_again() {
     senders[1].unbounded_send(Ok(Event::Init)).unwrap();
     senders[1].unbounded_send(Ok(Event::InitDone)).unwrap();
     until("synced", || health.status().synced && health.status().out_of_contact.is_none()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_watch_after_a_good_list_polls_instead_of_failing() {
+    let writer = Writer::<ConfigMap>::default();
+    let store = writer.as_reader();
+    let health = CacheHealth::new("configmaps");
+    let (script, senders) = Script::new(3);
+    tokio::spawn(run(
+        writer,
+        health.clone(),
+        script.make_watch(),
+        scripted_probe(Arc::new(AtomicU8::new(ANSWER))),
+        watcher::DefaultBackoff::default(),
+        fast(),
+    ));
+    let send = |i: usize, event| senders[i].unbounded_send(event).unwrap();
+    let forbidden = || {
+        let mut status = kube::core::Status::failure("configmaps is forbidden: cannot watch", "Forbidden");
+        status.code = 403;
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status.boxed())))
+    };
+
+    send(0, Ok(Event::Init));
+    send(0, Ok(Event::InitApply(config_map("a", "1"))));
+    send(0, Ok(Event::InitDone));
+    send(0, forbidden());
+    until("synced with a", || health.status().synced && names(&store) == ["a"]).await;
+    // Not an outage: in contact, no error counted, and the next list waits for the poll interval
+    // (a failure would retry after the backoff's 0.8 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = health.status();
+    assert!(status.out_of_contact.is_none() && status.errors == 0, "{status:?}");
+    assert_eq!(script.started.load(Ordering::SeqCst), 1, "listed again before the poll interval");
+    until("second list", || script.started.load(Ordering::SeqCst) == 2).await;
+    send(1, Ok(Event::Init));
+    send(1, Ok(Event::InitApply(config_map("b", "2"))));
+    send(1, Ok(Event::InitDone));
+    until("the second list's contents", || names(&store) == ["b"]).await;
+
+    // A refused list is a failure as before.
+    send(1, forbidden());
+    until("third watcher", || script.started.load(Ordering::SeqCst) == 3).await;
+    let mut refused = kube::core::Status::failure("configmaps is forbidden: cannot list", "Forbidden");
+    refused.code = 403;
+    send(2, Ok(Event::Init));
+    send(2, Err(watcher::Error::InitialListFailed(kube::Error::Api(refused.boxed()))));
+    until("out of contact", || health.status().out_of_contact.is_some()).await;
+    assert_eq!(health.status().errors, 1);
+    assert_eq!(names(&store), ["b"], "the last contents stay");
 }
