@@ -76,12 +76,20 @@ const FLAGS: [(&str, Option<Generation>, bool); 13] = [
 ];
 
 /// Whether `args` (without the program name) is an Expedia command line: its first argument is one
-/// of the flags above. Then the native equivalent, or why it cannot be served.
+/// of the flags above, or `serve` followed by one (the image's entrypoint is `sidecar-injector
+/// serve`, so a Deployment's `args` written for the Expedia image arrive after it). Then the native
+/// equivalent, or why it cannot be served.
 #[must_use]
 pub fn native(args: &[OsString]) -> Option<Result<Native, String>> {
-    let first = args.first()?.to_str()?;
-    let name = flag_name(first)?;
-    FLAGS.iter().any(|(n, ..)| *n == name).then(|| translate(args))
+    let args = match args {
+        [serve, rest @ ..] if serve == "serve" && is_expedia_flag(rest.first()) => rest,
+        _ => args,
+    };
+    is_expedia_flag(args.first()).then(|| translate(args))
+}
+
+fn is_expedia_flag(arg: Option<&OsString>) -> bool {
+    arg.and_then(|a| a.to_str()).and_then(flag_name).is_some_and(|name| FLAGS.iter().any(|(n, ..)| *n == name))
 }
 
 /// `-port=1` / `--port` → `port`.
@@ -313,6 +321,14 @@ mod tests {
                 "namespaceCatalogKey=sidecars.yaml",
             ]
         );
+    }
+
+    #[test]
+    fn after_the_images_serve_entrypoint_too() {
+        let after_entrypoint = native(&args(&["serve", "--port=8443", "--injectName=sidecars"])).unwrap().unwrap();
+        let alone = native(&args(&["--port=8443", "--injectName=sidecars"])).unwrap().unwrap();
+        assert_eq!(after_entrypoint.args, alone.args);
+        assert!(native(&args(&["serve", "--config", "c.yaml"])).is_none(), "native serve flags stay native");
     }
 
     #[test]
