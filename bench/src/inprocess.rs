@@ -32,9 +32,13 @@ pub struct Injector {
 
 impl Injector {
     /// Builds the pipeline and router from the embedded default configuration with
-    /// `server.namespaceCache: never`, as the runner starts the server.
+    /// `server.namespaceCache: never` and `annotationEnv.locked: []`, as the runner starts the server.
     pub fn new() -> anyhow::Result<Self> {
-        let config = Config::load(None, &[("server.namespaceCache".to_owned(), "never".into())])?;
+        let overrides = [
+            ("server.namespaceCache".to_owned(), "never".into()),
+            ("annotationEnv.locked".to_owned(), serde_json::json!([])),
+        ];
+        let config = Config::load(None, &overrides)?;
         let store = Arc::new(CatalogStore::load(vec![CatalogSource::inline(config.sidecars.clone())])?);
         let pipeline = sidecar_injector::pipeline(&config, store, None)?;
         let router = admission_kit::server::router(

@@ -108,6 +108,9 @@ impl Spec {
                 command
                     .arg("serve")
                     .args(set("server.namespaceCache", "never".to_owned()))
+                    // The corpus's pods set the catalog's own `haystack_env`, as the Expedia
+                    // injector lets them (the Go baseline too): unlocked, so both do the same work.
+                    .args(set("annotationEnv.locked", "[]".to_owned()))
                     .args(set("server.webhookAddr", webhook.to_string()))
                     .args(set("server.adminAddr", admin.to_string()))
                     .args(set("server.tlsCertFile", self.cert_dir.join("tls.crt").display().to_string()))

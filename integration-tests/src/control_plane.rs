@@ -93,6 +93,29 @@ fn build_or_cached() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(dir.trim()))
 }
 
+/// The Kubernetes minor release the harness was asked for (`ADMISSION_KIT_KUBERNETES=1.30`), if any;
+/// unset, the newest pinned one (what CI runs).
+#[must_use]
+pub fn requested_kubernetes() -> Option<String> {
+    std::env::var("ADMISSION_KIT_KUBERNETES").ok().filter(|v| !v.is_empty())
+}
+
+/// Prints the API server's version, and fails unless it is the release asked for: a run meant for
+/// Kubernetes 1.30 must not pass on another one unnoticed. Returns `v<major>.<minor>.<patch>`.
+pub async fn check_kubernetes_version(client: &admission_kit::reexports::kube::Client) -> anyhow::Result<String> {
+    let info = client.apiserver_version().await.context("failed to read the API server's version")?;
+    eprintln!("integration-tests: API server {} (Kubernetes {}.{})", info.git_version, info.major, info.minor);
+    if let Some(wanted) = requested_kubernetes() {
+        let minor = info.minor.trim_end_matches('+');
+        anyhow::ensure!(
+            format!("{}.{minor}", info.major) == wanted,
+            "ADMISSION_KIT_KUBERNETES={wanted}, but the API server is {}",
+            info.git_version
+        );
+    }
+    Ok(info.git_version)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -251,13 +251,20 @@ async fn core_scenarios(client: &kube::Client) -> anyhow::Result<()> {
 
 /// A CA and leaves it signs, the way cert-manager rotates a webhook's serving certificate (same CA,
 /// so the registered caBundle stays valid).
-struct TestCa {
+pub struct TestCa {
     pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
 impl TestCa {
-    fn new() -> anyhow::Result<Self> {
+    /// A new CA.
+    pub fn new() -> anyhow::Result<Self> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -266,9 +273,21 @@ impl TestCa {
     }
 
     fn leaf(&self) -> anyhow::Result<(String, String)> {
+        self.leaf_for(&["127.0.0.1"])
+    }
+
+    /// A serving certificate for `names` (DNS names or IP addresses) and its key, both PEM.
+    pub fn leaf_for(&self, names: &[&str]) -> anyhow::Result<(String, String)> {
         let key = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &self.issuer)?;
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The CA certificate, PEM (a webhook's `caBundle`, base64-encoded).
+    #[must_use]
+    pub fn pem(&self) -> &str {
+        &self.pem
     }
 }
 

@@ -230,6 +230,7 @@ impl Webhook {
 async fn serving_continues_from_the_caches_while_the_api_server_is_lost() -> anyhow::Result<()> {
     let mut plane = ControlPlane::start(&Binaries::locate()?)?;
     let admin = client(&plane).await?;
+    integration_tests::control_plane::check_kubernetes_version(&admin).await?;
     namespace(&admin, "access", &[OPT_IN]).await?;
     namespace(&admin, "quiet", &[]).await?;
     for (ns, image) in [("access", "team:1"), ("quiet", "quiet:1")] {

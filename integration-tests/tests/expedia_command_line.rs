@@ -53,6 +53,7 @@ async fn the_2022_command_line_serves_configmap_sidecars_with_healthz_and_metric
     let binary = injector_binary()?;
     let plane = ControlPlane::start(&Binaries::locate()?)?;
     let client = client(&plane).await?;
+    integration_tests::control_plane::check_kubernetes_version(&client).await?;
     namespace(&client, "shop", &[]).await?;
     let sidecars: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "haystack"},

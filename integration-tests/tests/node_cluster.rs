@@ -5,7 +5,9 @@
 //! webhook reached through the chart's Service (kube-proxy), a sidecar's environment in its own
 //! log, native and init-container sidecars' start order, the kubelet's `..data` swap of the
 //! catalog `ConfigMap`, and pod creation that never fails while a replica is deleted or the chart
-//! is upgraded (`failurePolicy: Fail`).
+//! is upgraded (`failurePolicy: Fail`). Last, the Expedia 2022 chart's own objects (its Deployment's
+//! args and HTTPS `/healthz` probes, its Secret's file names, its RBAC without `watch`, its webhook)
+//! with only the image swapped for ours.
 
 use std::path::Path;
 use std::process::Command;
@@ -130,6 +132,8 @@ async fn chart_on_a_real_node() -> anyhow::Result<()> {
     Box::pin(sidecar_start_order(&cluster, &client)).await?;
     Box::pin(catalog_configmap_update(&cluster, &client)).await?;
     Box::pin(no_failed_creates_while_replicas_change(&cluster, &client, &injector)).await?;
+    // Last: its webhook selects every namespace but its own and the system ones.
+    Box::pin(expedia_2022_chart_with_our_image(&cluster, &client, &injector)).await?;
 
     cluster.shutdown()
 }
@@ -458,5 +462,166 @@ async fn no_failed_creates_while_replicas_change(
         "helm upgrade rolled the replicas ({before:?} → {after:?}) while creating pods: 100 created, {failed} failed"
     );
     ensure!(failed == 0, "{failed} of 100 creates failed during helm upgrade; first: {first:?}");
+    Ok(())
+}
+
+/// The Expedia 2022 chart's release `kubernetes-sidecar-injector` in `legacy-system`, with its
+/// default values, image `image` and a serving certificate from `ca`.
+fn expedia_2022_chart(image: &str, ca: &integration_tests::scenarios::TestCa) -> anyhow::Result<Value> {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let labels = json!({
+        "app.kubernetes.io/name": RELEASE, "app.kubernetes.io/component": "webhook", "app.kubernetes.io/instance": RELEASE,
+    });
+    let (cert, key) = ca.leaf_for(&[&format!("{RELEASE}.{NS}.svc")])?;
+    let probe = |initial: u32| {
+        json!({"httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"}, "initialDelaySeconds": initial,
+               "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 5, "timeoutSeconds": 4})
+    };
+    Ok(json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": RELEASE, "namespace": NS, "labels": labels},
+         "data": {"cert.pem": b64(&cert), "key.pem": b64(&key)}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": RELEASE, "namespace": NS, "labels": labels}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": RELEASE, "labels": labels},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": RELEASE, "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": RELEASE},
+         "subjects": [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NS}]},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": RELEASE, "namespace": NS, "labels": labels},
+         "spec": {"ports": [{"name": "https", "port": 443, "targetPort": "https"},
+                            {"name": "metrics", "port": 9090, "targetPort": "metrics"}],
+                  "selector": labels}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": RELEASE, "namespace": NS, "labels": labels},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "serviceAccountName": RELEASE,
+                "containers": [{
+                    "name": "kubernetes-sidecar-injector",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": ["--port=8443", "--metricsPort=9090",
+                             "--certFile=/opt/kubernetes-sidecar-injector/certs/cert.pem",
+                             "--keyFile=/opt/kubernetes-sidecar-injector/certs/key.pem",
+                             format!("--injectPrefix={PREFIX}"), "--injectName=inject", "--sidecarDataKey=sidecars.yaml"],
+                    "volumeMounts": [{"name": format!("{RELEASE}-certs"), "mountPath": "/opt/kubernetes-sidecar-injector/certs", "readOnly": true}],
+                    "ports": [{"name": "https", "containerPort": 8443, "protocol": "TCP"},
+                              {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}],
+                    "livenessProbe": probe(5),
+                    "readinessProbe": probe(30),
+                }],
+                "imagePullSecrets": [],
+                "volumes": [{"name": format!("{RELEASE}-certs"), "secret": {"secretName": RELEASE}}],
+            }}}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+         "metadata": {"name": RELEASE, "labels": labels},
+         "webhooks": [{
+            "name": "kubernetes-sidecar-injector.expedia.com",
+            "clientConfig": {"service": {"name": RELEASE, "namespace": NS, "path": "/mutate"}, "caBundle": b64(ca.pem())},
+            "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "apiVersions": ["*"], "operations": ["CREATE"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public"]},
+                {"key": format!("{PREFIX}/disable-inject"), "operator": "NotIn", "values": ["true"]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NS]},
+            ]},
+            "objectSelector": {"matchExpressions": [
+                {"key": format!("{PREFIX}/inject"), "operator": "NotIn", "values": ["skip"]},
+                {"key": format!("{PREFIX}/disable-inject"), "operator": "NotIn", "values": ["true"]},
+            ]},
+         }]},
+    ]}))
+}
+
+/// The Expedia 2022 chart's release name and namespace in the node test.
+const RELEASE: &str = "kubernetes-sidecar-injector";
+const NS: &str = "legacy-system";
+
+/// The Expedia 2022 chart's objects as it renders them with its default values (release
+/// `kubernetes-sidecar-injector`), written here from the chart: the Deployment's args, ports and
+/// HTTPS `/healthz` probes, the Secret with `cert.pem`/`key.pem`, the `ClusterRole` granting `get`
+/// and `list` on `ConfigMaps` (no `watch`), the Service and the opt-out webhook. Only the image is
+/// ours. A pod in an unlabelled namespace asking for a sidecar from a `ConfigMap` there (the 2022
+/// catalogs), created after the injector started, gets it and its env.
+async fn expedia_2022_chart_with_our_image(
+    cluster: &Cluster,
+    client: &kube::Client,
+    injector: &images::Image,
+) -> anyhow::Result<()> {
+    const LEGACY: &str = "legacy";
+    let ca = integration_tests::scenarios::TestCa::new()?;
+    namespace(client, NS, &[]).await?;
+    let objects = expedia_2022_chart(&injector.reference, &ca)?;
+    kubectl_apply(cluster.kubeconfig(), &objects)?;
+
+    // Ready through its HTTPS /healthz probes, never restarted.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let started = Instant::now();
+    let waited = eventually("the Expedia Deployment ready", Duration::from_secs(180), || async {
+        let status = deployments.get(RELEASE).await?.status.unwrap_or_default();
+        Ok((status.ready_replicas == Some(1) && status.available_replicas == Some(1)).then_some(()))
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let list = pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"))).await?;
+    let injector_pod = list.items.first().and_then(|p| p.metadata.name.clone()).context("no injector pod")?;
+    let log = cluster.pod_log(NS, &injector_pod, None).await.unwrap_or_else(|e| format!("{e:#}"));
+    if let Err(e) = waited {
+        eprintln!("{}", kubectl(cluster.kubeconfig(), &["-n", NS, "describe", "pods"]).unwrap_or_default());
+        eprintln!("the injector's log:\n{log}");
+        return Err(e);
+    }
+    eprintln!("the Expedia 2022 Deployment with our image: ready after {:?}", started.elapsed());
+    let pod = pods.get(&injector_pod).await?;
+    let container =
+        status_of(pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()), "kubernetes-sidecar-injector")?;
+    ensure!(container.restart_count == 0, "the injector restarted: {container:?}");
+    ensure!(log.contains("Expedia 2022 (cobra) command line recognised"), "no compatibility line in its log:\n{log}");
+
+    // /metrics on --metricsPort (plain HTTP), through the API server's pod proxy.
+    let metrics = kubectl(
+        cluster.kubeconfig(),
+        &["get", "--raw", &format!("/api/v1/namespaces/{NS}/pods/{injector_pod}:9090/proxy/metrics")],
+    )?;
+    ensure!(metrics.contains("admission_kit_"), "no admission-kit metrics on port 9090:\n{metrics}");
+
+    // A sidecar from a ConfigMap in the pod's unlabelled namespace, created after the injector
+    // started: its role may list ConfigMaps but not watch them, so the injector lists again.
+    namespace(client, LEGACY, &[]).await?;
+    let catalog = serde_json::to_string(&json!([{"name": "legacy-agent", "containers": [{
+        "name": "legacy-agent", "image": images::busybox()?.reference,
+        "command": ["sh", "-c", "tr '\\0' '\\n' < /proc/1/environ | sort; echo legacy-agent up; exec sleep 3600"],
+    }]}]))?;
+    kubectl_apply(
+        cluster.kubeconfig(),
+        &json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "legacy-agent", "namespace": LEGACY},
+            "data": {"sidecars.yaml": catalog},
+        }),
+    )?;
+    let legacy: Api<Pod> = Api::namespaced(client.clone(), LEGACY);
+    let created = Instant::now();
+    eventually("the legacy pod admitted with its sidecar", Duration::from_secs(60), || async {
+        match legacy.create(&PostParams::default(), &app_pod("legacy-app", "legacy-agent", true)?).await {
+            Ok(pod) => Ok(Some(pod)),
+            Err(kube::Error::Api(status)) if status.message.contains("nor a ConfigMap") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    eprintln!("the ConfigMap catalog reached the injector {:?} after it was created", created.elapsed());
+    wait_running(&legacy, "legacy-app").await?;
+    let sidecar_log = eventually("the legacy sidecar's log", Duration::from_secs(30), || async {
+        let log = cluster.pod_log(LEGACY, "legacy-app", Some("legacy-agent")).await?;
+        Ok(log.contains("legacy-agent up").then_some(log))
+    })
+    .await?;
+    ensure!(
+        sidecar_log.lines().any(|l| l == format!("api-key={API_KEY}")),
+        "no api-key in the sidecar:\n{sidecar_log}"
+    );
+    let log = cluster.pod_log(NS, &injector_pod, None).await?;
+    ensure!(log.contains("list but not watch"), "the injector did not say it lists instead of watching:\n{log}");
+    eprintln!("Expedia 2022 chart, our image: pod {LEGACY}/legacy-app runs sidecar legacy-agent with api-key");
     Ok(())
 }

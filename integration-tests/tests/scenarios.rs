@@ -30,6 +30,7 @@ async fn scenarios_against_a_real_api_server() -> anyhow::Result<()> {
     }
     let plane = ControlPlane::start(&Binaries::locate()?)?;
     let client = client(&plane).await?;
+    integration_tests::control_plane::check_kubernetes_version(&client).await?;
     let catalog_dir = tempfile::tempdir()?;
     let injector = start_injector(&client, &catalog_config(catalog_dir.path())?, "sidecar-injector").await?;
     Box::pin(portable_scenarios(&client)).await?;

@@ -46,13 +46,15 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const PREFIX: &str = "sidecar-injector.expedia.com/";
 
 /// The caps raised far beyond the hostile pods, for the second server.
-const RAISED: [&str; 6] = [
+const RAISED: [&str; 8] = [
     "--set",
     "limits.maxInjectNames=1000000",
     "--set",
     "limits.maxEnvAnnotations=1000000",
     "--set",
     "limits.maxAnnotationBytes=100000000",
+    "--set",
+    "annotationEnv.maxVars=1000000",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
