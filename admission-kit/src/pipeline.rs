@@ -86,8 +86,10 @@ impl Ord for Schema {
     }
 }
 
-/// Decodes `value` as `K`, naming the field (`spec.containers`) where decoding failed.
-fn decode<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
+/// Decodes `value` as `K`, naming the field (`` `spec.containers`: invalid type: … ``) where
+/// decoding failed: the message the pipeline gives for an undecodable object, for plugins that
+/// check JSON of their own (a catalog's containers, say) the same way.
+pub fn decode_naming_field<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
     serde_path_to_error::deserialize::<_, K>(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -96,7 +98,7 @@ fn decode<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
 }
 
 fn check<K: DeserializeOwned>(value: &Value) -> Result<(), String> {
-    decode::<K>(value).map(drop)
+    decode_naming_field::<K>(value).map(drop)
 }
 
 impl ResourceTarget {
@@ -163,7 +165,7 @@ where
     M: Mutator<K>,
 {
     async fn mutate(&self, object: &mut Value, ctx: &mut Context<'_>) -> MutationResult {
-        let mut typed = decode::<K>(object).map_err(|message| MutationError::Undecodable { message })?;
+        let mut typed = decode_naming_field::<K>(object).map_err(|message| MutationError::Undecodable { message })?;
         let encode = |k: &K| {
             serde_json::to_value(k)
                 .map_err(|e| MutationError::caused_by(format!("failed to encode {}", self.target), e))

@@ -77,6 +77,7 @@ async fn chart_installs_into_a_real_api_server() -> anyhow::Result<()> {
     let binaries = Binaries::locate()?;
     let plane = ControlPlane::start(&binaries)?;
     let client = client(&plane).await?;
+    integration_tests::control_plane::check_kubernetes_version(&client).await?;
     let helm4 = Helm::locate(4)?.kubeconfig(&plane.kubeconfig);
     let helm3 = Helm::locate(3)?.kubeconfig(&plane.kubeconfig);
 

@@ -237,11 +237,7 @@ type ItemCheck = fn(&Value) -> Result<(), String>;
 
 /// Whether `value` decodes as `K`, naming the field that does not.
 fn decodes_as<K: serde::de::DeserializeOwned>(value: &Value) -> Result<(), String> {
-    serde_path_to_error::deserialize::<_, K>(value).map(drop).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." { inner.to_string() } else { format!("`{path}`: {inner}") }
-    })
+    admission_kit::pipeline::decode_naming_field::<K>(value).map(drop)
 }
 
 /// Refuses an entry whose items are not what Kubernetes accepts (a container, volume or image
