@@ -7,6 +7,11 @@
 //!   `/metrics`, a review answered with the sidecar, a catalog directory swapped the way kubelet
 //!   swaps a `ConfigMap` volume (`..data`) reloaded, and `podman stop` (SIGTERM) draining and
 //!   exiting 0 within the grace period.
+//! - `image_runs_with_the_expedia_2019_charts_args`: the image started with the Expedia 2019
+//!   chart's arguments after its entrypoint, its file layout (`/etc/webhook/certs`,
+//!   `/etc/webhook/config/sidecarconfig.yaml`, 2019 format) — `GET /healthz` over HTTPS and a review
+//!   injected from that catalog. (The 2022 chart's Deployment runs on the test node:
+//!   `tests/node_cluster.rs`.)
 //! - `api_server_calls_the_container`: the real kube-apiserver calls the containerised webhook
 //!   (which watches namespaces and `ConfigMap` catalogs with the kubeconfig it is given) and the
 //!   portable scenarios pass through it.
@@ -95,16 +100,25 @@ fn readable_by_all(dir: &Path) -> anyhow::Result<()> {
 /// The injector image as the tests run it: its own entrypoint (`serve`) and user, `--config`,
 /// read-only root, no capabilities, the host's network, and `dir` mounted read-only at `/etc/sidecar-injector`.
 async fn start(image: &Image, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<ContainerAsync<GenericImage>> {
+    start_with(image, dir, "/etc/sidecar-injector", &["--config", "/etc/sidecar-injector/config.yaml"], env).await
+}
+
+/// [`start`] with `args` after the entrypoint and `dir` mounted at `mount_at`.
+async fn start_with(
+    image: &Image,
+    dir: &Path,
+    mount_at: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<ContainerAsync<GenericImage>> {
     let mut request = GenericImage::new(image.repository(), image.tag())
-        .with_cmd(["--config", "/etc/sidecar-injector/config.yaml"])
+        .with_cmd(args.iter().map(|a| (*a).to_owned()))
         // The network mode, not a network of that name (which testcontainers would try to create).
         .with_host_config_modifier(|config: &mut HostConfig| config.network_mode = Some("host".to_owned()))
         .with_readonly_rootfs(true)
         .with_cap_drop("ALL")
         .with_security_opt("no-new-privileges")
-        .with_mount(
-            Mount::bind_mount(dir.to_string_lossy(), "/etc/sidecar-injector").with_access_mode(AccessMode::ReadOnly),
-        )
+        .with_mount(Mount::bind_mount(dir.to_string_lossy(), mount_at).with_access_mode(AccessMode::ReadOnly))
         .with_startup_timeout(Duration::from_secs(60));
     for (key, value) in env {
         request = request.with_env_var(*key, *value);
@@ -270,6 +284,58 @@ async fn serves_reloads_and_drains() -> anyhow::Result<()> {
     for expected in ["SIGTERM received", "draining", "server stopped"] {
         ensure!(logs.contains(expected), "no `{expected}` in the container's log:\n{logs}");
     }
+    Ok(())
+}
+
+#[test]
+fn image_runs_with_the_expedia_2019_charts_args() -> anyhow::Result<()> {
+    if !run_under_service("image_runs_with_the_expedia_2019_charts_args")? {
+        return Ok(());
+    }
+    runtime()?.block_on(expedia_2019_args())
+}
+
+async fn expedia_2019_args() -> anyhow::Result<()> {
+    let image = images::injector()?;
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs)?;
+    let ca = certificates(&certs)?;
+    std::fs::create_dir(dir.path().join("config"))?;
+    std::fs::write(
+        dir.path().join("config/sidecarconfig.yaml"),
+        "sidecars:\n  - name: haystack-agent\n    sidecar:\n      containers:\n        - name: haystack-agent\n          image: expediadotcom/haystack-agent:0.1\n",
+    )?;
+    readable_by_all(dir.path())?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let port_flag = format!("-port={port}");
+    // The 2019 chart's arguments (its port replaced by a free one: the container shares the host's
+    // network); the admin port, which Expedia's flags do not set, from the environment.
+    let args = [
+        port_flag.as_str(),
+        "-certFile=/etc/webhook/certs/tls.crt",
+        "-keyFile=/etc/webhook/certs/tls.key",
+        "-sideCar=/etc/webhook/config/sidecarconfig.yaml",
+        "-logtostderr",
+        "-v=4",
+    ];
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let container =
+        start_with(&image, dir.path(), "/etc/webhook", &args, &[("SIDECAR_INJECTOR_SERVER__ADMIN_ADDR", &admin_addr)])
+            .await?;
+    http_ok(admin, "/readyz").await?;
+    let tls = tls_client(&ca)?;
+    let healthz = tls.get(format!("https://localhost:{port}/healthz")).send().await?;
+    ensure!(healthz.status() == 200, "GET /healthz on the webhook port answered {}", healthz.status());
+    let answer = review(&tls, port, &pod_review("expedia", "haystack-agent")).await?;
+    ensure!(added_containers(&answer)? == ["haystack-agent"], "the sidecar was not injected: {answer}");
+    container.stop_with_timeout(Some(30)).await?;
+    let logs = String::from_utf8_lossy(&container.stderr_to_vec().await?).into_owned();
+    ensure!(
+        logs.contains("Expedia 2019 (Go flag) command line recognised; serving as: sidecar-injector serve --set"),
+        "no compatibility line in the container's log:\n{logs}"
+    );
+    eprintln!("container: the Expedia 2019 chart's args served /healthz and injected haystack-agent");
     Ok(())
 }
 
