@@ -36,8 +36,8 @@ RUN --mount=type=cache,id=admission-kit-cargo-registry,target=/usr/local/cargo/r
     --mount=type=cache,id=admission-kit-target,target=/src/target \
     target="$(rustc -vV | sed -n 's/^host: //p')" \
     && RUSTFLAGS="-C target-feature=+crt-static" \
-       cargo build --release --locked -p sidecar-injector --target "$target" \
-    && install -D -m 0755 "target/$target/release/sidecar-injector" /out/sidecar-injector \
+       cargo build --profile dist --locked -p sidecar-injector --target "$target" \
+    && install -D -m 0755 "target/$target/dist/sidecar-injector" /out/sidecar-injector \
     && /out/sidecar-injector --version
 
 # The build context holds just the binary (scripts/build-image.sh makes it).

@@ -292,7 +292,7 @@ impl Ctx {
 pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let started = Instant::now();
     let root = workspace_root();
-    let binary = crate::runner::injector_binary(&root, opts.binary.as_deref(), opts.allow_stale)?;
+    let binary = crate::runner::injector_binary(&root, opts.binary.as_deref(), "release", opts.allow_stale)?;
     let fd_limit = fd_limit();
     let priority = servers::Priority::take(CLIENT_CPU, opts.nice, opts.realtime.then_some(REALTIME_PRIORITY))?;
     let mode = if opts.short { "short" } else { "full" };

@@ -34,7 +34,7 @@ enum Command {
         /// The Go baseline binary (default: ask `bash bench/build-go-baseline.sh | tail -1`).
         #[arg(long)]
         go: Option<PathBuf>,
-        /// The sidecar-injector binary (default: target/release/sidecar-injector).
+        /// The sidecar-injector binary (default: target/dist/sidecar-injector, the shipped profile).
         #[arg(long)]
         ours: Option<PathBuf>,
         /// Run even if the sidecar-injector binary is older than its sources.

@@ -33,7 +33,7 @@ pub struct Options {
     pub runs: usize,
     /// The Go baseline binary (else asked of `bench/build-go-baseline.sh`).
     pub go: Option<PathBuf>,
-    /// The sidecar-injector binary (else `target/release/sidecar-injector`).
+    /// The sidecar-injector binary (else `target/dist/sidecar-injector`).
     pub ours: Option<PathBuf>,
     /// Run even when the sidecar-injector binary is older than its sources.
     pub allow_stale: bool,
@@ -321,22 +321,28 @@ fn newest(paths: &[PathBuf]) -> Option<std::time::SystemTime> {
 }
 
 fn find_ours(root: &Path, opts: &Options) -> anyhow::Result<PathBuf> {
-    injector_binary(root, opts.ours.as_deref(), opts.allow_stale)
+    injector_binary(root, opts.ours.as_deref(), "dist", opts.allow_stale)
 }
 
-/// The sidecar-injector binary: `explicit`, else `target/release/sidecar-injector` (under
-/// `CARGO_TARGET_DIR` when set). Refused when missing, or older than its sources unless
-/// `allow_stale`.
-pub fn injector_binary(root: &Path, explicit: Option<&Path>, allow_stale: bool) -> anyhow::Result<PathBuf> {
+/// The sidecar-injector binary: `explicit`, else the `profile` build (`dist` for measurements,
+/// `release` for the fault tests) under `target/` (or `CARGO_TARGET_DIR`). Refused when missing,
+/// or older than its sources unless `allow_stale`.
+pub fn injector_binary(
+    root: &Path,
+    explicit: Option<&Path>,
+    profile: &str,
+    allow_stale: bool,
+) -> anyhow::Result<PathBuf> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => std::env::var_os("CARGO_TARGET_DIR")
             .map_or_else(|| root.join("target"), PathBuf::from)
-            .join("release/sidecar-injector"),
+            .join(profile)
+            .join("sidecar-injector"),
     };
     if !path.is_file() {
         bail!(
-            "{} does not exist: build it first with `cargo build --release -p sidecar-injector` (the runner builds nothing itself)",
+            "{} does not exist: build it first with `cargo build --profile {profile} -p sidecar-injector` (the runner builds nothing itself)",
             path.display()
         );
     }
