@@ -206,13 +206,12 @@ fn names(store: &Store<ConfigMap>) -> Vec<String> {
     names
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failed_watch_keeps_the_contents_and_relists_after_backoff() {
+/// Runs the watch loop over `script`'s watchers into a reflector store, with the contact check
+/// answering as `mode` says and fast timings; returns the store and the cache's health.
+fn spawn_loop(script: &Script, mode: Arc<AtomicU8>) -> (Store<ConfigMap>, CacheHealth) {
     let writer = Writer::<ConfigMap>::default();
     let store = writer.as_reader();
     let health = CacheHealth::new("configmaps");
-    let (script, senders) = Script::new(3);
-    let mode = Arc::new(AtomicU8::new(ANSWER));
     tokio::spawn(run(
         writer,
         health.clone(),
@@ -221,6 +220,14 @@ async fn a_failed_watch_keeps_the_contents_and_relists_after_backoff() {
         watcher::DefaultBackoff::default(),
         fast(),
     ));
+    (store, health)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_watch_keeps_the_contents_and_relists_after_backoff() {
+    let mode = Arc::new(AtomicU8::new(ANSWER));
+    let (script, senders) = Script::new(3);
+    let (store, health) = spawn_loop(&script, mode);
     let send = |i: usize, event| senders[i].unbounded_send(event).unwrap();
 
     send(0, Ok(Event::Init));
@@ -255,19 +262,9 @@ async fn a_failed_watch_keeps_the_contents_and_relists_after_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_check_puts_the_cache_out_of_contact_until_answered_and_410_is_no_failure() {
-    let writer = Writer::<ConfigMap>::default();
-    let store = writer.as_reader();
-    let health = CacheHealth::new("configmaps");
-    let (script, senders) = Script::new(1);
     let mode = Arc::new(AtomicU8::new(ANSWER));
-    tokio::spawn(run(
-        writer,
-        health.clone(),
-        script.make_watch(),
-        scripted_probe(mode.clone()),
-        watcher::DefaultBackoff::default(),
-        fast(),
-    ));
+    let (script, senders) = Script::new(1);
+    let (store, health) = spawn_loop(&script, mode.clone());
     let send = |event| senders[0].unbounded_send(event).unwrap();
     send(Ok(Event::Init));
     send(Ok(Event::InitApply(config_map("a", "1"))));
@@ -304,17 +301,8 @@ async fn a_failed_check_puts_the_cache_out_of_contact_until_answered_and_410_is_
 
 #[tokio::test(start_paused = true)]
 async fn a_stalled_list_is_abandoned_and_started_again() {
-    let writer = Writer::<ConfigMap>::default();
-    let health = CacheHealth::new("configmaps");
     let (script, senders) = Script::new(2);
-    tokio::spawn(run(
-        writer,
-        health.clone(),
-        script.make_watch(),
-        scripted_probe(Arc::new(AtomicU8::new(ANSWER))),
-        watcher::DefaultBackoff::default(),
-        fast(),
-    ));
+    let (_, health) = spawn_loop(&script, Arc::new(AtomicU8::new(ANSWER)));
     senders[0].unbounded_send(Ok(Event::Init)).unwrap();
     until("out of contact", || health.status().out_of_contact.is_some()).await;
     assert!(health.status().out_of_contact.unwrap().error.contains("no answer to the list"));
@@ -326,18 +314,8 @@ async fn a_stalled_list_is_abandoned_and_started_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_forbidden_watch_after_a_good_list_polls_instead_of_failing() {
-    let writer = Writer::<ConfigMap>::default();
-    let store = writer.as_reader();
-    let health = CacheHealth::new("configmaps");
     let (script, senders) = Script::new(3);
-    tokio::spawn(run(
-        writer,
-        health.clone(),
-        script.make_watch(),
-        scripted_probe(Arc::new(AtomicU8::new(ANSWER))),
-        watcher::DefaultBackoff::default(),
-        fast(),
-    ));
+    let (store, health) = spawn_loop(&script, Arc::new(AtomicU8::new(ANSWER)));
     let send = |i: usize, event| senders[i].unbounded_send(event).unwrap();
     let forbidden = || {
         let mut status = kube::core::Status::failure("configmaps is forbidden: cannot watch", "Forbidden");
