@@ -19,6 +19,7 @@ use admission_kit::reexports::kube::{
     self, Api,
     api::{ListParams, PostParams},
 };
+use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use serde_json::{Value, json};
@@ -456,7 +457,9 @@ pub async fn reinvocation(client: &kube::Client, injector: &Injector) -> anyhow:
 }
 
 /// The webhook unreachable: `failurePolicy: Fail` rejects with the API server's message, `Ignore`
-/// admits the pod unmutated.
+/// admits the pod unmutated. With `Fail` and nothing answering, a pod the API server does not send
+/// (unlabelled namespace, kube-system even when labelled, no `inject` annotation) is still created:
+/// the rendered `namespaceSelector` and `matchConditions` did the filtering, not the webhook.
 async fn webhook_down(client: &kube::Client) -> anyhow::Result<()> {
     // A port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -470,9 +473,7 @@ async fn webhook_down(client: &kube::Client) -> anyhow::Result<()> {
             sidecar_injector::catalog::Catalog::default(),
         ));
         let pipeline = sidecar_injector::pipeline(&config, store, None)?;
-        register(client, &[pipeline], label, &url, b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
-            .await
-            .or_else(|_| anyhow::Ok(()))?;
+        register(client, &[pipeline], label, &url, b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").await?;
         namespace(client, label, &[(label, "enabled")]).await?;
     }
     let fail: Api<Pod> = Api::namespaced(client.clone(), "down-fail");
@@ -489,6 +490,24 @@ async fn webhook_down(client: &kube::Client) -> anyhow::Result<()> {
         message.contains("failed calling webhook") && message.contains("down-fail.integration.example.com"),
         "{message}"
     );
+    // What the API server filters out never reaches the dead webhook, so it is created.
+    let created = |ns: &str, name: &str, annotations: Value| {
+        let (client, ns, name) = (client.clone(), ns.to_owned(), name.to_owned());
+        async move {
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            let stored = pods
+                .create(&PostParams::default(), &pod(&name, annotations)?)
+                .await
+                .with_context(|| format!("pod {ns}/{name} was sent to the dead webhook"))?;
+            pods.delete(&name, &kube::api::DeleteParams::default()).await?;
+            anyhow::Ok(stored)
+        }
+    };
+    created("down-fail", "no-annotation", json!({"team": "x"})).await?;
+    namespace(client, "down-unlabelled", &[]).await?;
+    created("down-unlabelled", "annotated", json!({INJECT: "haystack-agent"})).await?;
+    namespace(client, "kube-system", &[("down-fail", "enabled")]).await?;
+    created("kube-system", "down-annotated", json!({INJECT: "haystack-agent"})).await?;
     let ignore: Api<Pod> = Api::namespaced(client.clone(), "down-ignore");
     let stored = ignore.create(&PostParams::default(), &pod("p", json!({INJECT: "haystack-agent"}))?).await?;
     assert_eq!(names(&stored), vec!["app"], "admitted unmutated");
