@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load};
 use crate::client::{Connection, REVIEW_PATH, Reply, Tls, post_once};
-use crate::load::{self, Check};
+use crate::load;
 use crate::servers;
 
 const NAMES: usize = 60_000;
@@ -248,8 +248,8 @@ struct Phase {
 
 async fn phase(ctx: &Ctx, server: &servers::Running, tls: &Tls, flood: bool) -> anyhow::Result<Phase> {
     let seconds = ctx.pick(8.0, 30.0);
-    let mut load_spec = ctx.load(1000.0, 1.0, seconds);
-    load_spec.check = Some(Check(Arc::new(|reply: &Reply| injects(reply, "haystack-agent"))));
+    // Every real answer must inject the sidecar: the fault tests' load checks that by default.
+    let load_spec = ctx.load(1000.0, 1.0, seconds);
     let admin = server.admin.context("no admin address")?;
     let start = Instant::now() + Duration::from_secs(1);
     let end = start + Duration::from_secs_f64(seconds);

@@ -119,7 +119,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         cpu.as_secs_f64() * 1e6 / f(report.answered_total.max(1)),
     );
     let checked = format!(
-        "{seconds:.0} s at 1,000 reviews/s (after {warmup:.0} s warm-up): zero failed requests, every answer admitted; RSS flat: median of the last 10% of 1-s samples ≤ median of the 10–20% window + 10% and + 2 MiB; server alive and serving after"
+        "{seconds:.0} s at 1,000 reviews/s (after {warmup:.0} s warm-up): zero failed requests, every answer admitted with haystack-agent injected (patch decoded); RSS flat: median of the last 10% of 1-s samples ≤ median of the 10–20% window + 10% and + 2 MiB; server alive and serving after"
     );
     Ok(v.outcome(Scenario::Soak, checked, figures))
 }
