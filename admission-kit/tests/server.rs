@@ -32,6 +32,8 @@ impl Mutator<Pod> for Sidecar {
             Some("spin-checked") => spin(Duration::from_secs(3), || ctx.check_deadline())?,
             Some("slow") => tokio::time::sleep(Duration::from_secs(5)).await,
             Some("pause") => tokio::time::sleep(Duration::from_millis(300)).await,
+            Some("deny") => return Err(MutationError::deny("pods here may not ask for that")),
+            Some("fail") => return Err(MutationError::failed("the catalog is unavailable")),
             _ => {}
         }
         let spec = pod.spec.get_or_insert_default();
@@ -1044,4 +1046,67 @@ async fn both_ports_listen_with_the_system_maximum_backlog() {
         let backlog: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
         assert_eq!(backlog, vec![expected.to_string()], "ss for {addr}: {text}");
     }
+}
+
+/// Fails (admitted without its change, by its failure mode) for pods whose behaviour is `fail-open`.
+struct Lenient;
+
+#[async_trait]
+impl Mutator<Pod> for Lenient {
+    async fn mutate(&self, pod: &mut Pod, _: &mut Context<'_>) -> MutationResult {
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        if annotations.get("test/behaviour").map(String::as_str) == Some("fail-open") {
+            return Err(MutationError::failed("the label service is unavailable"));
+        }
+        Ok(())
+    }
+}
+
+/// The book's example alerts (`book/src/operations/prometheus-alerts.yaml`) query these series by
+/// these labels: a running server driven through each outcome must count each one there, with
+/// exactly those labels (a renamed metric or label would leave an alert that never fires).
+#[tokio::test]
+async fn the_series_the_alerts_query_count_each_outcome() {
+    const HOOK: &str = "alerts.test.example.com";
+    let pipeline = Pipeline::builder(HOOK)
+        .step(Step::new("sidecar", Sidecar).when(matcher::namespace_label("inject", "enabled")))
+        .step(Step::new("lenient", Lenient).on_error(FailureMode::AllowWithWarning))
+        .build()
+        .unwrap();
+    let server = Server::new(ServerConfig::local(), [pipeline]).namespaces(namespaces()).start().await.unwrap();
+    let client = client(&[server.ca_pem().unwrap()], true);
+    for (uid, behaviour, allowed) in [
+        ("patched", None, true),
+        ("denied", Some("deny"), false),
+        ("failed", Some("fail"), false),
+        ("fail-open", Some("fail-open"), true),
+        ("panics", Some("panic"), false),
+    ] {
+        let (status, review) = post(&client, &server, pod_body("on", uid, behaviour)).await.unwrap();
+        assert_eq!((status, review["response"]["allowed"].as_bool()), (200, Some(allowed)), "{uid}: {review}");
+    }
+    let (status, _) = post(&client, &server, b"{not json".to_vec()).await.unwrap_or((0, Value::Null));
+    assert_eq!(status, 400);
+
+    let requests = |result: &str, operation: &str| {
+        format!(r#"admission_kit_requests_total{{webhook="{HOOK}",operation="{operation}",result="{result}"}}"#)
+    };
+    let step = |name: &str, series: &str| format!(r#"{name}{{webhook="{HOOK}",step="{series}"}}"#);
+    metric_reaches(&server, &requests("patched", "CREATE"), 2.0).await; // patched, and fail-open (sidecar kept)
+    metric_reaches(&server, &requests("denied", "CREATE"), 3.0).await; // denied, failed, panics
+    metric_reaches(&server, &requests("invalid", "unknown"), 1.0).await;
+    metric_reaches(&server, &step("admission_kit_step_failures_total", "sidecar"), 1.0).await;
+    metric_reaches(&server, &step("admission_kit_step_fail_open_total", "lenient"), 1.0).await;
+    metric_reaches(&server, &step("admission_kit_mutator_panics_total", "sidecar"), 1.0).await;
+    metric_reaches(&server, "admission_kit_draining", 0.0).await;
+    let expiry = metric(&server, "admission_kit_certificate_expiry_timestamp_seconds").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expiry > now + 14.0 * 24.0 * 3600.0, "a fresh certificate expires in more than 14 days: {expiry}");
+    let text = reqwest::get(format!("http://{}/metrics", server.admin_addr())).await.unwrap().text().await.unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("admission_kit_request_duration_seconds_bucket{")
+            && l.contains(&format!(r#"webhook="{HOOK}""#))),
+        "no latency histogram by webhook:\n{text}"
+    );
+    server.shutdown_and_wait().await.unwrap();
 }
