@@ -136,6 +136,84 @@ fn inject_the_expedia_sample_deployment() {
     assert_eq!(docs[1].get("spec").and_then(|s| s.get("template")), None, "other kinds pass through");
 }
 
+/// Every workload kind `inject` and `explain` know, one a `List` item, read from stdin: each pod
+/// template gets the sidecar and the env, whatever the kind; other kinds pass through unchanged
+/// (a `List`'s items as documents of their own).
+#[test]
+fn inject_and_explain_every_workload_kind_from_stdin() {
+    let template = json!({
+        "metadata": {"labels": {"app": "w"}, "annotations": {
+            "sidecar-injector.expedia.com/inject": "haystack-agent",
+            "sidecar-injector.expedia.com/api-key": "k-1",
+        }},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    });
+    let workload = |kind: &str, api: &str, spec: Value| json!({"apiVersion": api, "kind": kind, "metadata": {"name": kind.to_lowercase()}, "spec": spec});
+    let with_template = json!({"selector": {"matchLabels": {"app": "w"}}, "template": template});
+    let documents = [
+        workload("StatefulSet", "apps/v1", with_template.clone()),
+        workload("DaemonSet", "apps/v1", with_template.clone()),
+        workload("ReplicaSet", "apps/v1", with_template.clone()),
+        workload("Job", "batch/v1", json!({"template": template})),
+        workload(
+            "CronJob",
+            "batch/v1",
+            json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}),
+        ),
+        json!({"apiVersion": "v1", "kind": "List", "items": [
+            workload("ReplicationController", "v1", json!({"selector": {"app": "w"}, "template": template})),
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "passes"}, "data": {"k": "v"}},
+        ]}),
+    ];
+    let text: String = documents.iter().map(|d| ["---\n", &serde_json::to_string(d).unwrap(), "\n"].concat()).collect();
+    let run_stdin = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("SIDECAR_INJECTOR_CONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (ok, out, err) = run_stdin(&["inject", "-f", "-"]);
+    assert!(ok, "{err}");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
+    let templates: Vec<(&str, &Value)> = docs
+        .iter()
+        .flat_map(|d| if d["kind"] == "List" { d["items"].as_array().unwrap().iter().collect() } else { vec![d] })
+        .filter_map(|d| {
+            let kind = d["kind"].as_str().unwrap();
+            let template =
+                if kind == "CronJob" { &d["spec"]["jobTemplate"]["spec"]["template"] } else { &d["spec"]["template"] };
+            (kind != "ConfigMap").then_some((kind, template))
+        })
+        .collect();
+    let kinds: Vec<&str> = templates.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, ["StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "ReplicationController"]);
+    for (kind, template) in templates {
+        let containers = template["spec"]["containers"].as_array().unwrap();
+        let names: Vec<&str> = containers.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["app", "haystack-agent"], "{kind}");
+        assert!(
+            containers[1]["env"].as_array().unwrap().contains(&json!({"name": "api-key", "value": "k-1"})),
+            "{kind}"
+        );
+    }
+    // A `List`'s items come out as documents of their own.
+    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("the List's ConfigMap");
+    assert_eq!(config_map, &documents[5]["items"][1], "other kinds pass through unchanged");
+
+    let (ok, out, err) = run_stdin(&["explain", "-f", "-", "-n", "apps"]);
+    assert!(ok, "{err}");
+    for name in ["statefulset", "daemonset", "replicaset", "job", "cronjob", "replicationcontroller"] {
+        assert!(out.contains(&format!(" {name}: would be injected")), "{name}:\n{out}");
+    }
+}
+
 #[test]
 fn explain_says_why() {
     let (ok, out, _) = run(&["explain", "-f", &data("echo-server-deployment.yaml")], &[]);
