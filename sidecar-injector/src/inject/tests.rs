@@ -765,3 +765,31 @@ fn a_catalog_entry_with_a_bad_rule_is_refused_naming_it() {
     let error = parse_catalog("- name: a\n  annotationEnv: {alow: ['*']}\n", "c.yaml").unwrap_err().to_string();
     assert!(error.contains("alow"), "{error}");
 }
+
+/// Collisions on every kind of item: a volume, an init container (with a pod container of the
+/// same name), and a pull secret the pod already lists (harmless: added once, never a collision).
+#[tokio::test]
+async fn volume_init_container_and_pull_secret_collisions() {
+    let mut p = pod(json!({INJECT: "logger"}));
+    p["spec"]["volumes"] = json!([{"name": "logs", "hostPath": {"path": "/var/log"}}]);
+    check(p.clone(), "apps")
+        .await
+        .assert_denied("sidecar `logger` adds volume `logs`, but the pod already has one with that name");
+    let mut skip = Config::default();
+    skip.on_collision = crate::settings::CollisionPolicy::Skip;
+    let skipped = harness_with(&skip).check(&review(p, "apps")).await;
+    let volumes = &skipped.patched()["spec"]["volumes"];
+    assert_eq!(volumes, &json!([{"name": "logs", "hostPath": {"path": "/var/log"}}]), "the pod's own volume is kept");
+    assert!(skipped.answer().warnings.iter().any(|w| w.contains("volume `logs`") && w.contains("skipped")));
+
+    let mut p = pod(json!({INJECT: "logger"}));
+    p["spec"]["containers"] = json!([{"name": "app", "image": "app:1"}, {"name": "logger-init", "image": "mine:1"}]);
+    check(p, "apps").await.assert_denied(
+        "sidecar `logger` adds init container `logger-init`, but the pod already has one with that name",
+    );
+
+    let mut p = pod(json!({INJECT: "agent, logger"}));
+    p["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    let checked = check(p, "apps").await;
+    assert_eq!(checked.patched()["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]), "listed once");
+}
