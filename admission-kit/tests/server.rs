@@ -1110,3 +1110,33 @@ async fn the_series_the_alerts_query_count_each_outcome() {
     );
     server.shutdown_and_wait().await.unwrap();
 }
+
+/// `shutdownTimeout` bounds the wait for reviews in flight: a review still running when it passes
+/// is cut off (its connection closed, no answer) and the server stops, instead of waiting for it.
+#[tokio::test]
+async fn the_shutdown_timeout_cuts_off_a_review_still_running() {
+    let mut config = ServerConfig::local();
+    config.shutdown_timeout = Duration::from_secs(1);
+    let server = start(config).await;
+    let client = client(&[server.ca_pem().unwrap()], true);
+    let port = server.webhook_addr().port();
+    // The `slow` step sleeps 5 s (the review's own deadline is the default 10 s).
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(format!("https://localhost:{port}/mutate"))
+            .header("content-type", "application/json")
+            .body(pod_body("on", "slow", Some("slow")))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    server.shutdown_and_wait().await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "stopped before the shutdown timeout: {took:?}");
+    assert!(took < Duration::from_secs(3), "waited for the review instead of cutting it off: {took:?}");
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("the client was answered or cut off");
+    assert!(outcome.unwrap().is_err(), "the cut-off review got an answer");
+}
