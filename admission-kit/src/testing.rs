@@ -611,6 +611,50 @@ fn walk_lost(original: &Value, result: Option<&Value>, path: &mut String, lost: 
     }
 }
 
+/// JSON pointers of `original`'s leaves whose value `result` changed: what [`lost_paths`] allows.
+/// List items are matched as there (in order, each to the earliest later item that keeps all of
+/// it), then compared leaf by leaf; a lost leaf is not reported here. A property states the changes
+/// a mutation documents by filtering these paths (`/metadata/labels/…` when labels may be
+/// overridden) and asserts that nothing else changed.
+#[must_use]
+pub fn changed_values(original: &Value, result: &Value) -> Vec<String> {
+    let mut changed = Vec::new();
+    walk_changed(original, result, &mut String::new(), &mut changed);
+    changed
+}
+
+fn walk_changed(original: &Value, result: &Value, path: &mut String, changed: &mut Vec<String>) {
+    let len = path.len();
+    match (original, result) {
+        (Value::Object(o), Value::Object(r)) => {
+            for (k, v) in o {
+                let Some(rv) = r.get(k) else { continue };
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                walk_changed(v, rv, path, changed);
+                path.truncate(len);
+            }
+        }
+        (Value::Array(o), Value::Array(r)) => {
+            // As in `lost_paths`, but an item with a merge key (`name`, …) is only matched to one
+            // with the same key: an item inserted before it with the same fields (a native sidecar
+            // before the pod's own init containers) is not it.
+            let mut next = 0;
+            for (i, v) in o.iter().enumerate() {
+                let same_key = |item: &Value| merge_key(v).is_none_or(|(k, x)| item.get(k) == Some(x));
+                let Some(j) = (next..r.len()).find(|&j| same_key(&r[j]) && keeps(v, &r[j])) else { continue };
+                next = j + 1;
+                path.push('/');
+                path.push_str(&i.to_string());
+                walk_changed(v, &r[j], path, changed);
+                path.truncate(len);
+            }
+        }
+        (o, r) if o != r => changed.push(path.clone()),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -757,6 +801,19 @@ mod tests {
             lost_paths(&original, &wiped),
             vec!["/metadata/annotations/a~1b", "/metadata/annotations/c", "/spec/x/1"]
         );
+    }
+
+    #[test]
+    fn changed_values_names_each_changed_leaf_and_nothing_else() {
+        let original = json!({"metadata": {"labels": {"app": "web", "x/y": "1"}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+        let same_with_more = json!({"metadata": {"labels": {"app": "web", "x/y": "1", "new": "2"}}, "spec": {"containers": [{"name": "side"}, {"name": "app", "image": "app:1"}]}});
+        assert!(changed_values(&original, &same_with_more).is_empty());
+        let changed = json!({"metadata": {"labels": {"app": "api", "x/y": "1"}}, "spec": {"containers": [{"name": "app", "image": "app:2"}]}});
+        assert_eq!(changed_values(&original, &changed), vec!["/metadata/labels/app", "/spec/containers/0/image"]);
+        // An inserted item of the same shape before the original one is not taken for it.
+        let inserted =
+            json!({"spec": {"containers": [{"name": "side", "image": "side:1"}, {"name": "app", "image": "app:1"}]}});
+        assert!(changed_values(&json!({"spec": original["spec"].clone()}), &inserted).is_empty());
     }
 
     /// Found by the `pipeline` fuzz target (`fuzz/artifacts-found/pipeline/`): two containers

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use admission_kit::pipeline::{Outcome, ResourceTarget};
 use admission_kit::review::Review;
-use admission_kit::testing::{Harness, apply_patch, lost_paths, review_json};
+use admission_kit::testing::{Harness, apply_patch, changed_values, lost_paths, review_json};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -837,6 +837,14 @@ fn nothing_of_the_pod_or_the_catalog_is_lost() {
         let original = &case.pod;
         let lost = lost_paths(original, result);
         prop_assert!(lost.is_empty(), "paths of the original lost: {:?}\nresult: {}", lost, result);
+        // Nor does any value of the original change, but the pod's annotations and labels when
+        // catalog metadata may override them (`overridePodMetadata`).
+        let overridable = |path: &String| {
+            case.policy.override_pod_metadata
+                && (path.starts_with("/metadata/annotations/") || path.starts_with("/metadata/labels/"))
+        };
+        let changed: Vec<String> = changed_values(original, result).into_iter().filter(|p| !overridable(p)).collect();
+        prop_assert!(changed.is_empty(), "values of the original changed: {:?}\nresult: {}", changed, result);
         for (path, value) in unknown_fields(original) {
             prop_assert_eq!(resolve(result, &path), Some(&value), "unknown field {} changed or lost", show(&path));
         }
