@@ -1140,3 +1140,30 @@ async fn the_shutdown_timeout_cuts_off_a_review_still_running() {
         tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("the client was answered or cut off");
     assert!(outcome.unwrap().is_err(), "the cut-off review got an answer");
 }
+
+/// Each new connection is one completed handshake in `admission_kit_tls_handshake_duration_seconds`
+/// (by kind, full or resumed): a client reusing one connection adds one; a client opening a
+/// connection per review adds one per review.
+#[tokio::test]
+async fn handshakes_count_the_connections_clients_open() {
+    let server = start(ServerConfig::local()).await;
+    let ca = server.ca_pem().unwrap().to_owned();
+    let handshakes = || async {
+        let series = "admission_kit_tls_handshake_duration_seconds_count";
+        metric(&server, &format!(r#"{series}{{kind="full"}}"#)).await
+            + metric(&server, &format!(r#"{series}{{kind="resumed"}}"#)).await
+    };
+    let reusing = client(&[&ca], true);
+    for i in 0..5 {
+        let (status, _) = post(&reusing, &server, pod_body("on", &format!("k{i}"), None)).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    assert!((handshakes().await - 1.0).abs() < 0.5, "one connection reused: {}", handshakes().await);
+    let opening = client(&[&ca], false);
+    for i in 0..3 {
+        let (status, _) = post(&opening, &server, pod_body("on", &format!("n{i}"), None)).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    assert!((handshakes().await - 4.0).abs() < 0.5, "one more per new connection: {}", handshakes().await);
+    server.shutdown_and_wait().await.unwrap();
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use admission_kit::metrics::{
-    CacheLabels, Metrics, RefusalLabels, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels,
+    CacheLabels, HandshakeLabels, Metrics, RefusalLabels, ReloadLabels, ReviewLabels, StepLabels, WebhookLabels,
 };
 use serde_json::Value;
 use sidecar_injector::config::{Config, ENV_PREFIX, env_var};
@@ -298,6 +298,7 @@ fn exposed_metrics() -> BTreeSet<String> {
     metrics.overruns.get_or_create(&WebhookLabels { webhook: "w".into() }).inc();
     metrics.cert_reloads.get_or_create(&ReloadLabels { result: "success".into() }).inc();
     metrics.connections_refused.get_or_create(&RefusalLabels { reason: "connection_cap".into() }).inc();
+    metrics.handshakes.get_or_create(&HandshakeLabels { kind: "full".into() }).observe(0.001);
     let cache = CacheLabels { cache: "namespaces".into() };
     metrics.cache_healthy.get_or_create(&cache).set(1);
     metrics.cache_last_contact.get_or_create(&cache).set(1.0);

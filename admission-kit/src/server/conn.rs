@@ -281,6 +281,7 @@ impl Connection {
     async fn serve(mut self, stream: TcpStream, mut handshake: HandshakeSlot) {
         let metrics = self.shared.metrics.clone();
         let config = &self.shared.config;
+        let handshake_started = Instant::now();
         let handshaken = tokio::select! {
             handshaken = tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)) => handshaken,
             _ = &mut handshake.evicted => {
@@ -290,7 +291,17 @@ impl Connection {
         };
         drop(handshake);
         let tls = match handshaken {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => {
+                let kind = match tls.get_ref().1.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => "resumed",
+                    _ => "full",
+                };
+                metrics
+                    .handshakes
+                    .get_or_create(&crate::metrics::HandshakeLabels { kind: kind.to_owned() })
+                    .observe(handshake_started.elapsed().as_secs_f64());
+                tls
+            }
             Ok(Err(error)) => {
                 metrics.handshake_failures.inc();
                 tracing::debug!(%error, "TLS handshake failed");
