@@ -96,18 +96,13 @@ async fn serve_takes_flags_and_environment_and_writes_its_ca() {
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
         .build()
         .unwrap();
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "apps", "operation": "CREATE",
-            "object": {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "app"}]}},
-        },
-    });
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "app"}]}});
+    let target = admission_kit::pipeline::ResourceTarget::of::<k8s_openapi::api::core::v1::Pod>();
+    let review = admission_kit::testing::review_json(pod, &target).namespace("apps").uid("u-1").body();
     let answer: Value = client
         .post(format!("https://localhost:{webhook}/mutate"))
-        .json(&review)
+        .header("content-type", "application/json")
+        .body(review)
         .send()
         .await
         .unwrap()
