@@ -385,6 +385,8 @@ async fn catalog_hot_reload_from_a_mounted_configmap() {
     mount(dir.path(), 3, "- name: [broken\n");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(review(&served, &pod_review("two")).await["response"]["allowed"], true);
+    // A name no catalog has: denied, and counted as the alert on unknown sidecars reads it.
+    assert_eq!(review(&served, &pod_review("nope")).await["response"]["allowed"], false);
     let metrics =
         reqwest::get(format!("http://127.0.0.1:{}/metrics", served.admin)).await.unwrap().text().await.unwrap();
     assert!(
@@ -395,6 +397,12 @@ async fn catalog_hot_reload_from_a_mounted_configmap() {
     assert!(metrics.contains("admission_kit_sidecar_injector_catalog_sidecars 2"), "{metrics}");
     assert!(
         metrics.contains(r#"admission_kit_sidecar_injector_injections_total{sidecar="two",outcome="injected"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("admission_kit_sidecar_injector_injections_total{")
+            && l.contains(r#"outcome="unknown""#)
+            && !l.ends_with(" 0")),
         "{metrics}"
     );
 }
