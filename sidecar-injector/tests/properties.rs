@@ -947,7 +947,10 @@ fn env_from_annotations_reaches_injected_containers_only() {
         let (harness, _) = harness(case.policy, &case.entries);
         let ran = run(&runtime, &harness, &case.pod)?;
         coverage.record(&ran);
-        let Some(result) = &ran.result else { return env_denial_is_right(&case, &ran.outcome.answer.message) };
+        let Some(result) = &ran.result else {
+            namespace_denial_is_right(&case, &ran.outcome.answer.message)?;
+            return env_denial_is_right(&case, &ran.outcome.answer.message);
+        };
         let original = &case.pod;
         for list in ["containers", "initContainers"] {
             for app in items(original, list) {
@@ -965,6 +968,18 @@ fn env_from_annotations_reaches_injected_containers_only() {
             return Ok(());
         };
         prop_assert_eq!(&status.sidecars, &requested_known(original, &case.entries), "status sidecars");
+        // Namespace allow-lists: no sidecar restricted to other namespaces reaches a pod here.
+        for name in &status.sidecars {
+            let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
+            let allowed = entry.namespaces.as_ref().is_none_or(|ns| ns.iter().any(|n| n == NAMESPACE));
+            prop_assert!(
+                allowed,
+                "sidecar `{}` is restricted to {:?}, yet injected in `{}`",
+                name,
+                entry.namespaces,
+                NAMESPACE
+            );
+        }
         let mut recorded = status.containers.clone();
         recorded.sort();
         added.sort();
@@ -1013,6 +1028,26 @@ fn env_from_annotations_reaches_injected_containers_only() {
         Ok(())
     });
     coverage.assert_meaningful("property 5");
+}
+
+/// A denial for a namespace allow-list names a sidecar whose entry is restricted to namespaces
+/// other than the pod's.
+fn namespace_denial_is_right(case: &Case, message: &str) -> Result<(), TestCaseError> {
+    let Some(rest) = message.strip_prefix("sidecar `") else { return Ok(()) };
+    let Some((name, tail)) = rest.split_once('`') else { return Ok(()) };
+    if !tail.starts_with(" may not be injected in namespace") {
+        return Ok(());
+    }
+    let entry = case.entries.iter().find(|e| e.name == name);
+    let restricted = entry.and_then(|e| e.namespaces.as_ref()).is_some_and(|ns| !ns.iter().any(|n| n == NAMESPACE));
+    prop_assert!(
+        restricted,
+        "denied for its namespace, but `{}` may be injected in `{}`: {}",
+        name,
+        NAMESPACE,
+        message
+    );
+    Ok(())
 }
 
 /// A denial for an env rule names a container, an annotation and its env var; the rules, applied
