@@ -968,6 +968,22 @@ fn env_from_annotations_reaches_injected_containers_only() {
             return Ok(());
         };
         prop_assert_eq!(&status.sidecars, &requested_known(original, &case.entries), "status sidecars");
+        // `onCollision: deny`: an admitted pod got every item of every sidecar it got (nothing skipped).
+        if matches!(case.policy.on_collision, CollisionPolicy::Deny) {
+            for name in &status.sidecars {
+                let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
+                for c in entry.containers.iter().chain(&entry.init_containers) {
+                    prop_assert!(
+                        status.containers.iter().any(|n| n == name_of(c)),
+                        "`{}` skipped under deny",
+                        name_of(c)
+                    );
+                }
+                for v in &entry.volumes {
+                    prop_assert!(items(result, "volumes").contains(v), "volume `{}` skipped under deny", name_of(v));
+                }
+            }
+        }
         // Namespace allow-lists: no sidecar restricted to other namespaces reaches a pod here.
         for name in &status.sidecars {
             let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
