@@ -968,34 +968,7 @@ fn env_from_annotations_reaches_injected_containers_only() {
             return Ok(());
         };
         prop_assert_eq!(&status.sidecars, &requested_known(original, &case.entries), "status sidecars");
-        // `onCollision: deny`: an admitted pod got every item of every sidecar it got (nothing skipped).
-        if matches!(case.policy.on_collision, CollisionPolicy::Deny) {
-            for name in &status.sidecars {
-                let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
-                for c in entry.containers.iter().chain(&entry.init_containers) {
-                    prop_assert!(
-                        status.containers.iter().any(|n| n == name_of(c)),
-                        "`{}` skipped under deny",
-                        name_of(c)
-                    );
-                }
-                for v in &entry.volumes {
-                    prop_assert!(items(result, "volumes").contains(v), "volume `{}` skipped under deny", name_of(v));
-                }
-            }
-        }
-        // Namespace allow-lists: no sidecar restricted to other namespaces reaches a pod here.
-        for name in &status.sidecars {
-            let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
-            let allowed = entry.namespaces.as_ref().is_none_or(|ns| ns.iter().any(|n| n == NAMESPACE));
-            prop_assert!(
-                allowed,
-                "sidecar `{}` is restricted to {:?}, yet injected in `{}`",
-                name,
-                entry.namespaces,
-                NAMESPACE
-            );
-        }
+        policy_decisions_hold(&case, original, result, &status)?;
         let mut recorded = status.containers.clone();
         recorded.sort();
         added.sort();
@@ -1044,6 +1017,92 @@ fn env_from_annotations_reaches_injected_containers_only() {
         Ok(())
     });
     coverage.assert_meaningful("property 5");
+}
+
+/// The policies' decisions on an admitted pod: under `onCollision: deny` nothing was skipped;
+/// catalog metadata is merged as `overridePodMetadata` says; native sidecars are placed as
+/// `nativeSidecarPlacement` says; no sidecar restricted to other namespaces got in.
+fn policy_decisions_hold(
+    case: &Case,
+    original: &Value,
+    result: &Value,
+    status: &StatusView,
+) -> Result<(), TestCaseError> {
+    // `onCollision: deny`: an admitted pod got every item of every sidecar it got (nothing skipped).
+    if matches!(case.policy.on_collision, CollisionPolicy::Deny) {
+        for name in &status.sidecars {
+            let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
+            for c in entry.containers.iter().chain(&entry.init_containers) {
+                prop_assert!(status.containers.iter().any(|n| n == name_of(c)), "`{}` skipped under deny", name_of(c));
+            }
+            for v in &entry.volumes {
+                prop_assert!(items(result, "volumes").contains(v), "volume `{}` skipped under deny", name_of(v));
+            }
+        }
+    }
+    // Catalog metadata: with overridePodMetadata the last injected sidecar's value wins, else the
+    // pod's own value, else the first sidecar's (the status annotation is the injector's).
+    for field in ["annotations", "labels"] {
+        let own = original["metadata"].get(field).and_then(Value::as_object);
+        let now = result["metadata"].get(field).and_then(Value::as_object);
+        let injected: Vec<&SidecarEntry> =
+            status.sidecars.iter().filter_map(|n| case.entries.iter().find(|e| &e.name == n)).collect();
+        let values = |e: &&SidecarEntry| if field == "labels" { e.labels.clone() } else { e.annotations.clone() };
+        let keys: BTreeSet<String> = injected.iter().flat_map(|e| values(e).into_keys()).collect();
+        for key in keys.iter().filter(|k| k.as_str() != STATUS) {
+            let from = |e: &&SidecarEntry| values(e).get(key).cloned();
+            let expected = if case.policy.override_pod_metadata {
+                injected.iter().rev().find_map(from)
+            } else {
+                own.and_then(|o| o.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| injected.iter().find_map(from))
+            };
+            let got = now.and_then(|n| n.get(key)).and_then(Value::as_str).map(str::to_owned);
+            prop_assert_eq!(got, expected, "{} `{}` (override: {})", field, key, case.policy.override_pod_metadata);
+        }
+    }
+    // Native sidecars go before (`first`) or after (`last`) the pod's own init containers.
+    let own_init: Vec<String> = names_in(original, "initContainers");
+    let init = names_in(result, "initContainers");
+    let native: Vec<usize> = init
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            status.containers.contains(*n)
+                && status
+                    .sidecars
+                    .iter()
+                    .filter_map(|s| case.entries.iter().find(|e| &e.name == s))
+                    .any(|e| e.native_sidecar && e.containers.iter().any(|c| name_of(c) == n.as_str()))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let own: Vec<usize> = init.iter().enumerate().filter(|(_, n)| own_init.contains(*n)).map(|(i, _)| i).collect();
+    if let (Some(first_native), Some(last_native), Some(first_own), Some(last_own)) =
+        (native.first(), native.last(), own.first(), own.last())
+    {
+        match case.policy.placement {
+            NativePlacement::First => {
+                prop_assert!(last_native < first_own, "native sidecars not first: {:?}", init);
+            }
+            NativePlacement::Last => prop_assert!(first_native > last_own, "native sidecars not last: {:?}", init),
+        }
+    }
+    // Namespace allow-lists: no sidecar restricted to other namespaces reaches a pod here.
+    for name in &status.sidecars {
+        let entry = case.entries.iter().find(|e| &e.name == name).expect("a known sidecar");
+        let allowed = entry.namespaces.as_ref().is_none_or(|ns| ns.iter().any(|n| n == NAMESPACE));
+        prop_assert!(
+            allowed,
+            "sidecar `{}` is restricted to {:?}, yet injected in `{}`",
+            name,
+            entry.namespaces,
+            NAMESPACE
+        );
+    }
+    Ok(())
 }
 
 /// A denial for a namespace allow-list names a sidecar whose entry is restricted to namespaces
