@@ -236,18 +236,42 @@ mod tests {
     #[test]
     fn property_any_text_is_mirrored_kept_or_denied_never_mangled() {
         let m = image_mirror();
-        check_property("[a-zA-Z0-9:/@._\\-\\[\\] ä]{0,24}", |text| {
+        let outcomes = std::sync::Mutex::new([0usize; 3]);
+        // Half arbitrary text (mostly no reference at all), half generated references, so every
+        // outcome is exercised.
+        let text = prop_oneof!["[a-zA-Z0-9:/@._\\-\\[\\] ä]{0,24}", references().prop_map(|c| c.image)];
+        check_property(text, |text| {
+            let parsed = ImageReference::parse(&text);
             match m.rewrite(&text) {
                 Ok(Some(mirrored)) => {
+                    outcomes.lock().unwrap()[0] += 1;
                     let parsed = ImageReference::parse(&mirrored).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     prop_assert_eq!(parsed.registry.as_str(), MIRROR);
                     prop_assert_eq!(m.rewrite(&mirrored), Ok(None));
                 }
-                Ok(None) => prop_assert!(m.allows(&ImageReference::parse(&text).unwrap().registry)),
-                Err(_) => {}
+                Ok(None) => {
+                    outcomes.lock().unwrap()[1] += 1;
+                    prop_assert!(m.allows(&parsed.unwrap().registry));
+                }
+                // Each error for its reason only: text that is no reference, or one the mirror
+                // cannot name (an IPv6 registry, a name too long); never a valid, nameable one.
+                Err(MirrorError::Invalid { image, .. }) => {
+                    outcomes.lock().unwrap()[2] += 1;
+                    prop_assert!(parsed.is_err(), "`{}` parses, yet was called invalid", text);
+                    prop_assert_eq!(image, text);
+                }
+                Err(MirrorError::Ipv6Registry { .. }) => {
+                    prop_assert!(parsed.is_ok_and(|r| r.registry.is_ipv6()), "`{}` is not on an IPv6 registry", text);
+                }
+                Err(MirrorError::TooLong { mirrored, .. }) => {
+                    prop_assert!(mirrored.len() > crate::reference::MAX_NAME_LENGTH, "`{}` is not too long", mirrored);
+                }
             }
             Ok(())
         });
+        // Every outcome is exercised, not only the errors of mostly invalid text.
+        let [mirrored, kept, invalid] = *outcomes.lock().unwrap();
+        assert!(mirrored >= 100 && kept >= 50 && invalid >= 100, "mirrored {mirrored}, kept {kept}, invalid {invalid}");
     }
 
     #[test]
