@@ -165,7 +165,7 @@ async fn url_mode_injects_through_the_charts_webhook(
     // The injector runs with the chart's RBAC only: as its ServiceAccount (impersonated), its
     // namespace and ConfigMap caches must sync, or it never becomes ready.
     let as_chart = client_as(plane_kubeconfig, &format!("system:serviceaccount:{SYSTEM}:sidecar-injector")).await?;
-    let _injector = serve_injector(&as_chart, &config).await?;
+    let injector = serve_injector(&as_chart, &config).await?;
 
     // What was installed is what the injector here runs with.
     let installed = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM).get("sidecar-injector-config").await?;
@@ -198,6 +198,11 @@ async fn url_mode_injects_through_the_charts_webhook(
     // And again, as on a cluster that ran it before: the previous run is removed first.
     forget_previous_run(client).await?;
     Box::pin(portable_scenarios(client)).await?;
+
+    // The injector stopped, the chart's webhook (failurePolicy Fail) still registered: what the
+    // rendered selectors and condition filter out never reaches it and is created; the rest is not.
+    injector.shutdown_and_wait().await?;
+    opt_outs_are_filtered_by_the_api_server(client).await?;
 
     helm.run(["uninstall", "sidecar-injector", "--namespace", SYSTEM, "--no-hooks"])?.success()?;
     Ok(())
@@ -234,6 +239,38 @@ async fn deployment_pods_are_injected(client: &kube::Client) -> anyhow::Result<(
         assert!(env.contains(&("shop-tier".to_owned(), Some("gold".to_owned()))), "{env:?}");
     }
 
+    Ok(())
+}
+
+/// With nothing answering the chart's webhook (`failurePolicy: Fail`): a pod it should inject is
+/// refused by the API server (so the call is really made), while a pod labelled `…/inject=skip`, a
+/// pod in a namespace labelled `…/disable-inject=true`, and a pod without the `inject` annotation
+/// are created — the chart's `objectSelector`, `namespaceSelector` and `matchConditions` filtered
+/// them, not the injector.
+async fn opt_outs_are_filtered_by_the_api_server(client: &kube::Client) -> anyhow::Result<()> {
+    let apps: Api<Pod> = Api::namespaced(client.clone(), "chart-apps");
+    let refused =
+        apps.create(&PostParams::default(), &app_pod("down", &json!({INJECT: "haystack-agent"}), &json!({}))?).await;
+    let message = refused.err().context("a pod for the stopped webhook was created")?.to_string();
+    assert!(message.contains("failed calling webhook"), "{message}");
+    let cases = [
+        (
+            "chart-apps",
+            "down-skip",
+            json!({INJECT: "haystack-agent"}),
+            json!({"sidecar-injector.expedia.com/inject": "skip"}),
+        ),
+        ("chart-opted-out", "down-opted-out", json!({INJECT: "haystack-agent"}), json!({})),
+        ("chart-apps", "down-no-annotation", json!({"team": "x"}), json!({})),
+    ];
+    for (ns, name, annotations, labels) in cases {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let stored = pods
+            .create(&PostParams::default(), &app_pod(name, &annotations, &labels)?)
+            .await
+            .with_context(|| format!("pod {ns}/{name} was sent to the stopped webhook"))?;
+        assert_eq!(names(&stored), ["app"]);
+    }
     Ok(())
 }
 
