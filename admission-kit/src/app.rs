@@ -293,6 +293,9 @@ enum ShellCommand<C: Subcommand> {
     Serve,
     /// Print the `MutatingWebhookConfiguration` (JSON, which is valid YAML) for this webhook.
     WebhookConfig(WebhookConfigArgs),
+    /// Print the `MutatingAdmissionPolicy` objects (webhook-less mode) for this webhook as a
+    /// `List`; fails naming each step that cannot run as a policy, and why.
+    Policy(crate::cli::PolicyArgs),
     #[command(flatten)]
     Plugin(C),
 }
@@ -388,6 +391,10 @@ impl App {
                 runtime.serve(pipelines).await
             }
             Some(ShellCommand::WebhookConfig(args)) => {
+                print!("{}", args.render(&plugin.pipelines()?)?);
+                Ok(())
+            }
+            Some(ShellCommand::Policy(args)) => {
                 print!("{}", args.render(&plugin.pipelines()?)?);
                 Ok(())
             }

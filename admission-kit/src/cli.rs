@@ -39,6 +39,29 @@ pub fn parse_service(service: &str) -> anyhow::Result<ClientTarget> {
     Ok(ClientTarget::Service { namespace: namespace.to_owned(), name: name.to_owned(), port })
 }
 
+/// Flags of `policy`.
+#[derive(Clone, Debug, Args)]
+#[non_exhaustive]
+pub struct PolicyArgs {
+    /// Never apply the policies in these namespaces.
+    #[arg(long = "exclude-namespace", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// Renders the policies for `pipelines` as a `List` (JSON, which is valid YAML), ending in a
+    /// newline.
+    ///
+    /// # Errors
+    /// Every step that cannot be a policy, with its reason.
+    pub fn render(&self, pipelines: &[Pipeline]) -> anyhow::Result<String> {
+        let options = crate::policy::PolicyOptions::new().exclude_namespaces(self.exclude_namespaces.clone());
+        let items = crate::policy::render_policies(pipelines, &options)?;
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        Ok(format!("{}\n", serde_json::to_string_pretty(&list)?))
+    }
+}
+
 /// Flags of `webhook-config`.
 #[derive(Clone, Debug, Args)]
 #[non_exhaustive]

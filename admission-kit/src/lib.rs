@@ -48,6 +48,7 @@ pub mod mutator;
 pub mod namespaces;
 pub mod patch;
 pub mod pipeline;
+pub mod policy;
 pub mod review;
 pub mod server;
 pub mod telemetry;

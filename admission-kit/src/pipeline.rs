@@ -189,6 +189,7 @@ pub struct Step {
     gate: Option<Arc<dyn Matcher>>,
     operations: Vec<Operation>,
     on_error: FailureMode,
+    policy: Option<Arc<dyn crate::policy::PolicyForm>>,
 }
 
 /// The mutator is named by the step's name: mutators need not be `Debug`.
@@ -227,6 +228,7 @@ impl Step {
             gate: None,
             operations: vec![Operation::Create],
             on_error: FailureMode::Deny,
+            policy: None,
         }
     }
 
@@ -244,6 +246,19 @@ impl Step {
     pub fn operations(mut self, operations: impl IntoIterator<Item = Operation>) -> Self {
         self.operations = operations.into_iter().collect();
         self
+    }
+
+    /// What the step is as a `MutatingAdmissionPolicy`, for webhook-less mode (see [`crate::policy`]).
+    /// A step without one cannot be rendered: its mutator is Rust code the API server cannot run.
+    pub fn policy_form(mut self, form: impl crate::policy::PolicyForm) -> Self {
+        self.policy = Some(Arc::new(form));
+        self
+    }
+
+    /// The step's policy form, if it has one.
+    #[must_use]
+    pub fn policy(&self) -> Option<&dyn crate::policy::PolicyForm> {
+        self.policy.as_deref()
     }
 
     /// What an error of this step does (default: [`FailureMode::Deny`]).
@@ -272,6 +287,15 @@ impl Step {
 
     fn filter(&self) -> ServerFilter {
         self.gate.as_ref().map_or_else(ServerFilter::none, super::matcher::Matcher::server_filter)
+    }
+
+    /// What the API server can check of the step's matcher; a step without one applies to every
+    /// object, which the API server checks exactly.
+    pub(crate) fn exact_filter(&self) -> ServerFilter {
+        match &self.gate {
+            None => ServerFilter { exact: true, ..ServerFilter::none() },
+            Some(gate) => gate.server_filter(),
+        }
     }
 }
 
