@@ -14,6 +14,7 @@ pub mod inject;
 pub mod metrics;
 pub mod offline;
 pub mod plugin;
+pub mod policy;
 pub mod settings;
 
 use std::sync::Arc;
@@ -61,6 +62,11 @@ pub fn pipeline_with(
     metrics: Option<&metrics::InjectorMetrics>,
 ) -> Result<Pipeline, PipelineBuildError> {
     let settings = Arc::new(config.injection());
+    let policy = policy::InjectorPolicy::new(
+        settings.clone(),
+        catalog.clone(),
+        namespaced.is_some() || config.namespace_catalogs,
+    );
     let mut sidecars = SidecarMutator::new(catalog, settings.clone());
     if let Some(namespaced) = namespaced {
         sidecars = sidecars.with_namespace_catalogs(namespaced);
@@ -70,8 +76,12 @@ pub fn pipeline_with(
     }
     let pod = ResourceTarget::of::<Pod>();
     Ok(Pipeline::builder(&config.webhook_name)
-        .step(Step::dynamic("sidecars", pod.clone(), sidecars).when(selection(config)))
-        .step(Step::dynamic("env-from-annotations", pod, EnvFromAnnotations::new(&settings)).when(selection(config)))
+        .step(Step::dynamic("sidecars", pod.clone(), sidecars).when(selection(config)).policy_form(policy))
+        .step(
+            Step::dynamic("env-from-annotations", pod, EnvFromAnnotations::new(&settings))
+                .when(selection(config))
+                .policy_form(policy::EnvWithinSidecars),
+        )
         .failure_policy(config.failure_policy)
         .reinvocation(config.reinvocation_policy)
         .timeout_seconds(config.timeout_seconds)

@@ -85,7 +85,7 @@ fn load(flags: &Flags) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn sources(config: &Config) -> Vec<CatalogSource> {
+pub(crate) fn sources(config: &Config) -> Vec<CatalogSource> {
     let mut sources = vec![CatalogSource::inline(config.sidecars.clone())];
     sources.extend(config.catalog_paths.iter().map(CatalogSource::path));
     sources
