@@ -44,6 +44,36 @@ fn check_validates_config_and_catalogs() {
 }
 
 #[test]
+fn check_refuses_names_a_pod_could_not_get_twice_naming_the_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("catalog.yaml");
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        run(&["--catalog", file.to_str().unwrap(), "--set", "sidecars=null", "check"], &[])
+    };
+    // One entry with two volumes of the same name: every pod asking for it would be denied.
+    let (ok, out, err) = check(
+        "- name: agent\n  volumes:\n    - {name: conf, emptyDir: {}}\n    - {name: conf, configMap: {name: x}}\n",
+    );
+    assert!(!ok && err.contains("sidecar `agent`: volume name `conf` is used twice"), "{out}{err}");
+    // Two entries adding the same container, which one pod may ask for together.
+    let (ok, out, err) = check(
+        "- name: agent\n  containers: [{name: proxy, image: a}]\n- name: mesh\n  containers: [{name: proxy, image: m}]\n",
+    );
+    assert!(
+        !ok && err.contains("sidecars `agent` (in ")
+            && err.contains("and `mesh` (in ")
+            && err.contains("both add container `proxy`"),
+        "{out}{err}"
+    );
+    // Kept apart by their namespaces, they never meet in one pod.
+    let (ok, out, err) = check(
+        "- name: agent\n  namespaces: [a]\n  containers: [{name: proxy, image: a}]\n- name: mesh\n  namespaces: [b]\n  containers: [{name: proxy, image: m}]\n",
+    );
+    assert!(ok && out.trim() == "configuration OK; 2 sidecar(s): agent, mesh", "{out}{err}");
+}
+
+#[test]
 fn config_errors_name_the_key_and_the_source_and_exit_non_zero() {
     let (ok, _, err) = run(&["check"], &[("SIDECAR_INJECTOR_TIMEOUT_SECONDS", "soon")]);
     assert!(!ok);
