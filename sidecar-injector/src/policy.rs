@@ -213,6 +213,9 @@ impl<'a> Renderer<'a> {
             .variable("podPullSecrets", "has(object.spec.imagePullSecrets) ? object.spec.imagePullSecrets.map(s, s.name) : []")
             // [sidecar, what, item] for each item a selected sidecar adds whose name the pod has.
             .variable("collisions", format!("variables.sel.map(n, {}[n]).flatten()", self.collisions()))
+            // The built-in deny-list as [pattern, regex, reason], and for each var the entries it matches.
+            .variable("builtin", builtin())
+            .variable("envBuiltin", "variables.env.map(v, variables.builtin.filter(p, v[1].matches(p[1])))")
             .variable("violations", self.violations())
             .variable("denial", self.denial());
         parts = self.added_variables(parts).mutation(self.mutation());
@@ -377,10 +380,10 @@ impl<'a> Renderer<'a> {
         format!("size(variables.env) == 0 ? [] : ({})", groups.join(" + "))
     }
 
-    /// The messages of the vars that break `entry`'s rules in `container` (CEL list of strings).
+    /// The messages of the vars that break `entry`'s rules in `container` (CEL list of strings):
+    /// for each var in name order, the first rule it breaks, in the order the webhook checks them.
     fn container_violations(&self, entry: &SidecarEntry, container: &Value) -> String {
         let rules = Rules::of(&self.settings.annotation_env, entry.annotation_env.as_ref());
-        let whom = format!("sidecar `{}` (container `{}`)", entry.name, item_name(container));
         let own: Vec<&str> = container
             .get("env")
             .and_then(Value::as_array)
@@ -389,67 +392,82 @@ impl<'a> Renderer<'a> {
             .filter_map(|v| v.get("name").and_then(Value::as_str))
             .collect();
         let prefix = &self.annotations.prefix;
-        let head = Template::new(&format!("{whom}: annotation `{prefix}{{key}}` may not set env var `{{name}}`: "))
-            .cel(&[("key", &format!("v[0].substring({})", prefix.chars().count())), ("name", "v[1]")]);
-        let mut checks: Vec<(String, String)> = Vec::new();
-        checks.push((
-            format!("i >= {}", rules.max_vars.0),
-            cel::string(&format!(
-                "annotations would set more than {} env vars in this container ({} `annotationEnv.maxVars`)",
-                rules.max_vars.0, rules.max_vars.1
-            )),
-        ));
-        checks.push((
-            format!("size(bytes(v[2])) > {}", rules.max_value_bytes.0),
-            Template::new(&format!(
-                "its value is {{bytes}} bytes, over the limit of {} ({} `annotationEnv.maxValueBytes`)",
-                rules.max_value_bytes.0, rules.max_value_bytes.1
-            ))
-            .cel(&[("bytes", "string(size(bytes(v[2])))")]),
-        ));
-        let allow = regexes(&rules.allow.0, false);
-        checks.push((
-            format!("!{allow}.exists(r, v[0].substring({}).matches(r))", prefix.chars().count()),
-            cel::string(&format!(
-                "the key matches none of {} `annotationEnv.allow` ({})",
-                rules.allow.1,
-                rules.allow.0.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
-            )),
-        ));
-        for (patterns, whose) in &rules.deny {
-            for pattern in patterns {
-                let regex = cel::string(&cel::glob_regex(pattern, true).unwrap_or_default());
-                checks.push((
-                    format!("v[1].matches({regex})"),
-                    cel::string(&format!("it matches `{pattern}` of {whose} `annotationEnv.deny`")),
-                ));
-            }
-        }
-        let exempt = regexes(&rules.exempt, false);
-        for (pattern, reason) in DENIED {
-            let regex = cel::string(&cel::glob_regex(pattern, true).unwrap_or_default());
-            checks.push((
-                format!("v[1].matches({regex}) && !{exempt}.exists(r, v[1].matches(r))"),
+        let key = format!("v[0].substring({})", prefix.chars().count());
+        // [pattern, regex, whose] lists, first match wins.
+        let tagged = |patterns: &[(Vec<String>, &str)], ignore_case: bool| -> String {
+            let items: Vec<String> = patterns
+                .iter()
+                .flat_map(|(texts, whose)| {
+                    texts.iter().map(move |t| {
+                        let regex = cel::glob_regex(t, ignore_case).unwrap_or_default();
+                        format!("[{}, {}, {}]", cel::string(t), cel::string(&regex), cel::string(whose))
+                    })
+                })
+                .collect();
+            format!("[{}]", items.join(", "))
+        };
+        let deny = tagged(&rules.deny, true);
+        let locked = tagged(&[(rules.locked.0.clone(), rules.locked.1)], false);
+        let checks: Vec<(String, String)> = vec![
+            (
+                format!("i >= {}", rules.max_vars.0),
                 cel::string(&format!(
-                    "it matches `{pattern}` of the built-in deny-list ({reason}); `annotationEnv.exempt` lifts it for the sidecars that must take it"
+                    "annotations would set more than {} env vars in this container ({} `annotationEnv.maxVars`)",
+                    rules.max_vars.0, rules.max_vars.1
                 )),
-            ));
-        }
-        for pattern in &rules.locked.0 {
-            let regex = cel::string(&cel::glob_regex(pattern, false).unwrap_or_default());
-            checks.push((
-                format!("v[1] in {} && v[1].matches({regex})", cel::strings(&own)),
+            ),
+            (
+                format!("size(bytes(v[2])) > {}", rules.max_value_bytes.0),
+                Template::new(&format!(
+                    "its value is {{bytes}} bytes, over the limit of {} ({} `annotationEnv.maxValueBytes`)",
+                    rules.max_value_bytes.0, rules.max_value_bytes.1
+                ))
+                .cel(&[("bytes", "string(size(bytes(v[2])))")]),
+            ),
+            (
+                format!("!{}.exists(r, ({key}).matches(r))", regexes(&rules.allow.0, false)),
                 cel::string(&format!(
-                    "the sidecar sets this var itself and {} `annotationEnv.locked` (`{pattern}`) keeps it",
-                    rules.locked.1
+                    "the key matches none of {} `annotationEnv.allow` ({})",
+                    rules.allow.1,
+                    rules.allow.0.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
                 )),
-            ));
-        }
-        let mut message = "\"\"".to_owned();
+            ),
+            (
+                format!("{deny}.exists(p, v[1].matches(p[1]))"),
+                Template::new("it matches `{pattern}` of {whose} `annotationEnv.deny`").cel(&[
+                    ("pattern", &format!("{deny}.filter(p, v[1].matches(p[1]))[0][0]")),
+                    ("whose", &format!("{deny}.filter(p, v[1].matches(p[1]))[0][2]")),
+                ]),
+            ),
+            (
+                format!("size(variables.envBuiltin[i]) > 0 && !{}.exists(r, v[1].matches(r))", regexes(&rules.exempt, false)),
+                Template::new(
+                    "it matches `{pattern}` of the built-in deny-list ({reason}); `annotationEnv.exempt` lifts it for the sidecars that must take it",
+                )
+                .cel(&[("pattern", "variables.envBuiltin[i][0][0]"), ("reason", "variables.envBuiltin[i][0][2]")]),
+            ),
+            (
+                format!("v[1] in {} && {locked}.exists(p, v[1].matches(p[1]))", cel::strings(&own)),
+                Template::new("the sidecar sets this var itself and {whose} `annotationEnv.locked` (`{pattern}`) keeps it").cel(&[
+                    ("whose", &cel::string(rules.locked.1)),
+                    ("pattern", &format!("{locked}.filter(p, v[1].matches(p[1]))[0][0]")),
+                ]),
+            ),
+        ];
+        let mut reason = "\"\"".to_owned();
         for (cond, text) in checks.into_iter().rev() {
-            message = ternary(&cond, &format!("{head} + {text}"), &message);
+            reason = ternary(&cond, &text, &reason);
         }
-        format!("variables.env.transformList(i, v, {message}).filter(m, m != \"\")")
+        let head = Template::new(&format!(
+            "sidecar `{}` (container `{}`): annotation `{prefix}{{key}}` may not set env var `{{name}}`: ",
+            entry.name,
+            item_name(container)
+        ))
+        .cel(&[("key", &key), ("name", "v[1]")]);
+        // `[reason].map(r, …)[0]` names the reason once (the API server's CEL has no `cel.bind`).
+        format!(
+            "variables.env.transformList(i, v, [{reason}].map(r, r == \"\" ? \"\" : {head} + r)[0]).filter(m, m != \"\")"
+        )
     }
 
     /// The variables the mutation uses: what is added, in order.
@@ -652,6 +670,18 @@ impl Group {
             Self::Native | Self::Regular => Vec::new(),
         }
     }
+}
+
+/// The built-in deny-list as a CEL list of [pattern, regex, reason].
+fn builtin() -> String {
+    let items: Vec<String> = DENIED
+        .iter()
+        .map(|(pattern, reason)| {
+            let regex = cel::glob_regex(pattern, true).unwrap_or_default();
+            format!("[{}, {}, {}]", cel::string(pattern), cel::string(&regex), cel::string(reason))
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// A list of glob patterns as a CEL list of regular expressions.
