@@ -154,6 +154,22 @@ impl Rendered {
         Ok(found[0])
     }
 
+    /// The injector's configuration as the chart renders it for its pods: the configuration file and
+    /// the catalog (values `sidecars`), written to `dir`, the catalog file in `catalogPaths`.
+    pub fn injector_config(&self, dir: &Path) -> anyhow::Result<sidecar_injector::config::Config> {
+        let config_map = self.all("ConfigMap").into_iter().find(|c| c["data"]["config.yaml"].is_string());
+        let text = config_map.and_then(|c| c["data"]["config.yaml"].as_str()).context("no configuration rendered")?;
+        let config_file = dir.join("config.yaml");
+        std::fs::write(&config_file, text)?;
+        let mut config = sidecar_injector::config::Config::load(Some(&config_file), &[])?;
+        if let Some(catalog) = self.all("ConfigMap").into_iter().find_map(|c| c["data"]["sidecars.yaml"].as_str()) {
+            let catalog_file = dir.join("sidecars.yaml");
+            std::fs::write(&catalog_file, catalog)?;
+            config.catalog_paths = vec![catalog_file];
+        }
+        Ok(config)
+    }
+
     /// The kinds rendered, sorted.
     #[must_use]
     pub fn kinds(&self) -> Vec<String> {
@@ -162,6 +178,15 @@ impl Rendered {
         kinds.sort();
         kinds
     }
+}
+
+/// What `sidecar-injector policy` prints for `config` (the same rendering, run in-process): the
+/// value the chart takes as `policy` in policy mode.
+pub fn policy_list(config: &sidecar_injector::config::Config) -> anyhow::Result<String> {
+    use admission_kit::app::Plugin as _;
+    let pipelines = sidecar_injector::plugin::Injector::new(config.clone()).pipelines()?;
+    let items = admission_kit::policy::render_policies(&pipelines, &admission_kit::policy::PolicyOptions::new())?;
+    Ok(serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))?)
 }
 
 /// Checks with OpenSSL (an implementation independent of Helm's and of rustls) that `cert`

@@ -317,6 +317,61 @@ fn url_mode_calls_the_url_with_the_given_bundle() {
     assert_eq!(client["caBundle"], b64(ca));
 }
 
+/// Policy mode: only the policies `sidecar-injector policy` printed for the chart's own
+/// configuration, with the chart's selection, failure and reinvocation policies and labels; no
+/// Deployment, Service, certificates, RBAC or webhook. A missing or foreign `policy` is refused.
+#[test]
+fn policy_mode_installs_the_policies_and_nothing_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = chart_dir().join("ci/features-values.yaml");
+    let webhook_mode = render(&["-f", values.to_str().unwrap()]);
+    let mut config = webhook_mode.injector_config(dir.path()).unwrap();
+    // The feature set's own choices a policy cannot honour (namespace catalogs, skipping env vars).
+    config.namespace_catalogs = false;
+    config.annotation_env.on_violation = sidecar_injector::env_rules::OnViolation::Deny;
+    let list = dir.path().join("policy.json");
+    std::fs::write(&list, integration_tests::helm::policy_list(&config).unwrap()).unwrap();
+    let r = render(&[
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "mode=policy",
+        "--set-file",
+        &format!("policy={}", list.display()),
+    ]);
+    assert_eq!(
+        r.kinds(),
+        [
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicyBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    for kind in ["MutatingAdmissionPolicy", "ValidatingAdmissionPolicy"] {
+        let spec = &r.one(kind, None).unwrap()["spec"];
+        assert_eq!(spec["failurePolicy"], "Ignore", "{kind}: the chart's webhook.failurePolicy");
+        let ns = spec["matchConstraints"]["namespaceSelector"]["matchExpressions"].as_array().unwrap();
+        assert_eq!(ns[0]["key"], "team.example.com/sidecars", "{kind}: the chart's opt-in label");
+        assert!(ns[1]["values"].as_array().unwrap().contains(&json!(NS)), "{kind}: the release namespace excluded");
+        assert_eq!(r.one(kind, None).unwrap()["metadata"]["labels"]["app.kubernetes.io/instance"], "sidecar-injector");
+    }
+    assert_eq!(r.one("MutatingAdmissionPolicy", None).unwrap()["spec"]["reinvocationPolicy"], "Never");
+
+    let chart = chart_dir();
+    let run = helm4().run(["template", "x", chart.to_str().unwrap(), "--set", "mode=policy"]).unwrap();
+    assert!(!run.ok && run.stderr.contains("sidecar-injector policy"), "{}", run.stderr);
+    let foreign = dir.path().join("foreign.json");
+    std::fs::write(&foreign, r#"{"items": [{"kind": "ClusterRoleBinding"}]}"#).unwrap();
+    let set_file = format!("policy={}", foreign.display());
+    let run = helm4()
+        .run(["template", "x", chart.to_str().unwrap(), "--set", "mode=policy", "--set-file", &set_file])
+        .unwrap();
+    assert!(!run.ok && run.stderr.contains("holds a ClusterRoleBinding"), "{}", run.stderr);
+    let run = helm4().run(["template", "x", chart.to_str().unwrap(), "--set", "mode=webhooks"]).unwrap();
+    assert!(!run.ok, "the schema refuses an unknown mode");
+}
+
 #[test]
 fn optional_objects_follow_their_switches() {
     let r = render(&[

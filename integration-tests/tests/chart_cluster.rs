@@ -10,6 +10,9 @@
 //! - Helm-generated certificates: `helm upgrade` keeps the CA (and the serving certificate while it
 //!   is not due), renews the serving certificate under the same CA when due; a Helm 4 upgrade of a
 //!   Helm 3 release keeps it too.
+//! - Policy mode: with the policies `sidecar-injector policy` renders for the chart's configuration,
+//!   the chart installs no Deployment, and a Deployment's pods get their sidecar and env from the
+//!   API server alone; an unknown sidecar is refused with the webhook's message.
 
 use std::path::Path;
 use std::time::Duration;
@@ -83,6 +86,89 @@ async fn chart_installs_into_a_real_api_server() -> anyhow::Result<()> {
 
     Box::pin(url_mode_injects_through_the_charts_webhook(&client, &helm4, &plane.kubeconfig)).await?;
     Box::pin(helm_generated_ca_survives_upgrades(&client, &helm3, &helm4)).await?;
+    Box::pin(policy_mode_injects_with_no_injector_pod(&client, &helm4)).await?;
+    Ok(())
+}
+
+/// `helm install … --set mode=policy --set-file policy=…` with the List that `sidecar-injector
+/// policy` prints for the chart's own configuration and catalog: nothing that runs is installed,
+/// and a Deployment's pods are injected by the API server.
+async fn policy_mode_injects_with_no_injector_pod(client: &kube::Client, helm: &Helm) -> anyhow::Result<()> {
+    const RELEASE_NS: &str = "policy-system";
+    namespace(client, RELEASE_NS, &[]).await?;
+    namespace(client, "policy-apps", &[("kubernetes-sidecar-injector", "enabled")]).await?;
+    let dir = tempfile::tempdir()?;
+    let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/values.yaml");
+    let values = values.to_str().context("UTF-8 path")?;
+    let mut config = helm.template("policy", RELEASE_NS, &["-f", values])?.injector_config(dir.path())?;
+    // These values also read namespace ConfigMap catalogs, which a policy cannot: policy mode goes
+    // without them (the chart renders the same file with injector.namespaceCatalogs=false).
+    config.namespace_catalogs = false;
+    let list = dir.path().join("policy.json");
+    std::fs::write(&list, integration_tests::helm::policy_list(&config)?)?;
+    let set_file = format!("policy={}", list.display());
+    let chart = chart_dir();
+    let args = ["install", "policy", chart.to_str().context("UTF-8 path")?, "--namespace", RELEASE_NS, "-f", values];
+    helm.run(args.iter().copied().chain(["--set", "mode=policy", "--set-file", &set_file]))?.success()?;
+
+    let apps: Api<Pod> = Api::namespaced(client.clone(), "policy-apps");
+    // The policies act once the API server's informers have them.
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe", "annotations": {INJECT: "haystack-agent"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))?;
+    eventually("the policies to take effect", Duration::from_secs(30), || async {
+        let created = apps.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await?;
+        Ok((created.spec.map_or(0, |s| s.containers.len()) == 2).then_some(()))
+    })
+    .await?;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "shop"},
+                    "annotations": {INJECT: "haystack-agent", "sidecar-injector.expedia.com/shop-tier": "gold"},
+                },
+                "spec": {"containers": [{"name": "app", "image": "shop:1"}]},
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), "policy-apps").create(&PostParams::default(), &deployment).await?;
+    let pods = eventually("the Deployment's pods", Duration::from_secs(60), || async {
+        let pods = apps.list(&ListParams::default().labels("app=shop")).await?;
+        Ok((pods.items.len() == 2).then_some(pods.items))
+    })
+    .await?;
+    for pod in &pods {
+        assert_eq!(names(pod), ["app", "haystack-agent"]);
+        let sidecar = &pod.spec.as_ref().context("spec")?.containers[1];
+        let env: Vec<(String, Option<String>)> =
+            sidecar.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
+        assert!(env.contains(&("shop-tier".to_owned(), Some("gold".to_owned()))), "{env:?}");
+    }
+    let installed = Api::<Deployment>::namespaced(client.clone(), RELEASE_NS).list(&ListParams::default()).await?;
+    assert!(installed.items.is_empty(), "policy mode installs no Deployment");
+    let running = Api::<Pod>::namespaced(client.clone(), RELEASE_NS).list(&ListParams::default()).await?;
+    assert!(running.items.is_empty(), "no injector pod");
+
+    let unknown: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "unknown", "annotations": {INJECT: "no-such-sidecar"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))?;
+    let error = apps.create(&PostParams::default(), &unknown).await.err().context("an unknown sidecar is refused")?;
+    assert!(error.to_string().contains("sidecar `no-such-sidecar` is not in the catalog"), "{error}");
+
+    helm.run(["uninstall", "policy", "--namespace", RELEASE_NS])?.success()?;
+    // Uninstalled, the policies are gone: a pod is created as it was sent (after the API server's
+    // informers see the deletion).
+    eventually("the policies to be gone", Duration::from_secs(30), || async {
+        let created = apps.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await?;
+        Ok((created.spec.map_or(0, |s| s.containers.len()) == 1).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 

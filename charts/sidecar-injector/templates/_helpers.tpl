@@ -179,3 +179,37 @@ server:
   cacheMaxStaleness: {{ $i.cacheMaxStaleness | quote }}
   logFormat: {{ $i.logFormat }}
 {{- end }}
+
+{{/* Which namespaces the webhook (or, in policy mode, the policies) apply to: the opt-in label,
+never kube-system, kube-public, the release namespace or `excludeNamespaces`, and not namespaces
+carrying the opt-out label. */}}
+{{- define "sidecar-injector.namespaceSelector" -}}
+{{- $ns := .Values.webhook.namespaceSelector }}
+{{- $excluded := concat (list "kube-system" "kube-public" .Release.Namespace) $ns.excludeNamespaces | uniq }}
+matchExpressions:
+  - key: {{ $ns.optInLabel.key | quote }}
+    operator: In
+    values: [{{ $ns.optInLabel.value | quote }}]
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values: {{ toJson $excluded }}
+  {{- if $ns.optOutLabel.key }}
+  - key: {{ $ns.optOutLabel.key | quote }}
+    operator: NotIn
+    values: [{{ $ns.optOutLabel.value | quote }}]
+  {{- end }}
+{{- end }}
+
+{{/* Which pods: not those carrying the opt-out label. */}}
+{{- define "sidecar-injector.objectSelector" -}}
+{{- with .Values.webhook.objectSelector.optOutLabel }}
+{{- if .key }}
+matchExpressions:
+  - key: {{ .key | quote }}
+    operator: NotIn
+    values: [{{ .value | quote }}]
+{{- else }}
+{}
+{{- end }}
+{{- end }}
+{{- end }}
