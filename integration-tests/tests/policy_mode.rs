@@ -7,7 +7,10 @@
 //! denied in both modes with the same message.
 //!
 //! Each configuration variant has its own pair of namespaces, told apart by the namespace label's
-//! value, and its own webhook and policy names.
+//! value, and its own webhook and policy names. Another mutating webhook (the `default-labels`
+//! example, served here) changes every pod after the injector or the policy, so that reinvocation
+//! is part of what is compared; and a server-side dry run in policy mode must give what creating
+//! the pod gives.
 
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use admission_kit::reexports::kube::{
     api::{ApiResource, DynamicObject, PostParams},
 };
 use integration_tests::scenarios::{eventually, namespace};
-use integration_tests::webhook::{client, start_injector};
+use integration_tests::webhook::{client, serve_and_register, start_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::strategy::{Strategy, ValueTree};
@@ -75,7 +78,7 @@ fn variants() -> Vec<Variant> {
             name: "variant",
             keys: json!({
                 "envNames": "cIdentifier", "nativeSidecarPlacement": "last", "overridePodMetadata": true,
-                "literalEnvValues": false, "limits": {"maxInjectNames": 3}
+                "literalEnvValues": false, "limits": {"maxInjectNames": 3}, "reinvocationPolicy": "Never"
             }),
         },
     ]
@@ -250,13 +253,37 @@ enum Outcome {
     Denied(String),
 }
 
+/// Pods whose policy-mode creation is first tried as a server-side dry run.
+const DRY_RUNS: usize = 10;
+
 async fn create(client: &kube::Client, ns: &str, name: &str, pod: &Value) -> anyhow::Result<Outcome> {
+    create_with(client, ns, name, pod, false).await
+}
+
+/// An outcome for a pod created under another name, as if it had had `name`.
+fn renamed(outcome: Outcome, name: &str) -> Outcome {
+    match outcome {
+        Outcome::Stored(mut pod) => {
+            pod["metadata"]["name"] = json!(name);
+            Outcome::Stored(pod)
+        }
+        denied @ Outcome::Denied(_) => denied,
+    }
+}
+
+async fn create_with(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    pod: &Value,
+    dry_run: bool,
+) -> anyhow::Result<Outcome> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<Pod>(&()));
     let mut pod = pod.clone();
     pod["apiVersion"] = json!("v1");
     pod["kind"] = json!("Pod");
     pod["metadata"]["name"] = json!(name);
-    match api.create(&PostParams::default(), &serde_json::from_value(pod)?).await {
+    match api.create(&PostParams { dry_run, ..PostParams::default() }, &serde_json::from_value(pod)?).await {
         Ok(stored) => Ok(Outcome::Stored(normalized(serde_json::to_value(stored)?))),
         Err(kube::Error::Api(e)) => {
             // "admission webhook \"…\" denied the request: M" or
@@ -303,6 +330,8 @@ fn normalized(mut pod: Value) -> Value {
 /// How many stored pods show each behaviour a wrong policy could get wrong.
 #[derive(Debug, Default)]
 struct Coverage {
+    stored: usize,
+    labelled_by_the_other_webhook: usize,
     injected: usize,
     several_sidecars: usize,
     native_among_init_containers: usize,
@@ -313,6 +342,8 @@ struct Coverage {
 
 impl Coverage {
     fn count(&mut self, pod: &Value) {
+        self.stored += 1;
+        self.labelled_by_the_other_webhook += usize::from(pod["metadata"]["labels"]["team"] == "unassigned");
         let status = pod["metadata"]["annotations"]["sidecar-injector.expedia.com/status"].as_str().unwrap_or_default();
         if status.is_empty() {
             return;
@@ -352,6 +383,7 @@ async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Resul
     let plane = ControlPlane::start(&Binaries::locate()?)?;
     let client = client(&plane).await?;
     integration_tests::control_plane::check_kubernetes_version(&client).await?;
+    let labeler = serve_and_register(&client, &[default_labels::pipeline()], "zz-default-labels").await?;
     let mut injectors = Vec::new();
     let (mut compared, mut stored, mut denied) = (0, 0, 0);
     let mut covered = Coverage::default();
@@ -360,8 +392,14 @@ async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Resul
         let twins = [webhook_ns.as_str(), policy_ns.as_str()];
         let webhook = config(&variant, "webhook", &twins)?;
         let policy = config(&variant, "policy", &twins)?;
-        namespace(&client, &webhook_ns, &[("kubernetes-sidecar-injector", &webhook.namespace_label_value)]).await?;
-        namespace(&client, &policy_ns, &[("kubernetes-sidecar-injector", &policy.namespace_label_value)]).await?;
+        for (ns, config) in [(&webhook_ns, &webhook), (&policy_ns, &policy)] {
+            namespace(
+                &client,
+                ns,
+                &[("kubernetes-sidecar-injector", &config.namespace_label_value), ("default-labels", "enabled")],
+            )
+            .await?;
+        }
         injectors.push(start_injector(&client, &webhook, &format!("{}-webhook", variant.name)).await?);
         let objects = install_policies(&client, &policy, &policy_ns).await?;
         eprintln!("policy mode ({}): {objects} policy objects installed", variant.name);
@@ -369,7 +407,16 @@ async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Resul
         for (i, pod) in pods(GENERATED)?.iter().enumerate() {
             let name = format!("pod-{i}");
             let by_webhook = create(&client, &webhook_ns, &name, pod).await?;
-            let by_policy = create(&client, &policy_ns, &name, pod).await?;
+            if i < DRY_RUNS {
+                let dry = create_with(&client, &policy_ns, &name, pod, true).await?;
+                let real = create(&client, &policy_ns, &name, pod).await?;
+                anyhow::ensure!(dry == real, "{name} ({}): a dry run gave {dry:?}, creating it {real:?}", variant.name);
+            }
+            let by_policy = if i < DRY_RUNS {
+                create(&client, &policy_ns, &format!("{name}-again"), pod).await.map(|o| renamed(o, &name))?
+            } else {
+                create(&client, &policy_ns, &name, pod).await?
+            };
             compared += 1;
             match &by_webhook {
                 Outcome::Stored(pod) => {
@@ -396,8 +443,13 @@ async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Resul
     anyhow::ensure!(stored >= 50 && denied >= 50, "the pods exercise both outcomes ({stored} stored, {denied} denied)");
     eprintln!("policy mode: stored pods with {covered:?}");
     anyhow::ensure!(covered.all_at_least(10), "too few stored pods exercise each behaviour: {covered:?}");
+    anyhow::ensure!(
+        covered.labelled_by_the_other_webhook == covered.stored,
+        "every stored pod met the other webhook: {covered:?}"
+    );
     for injector in injectors {
         injector.server.shutdown_and_wait().await?;
     }
+    labeler.shutdown_and_wait().await?;
     Ok(())
 }
