@@ -12,6 +12,8 @@ use sidecar_injector::catalog::{CatalogSource, load_sources};
 use sidecar_injector::config::Config;
 
 const NS: &str = "injector-system";
+/// What a Kubernetes 1.36 API server serves, for `helm template --api-versions`.
+const MAP_V1: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
 
 fn helm4() -> Helm {
     Helm::locate(4).expect("Helm 4 is available (scripts/build-helm.sh builds it)")
@@ -331,14 +333,13 @@ fn policy_mode_installs_the_policies_and_nothing_that_runs() {
     config.annotation_env.on_violation = sidecar_injector::env_rules::OnViolation::Deny;
     let list = dir.path().join("policy.json");
     std::fs::write(&list, integration_tests::helm::policy_list(&config).unwrap()).unwrap();
-    let r = render(&[
-        "-f",
-        values.to_str().unwrap(),
-        "--set",
-        "mode=policy",
-        "--set-file",
-        &format!("policy={}", list.display()),
-    ]);
+    let set_file = format!("policy={}", list.display());
+    let mut args = vec!["-f", values.to_str().unwrap(), "--set", "mode=policy", "--set-file", &set_file];
+    // Without a cluster, `helm template` assumes a Kubernetes that lacks the v1 policy API.
+    let refused = helm4().run(["template", "x", chart_dir().to_str().unwrap()].iter().chain(&args)).unwrap();
+    assert!(!refused.ok && refused.stderr.contains("Kubernetes 1.36 or later"), "{}", refused.stderr);
+    args.extend(["--api-versions", MAP_V1]);
+    let r = render(&args);
     assert_eq!(
         r.kinds(),
         [
@@ -359,13 +360,29 @@ fn policy_mode_installs_the_policies_and_nothing_that_runs() {
     assert_eq!(r.one("MutatingAdmissionPolicy", None).unwrap()["spec"]["reinvocationPolicy"], "Never");
 
     let chart = chart_dir();
-    let run = helm4().run(["template", "x", chart.to_str().unwrap(), "--set", "mode=policy"]).unwrap();
+    let run = helm4()
+        .run(["template", "x", chart.to_str().unwrap(), "--set", "mode=policy", "--api-versions", MAP_V1])
+        .unwrap();
     assert!(!run.ok && run.stderr.contains("sidecar-injector policy"), "{}", run.stderr);
     let foreign = dir.path().join("foreign.json");
     std::fs::write(&foreign, r#"{"items": [{"kind": "ClusterRoleBinding"}]}"#).unwrap();
     let set_file = format!("policy={}", foreign.display());
     let run = helm4()
         .run(["template", "x", chart.to_str().unwrap(), "--set", "mode=policy", "--set-file", &set_file])
+        .unwrap();
+    assert!(!run.ok, "without the v1 policy API too");
+    let run = helm4()
+        .run([
+            "template",
+            "x",
+            chart.to_str().unwrap(),
+            "--set",
+            "mode=policy",
+            "--set-file",
+            &set_file,
+            "--api-versions",
+            MAP_V1,
+        ])
         .unwrap();
     assert!(!run.ok && run.stderr.contains("holds a ClusterRoleBinding"), "{}", run.stderr);
     let run = helm4().run(["template", "x", chart.to_str().unwrap(), "--set", "mode=webhooks"]).unwrap();
