@@ -23,12 +23,43 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "inject", "explain", "webhook-config", "check"] {
+    for sub in ["serve", "inject", "explain", "webhook-config", "policy", "check"] {
         let (ok, out, _) = run(&[sub, "--help"], &[]);
         assert!(ok && out.contains("Usage: sidecar-injector"), "{sub} --help:\n{out}");
     }
     let (ok, out, _) = run(&["--help"], &[]);
     assert!(ok && out.contains("--config") && out.contains("--set") && out.contains("--catalog"), "{out}");
+}
+
+/// `policy` prints the webhook-less objects for the configuration and catalogs given, as a `List`
+/// `kubectl apply -f` takes; a setting a policy cannot honour is refused, naming it, with nothing
+/// printed.
+#[test]
+fn policy_prints_the_objects_of_webhook_less_mode() {
+    let (ok, out, err) = run(&["--catalog", &data("catalog-2022.yaml"), "--set", "sidecars=null", "policy"], &[]);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["kind"], "List");
+    let kinds: Vec<&str> = list["items"].as_array().unwrap().iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicyBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    let policy = list["items"][0].to_string();
+    assert!(policy.contains("busybox") && policy.contains("haystack-agent"), "both catalog entries are in the policy");
+    let (ok, _, err) = run(&["--exclude-namespace", "x", "policy"], &[]);
+    assert!(!ok, "--exclude-namespace belongs to the subcommand: {err}");
+    let (ok, out, _) = run(&["policy", "--exclude-namespace", "legacy"], &[]);
+    assert!(ok && out.contains("legacy"), "{out}");
+
+    let (ok, out, err) = run(&["--set", "namespaceCatalogs=true", "policy"], &[]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("cannot run as a policy") && err.contains("`namespaceCatalogs`"), "{err}");
 }
 
 #[test]
