@@ -180,6 +180,7 @@ fn pod_strategy() -> impl Strategy<Value = Value> {
         "PROXY_MODE",
         "proxy-level",
         "proxy-extra",
+        "proxy_level",
         "SECRET_TOKEN",
         "1abc",
         "a.b",
@@ -236,6 +237,14 @@ fn pods(count: usize) -> anyhow::Result<Vec<Value>> {
             "spec": {"containers": [{"name": "app", "image": "app:1"}], "initContainers": [{"name": "setup", "image": "s:1"}]}}),
         json!({"metadata": {"name": "asks-nothing"}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}),
     ];
+    // Many env annotations: the policy's checks must stay linear for the API server's CEL cost
+    // budget (a quadratic duplicate check exceeded it at about 300).
+    let mut many = serde_json::Map::new();
+    many.insert("sidecar-injector.expedia.com/inject".to_owned(), json!("haystack-agent"));
+    for i in 0..500 {
+        many.insert(format!("sidecar-injector.expedia.com/var-{i:03}"), json!(format!("value {i}")));
+    }
+    pods.push(json!({"metadata": {"annotations": many}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}));
     let config = ProptestConfig { rng_algorithm: RngAlgorithm::ChaCha, ..ProptestConfig::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]));
     let strategy = pod_strategy();

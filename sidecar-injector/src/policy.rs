@@ -189,15 +189,21 @@ impl<'a> Renderer<'a> {
                     self.env_name(&format!("k.substring({})", a.prefix.chars().count()))
                 ),
             )
-            // The first annotation (in key order) whose name Kubernetes refuses or which gives a
-            // name another annotation before it gave with a different value.
+            // The annotations by name, then key: each name's annotations are next to each other.
+            .variable("envByName", format!("variables.envAll.sortBy(e, e[1] + {} + e[0])", cel::string("\u{1}")))
+            // The annotations (in key order) whose name Kubernetes refuses, or which give a name the
+            // annotation before them gave with another value: the first of them is the first the
+            // webhook meets. Linear, as the API server's CEL cost budget needs.
             .variable(
                 "envOffending",
-                "variables.envAll.sortBy(e, e[0]).filter(e, !(e[1].matches(\"^[-._a-zA-Z][-._a-zA-Z0-9]*$\") && e[1] != \".\" && !e[1].startsWith(\"..\")) || variables.envAll.exists(f, f[0] < e[0] && f[1] == e[1] && f[2] != e[2]))",
+                "variables.envByName.transformList(i, e, !(e[1].matches(\"^[-._a-zA-Z][-._a-zA-Z0-9]*$\") && e[1] != \".\" && !e[1].startsWith(\"..\")) || (i > 0 && variables.envByName[i - 1][1] == e[1] && variables.envByName[i - 1][2] != e[2]), e).sortBy(e, e[0])",
             )
             // One var per name (the last key's, as a later annotation replaces an earlier one),
             // in name order.
-            .variable("env", "variables.envAll.filter(e, !variables.envAll.exists(f, f[1] == e[1] && f[0] > e[0])).sortBy(e, e[1])")
+            .variable(
+                "env",
+                "variables.envByName.transformList(i, e, i == size(variables.envByName) - 1 || variables.envByName[i + 1][1] != e[1], e)",
+            )
             .variable("known", cel::strings(&self.catalog.names()))
             .variable("restricted", self.restricted())
             .variable(
