@@ -69,6 +69,12 @@ const CASES: &[(&str, &[&str], Expect)] = &[
     ("help-explain.txt", &["explain", "--help"], Expect::Stdout),
     ("help-webhook-config.txt", &["webhook-config", "--help"], Expect::Stdout),
     ("help-check.txt", &["check", "--help"], Expect::Stdout),
+    ("help-policy.txt", &["policy", "--help"], Expect::Stdout),
+    (
+        "policy-refused.txt",
+        &["--set", "namespaceCatalogs=true", "--set", "onCollision=skip", "policy"],
+        Expect::FailureStderr,
+    ),
     ("sidecar-injector-webhook-config.json", &["webhook-config", "--url", "https://127.0.0.1:8443"], Expect::Stdout),
     (
         "sidecar-injector-explain.txt",
