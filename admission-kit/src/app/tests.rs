@@ -170,7 +170,7 @@ fn the_command_line_has_the_standard_and_the_plugins_commands() {
     let command = App::new("probe").default_service("ns/probe:8443").command::<Probe>();
     let mut names: Vec<&str> = command.get_subcommands().map(clap::Command::get_name).collect();
     names.sort_unstable();
-    assert_eq!(names, ["hello", "serve", "webhook-config"]);
+    assert_eq!(names, ["hello", "policy", "serve", "webhook-config"]);
     let matches = command.clone().try_get_matches_from(["probe", "webhook-config"]).expect("parses");
     let cli = Cli::<ProbeFlags, ProbeCommand>::from_arg_matches(&matches).expect("parses");
     let Some(ShellCommand::WebhookConfig(args)) = cli.command else { panic!("webhook-config") };
@@ -182,12 +182,20 @@ fn the_command_line_has_the_standard_and_the_plugins_commands() {
     assert!(rendered.contains("\"name\": \"probe\""), "{rendered}");
     assert!(rendered.contains("\"namespace\": \"ns\""), "{rendered}");
     // An explicit URL wins over the default Service.
-    let matches =
-        command.try_get_matches_from(["probe", "webhook-config", "--url", "https://127.0.0.1:1"]).expect("parses");
+    let matches = command
+        .clone()
+        .try_get_matches_from(["probe", "webhook-config", "--url", "https://127.0.0.1:1"])
+        .expect("parses");
     let cli = Cli::<ProbeFlags, ProbeCommand>::from_arg_matches(&matches).expect("parses");
     let Some(ShellCommand::WebhookConfig(args)) = cli.command else { panic!("webhook-config") };
     let rendered = args.render(&pipelines).expect("renders");
     assert!(rendered.contains("https://127.0.0.1:1/") && !rendered.contains("\"service\""), "{rendered}");
+    // `policy` names every step that cannot be a policy: the probe's mutator is Rust code.
+    let matches = command.try_get_matches_from(["probe", "policy"]).expect("parses");
+    let cli = Cli::<ProbeFlags, ProbeCommand>::from_arg_matches(&matches).expect("parses");
+    let Some(ShellCommand::Policy(args)) = cli.command else { panic!("policy") };
+    let error = args.render(&pipelines).expect_err("a Rust mutator has no policy form").to_string();
+    assert!(error.contains("cannot run as a policy") && error.contains("Rust code"), "{error}");
 }
 
 #[tokio::test]
