@@ -7,7 +7,8 @@
 //! denied in both modes with the same message.
 //!
 //! Each configuration variant has its own pair of namespaces, told apart by the namespace label's
-//! value, and its own webhook and policy names. Another mutating webhook (the `default-labels`
+//! value, and its own webhook and policy names; a third namespace is served by a webhook and
+//! policies at once, as while a cluster switches modes, and must store and deny the same. Another mutating webhook (the `default-labels`
 //! example, served here) changes every pod after the injector or the policy, so that reinvocation
 //! is part of what is compared; and a server-side dry run in policy mode must give what creating
 //! the pod gives.
@@ -21,7 +22,7 @@ use admission_kit::reexports::kube::{
     api::{ApiResource, DynamicObject, PostParams},
 };
 use integration_tests::scenarios::{eventually, namespace};
-use integration_tests::webhook::{client, serve_and_register, start_injector};
+use integration_tests::webhook::{Injector, client, serve_and_register, start_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::strategy::{Strategy, ValueTree};
@@ -269,17 +270,6 @@ async fn create(client: &kube::Client, ns: &str, name: &str, pod: &Value) -> any
     create_with(client, ns, name, pod, false).await
 }
 
-/// An outcome for a pod created under another name, as if it had had `name`.
-fn renamed(outcome: Outcome, name: &str) -> Outcome {
-    match outcome {
-        Outcome::Stored(mut pod) => {
-            pod["metadata"]["name"] = json!(name);
-            Outcome::Stored(pod)
-        }
-        denied @ Outcome::Denied(_) => denied,
-    }
-}
-
 async fn create_with(
     client: &kube::Client,
     ns: &str,
@@ -387,6 +377,89 @@ impl Coverage {
     }
 }
 
+/// The namespaces of one variant: served by the webhook, by the policies, and by both at once (as
+/// while a cluster switches from one mode to the other).
+struct Twins {
+    webhook: String,
+    policy: String,
+    both: String,
+}
+
+/// Sets up a variant's namespaces, injectors and policies; returns the injectors to stop.
+async fn set_up(client: &kube::Client, variant: &Variant, ns: &Twins) -> anyhow::Result<Vec<Injector>> {
+    let allowed = [ns.webhook.as_str(), ns.policy.as_str(), ns.both.as_str()];
+    let webhook = config(variant, "webhook", &allowed)?;
+    let policy = config(variant, "policy", &allowed)?;
+    // Both modes on one namespace: their own webhook and policy names, one namespace label value.
+    let mut both_webhook = config(variant, "both-webhook", &allowed)?;
+    let mut both_policy = config(variant, "both-policy", &allowed)?;
+    let both_label = format!("{}-both", variant.name);
+    both_webhook.namespace_label_value.clone_from(&both_label);
+    both_policy.namespace_label_value.clone_from(&both_label);
+    for (name, label) in [
+        (&ns.webhook, &webhook.namespace_label_value),
+        (&ns.policy, &policy.namespace_label_value),
+        (&ns.both, &both_label),
+    ] {
+        namespace(client, name, &[("kubernetes-sidecar-injector", label), ("default-labels", "enabled")]).await?;
+    }
+    let objects = install_policies(client, &policy, &ns.policy).await?;
+    // The policies first: once the webhook serves the namespace too, a probe cannot tell them apart.
+    install_policies(client, &both_policy, &ns.both).await?;
+    eprintln!("policy mode ({}): {objects} policy objects installed", variant.name);
+    Ok(vec![
+        start_injector(client, &webhook, &format!("{}-webhook", variant.name)).await?,
+        start_injector(client, &both_webhook, &format!("{}-both", variant.name)).await?,
+    ])
+}
+
+/// Counts of what was compared.
+#[derive(Debug, Default)]
+struct Tally {
+    compared: usize,
+    stored: usize,
+    denied: usize,
+    covered: Coverage,
+}
+
+/// Creates every pod in a variant's namespaces; returns the pods whose outcomes differ.
+async fn compare(
+    client: &kube::Client,
+    variant: &Variant,
+    ns: &Twins,
+    tally: &mut Tally,
+) -> anyhow::Result<Vec<String>> {
+    let mut mismatches = Vec::new();
+    for (i, pod) in pods(GENERATED)?.iter().enumerate() {
+        let name = format!("pod-{i}");
+        let by_webhook = create(client, &ns.webhook, &name, pod).await?;
+        let by_policy = if i < DRY_RUNS {
+            let dry = create_with(client, &ns.policy, &name, pod, true).await?;
+            let real = create(client, &ns.policy, &name, pod).await?;
+            anyhow::ensure!(dry == real, "{name} ({}): a dry run gave {dry:?}, creating it {real:?}", variant.name);
+            real
+        } else {
+            create(client, &ns.policy, &name, pod).await?
+        };
+        let by_both = create(client, &ns.both, &name, pod).await?;
+        tally.compared += 1;
+        match &by_webhook {
+            Outcome::Stored(pod) => {
+                tally.stored += 1;
+                tally.covered.count(pod);
+            }
+            Outcome::Denied(_) => tally.denied += 1,
+        }
+        if by_webhook != by_policy || by_webhook != by_both {
+            mismatches.push(format!(
+                "{name} ({}): {pod}\n  webhook: {by_webhook:?}\n  policy:  {by_policy:?}\n  both:    {by_both:?}",
+                variant.name
+            ));
+        }
+    }
+    Ok(mismatches)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Result<()> {
     let plane = ControlPlane::start(&Binaries::locate()?)?;
@@ -394,61 +467,26 @@ async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Resul
     integration_tests::control_plane::check_kubernetes_version(&client).await?;
     let labeler = serve_and_register(&client, &[default_labels::pipeline()], "zz-default-labels").await?;
     let mut injectors = Vec::new();
-    let (mut compared, mut stored, mut denied) = (0, 0, 0);
-    let mut covered = Coverage::default();
+    let mut tally = Tally::default();
     for variant in variants() {
-        let (webhook_ns, policy_ns) = (format!("{}-webhook", variant.name), format!("{}-policy", variant.name));
-        let twins = [webhook_ns.as_str(), policy_ns.as_str()];
-        let webhook = config(&variant, "webhook", &twins)?;
-        let policy = config(&variant, "policy", &twins)?;
-        for (ns, config) in [(&webhook_ns, &webhook), (&policy_ns, &policy)] {
-            namespace(
-                &client,
-                ns,
-                &[("kubernetes-sidecar-injector", &config.namespace_label_value), ("default-labels", "enabled")],
-            )
-            .await?;
-        }
-        injectors.push(start_injector(&client, &webhook, &format!("{}-webhook", variant.name)).await?);
-        let objects = install_policies(&client, &policy, &policy_ns).await?;
-        eprintln!("policy mode ({}): {objects} policy objects installed", variant.name);
-        let mut mismatches = Vec::new();
-        for (i, pod) in pods(GENERATED)?.iter().enumerate() {
-            let name = format!("pod-{i}");
-            let by_webhook = create(&client, &webhook_ns, &name, pod).await?;
-            if i < DRY_RUNS {
-                let dry = create_with(&client, &policy_ns, &name, pod, true).await?;
-                let real = create(&client, &policy_ns, &name, pod).await?;
-                anyhow::ensure!(dry == real, "{name} ({}): a dry run gave {dry:?}, creating it {real:?}", variant.name);
-            }
-            let by_policy = if i < DRY_RUNS {
-                create(&client, &policy_ns, &format!("{name}-again"), pod).await.map(|o| renamed(o, &name))?
-            } else {
-                create(&client, &policy_ns, &name, pod).await?
-            };
-            compared += 1;
-            match &by_webhook {
-                Outcome::Stored(pod) => {
-                    stored += 1;
-                    covered.count(pod);
-                }
-                Outcome::Denied(_) => denied += 1,
-            }
-            if by_webhook != by_policy {
-                mismatches.push(format!(
-                    "{name} ({}): {pod}\n  webhook: {by_webhook:?}\n  policy:  {by_policy:?}",
-                    variant.name
-                ));
-            }
-        }
+        let ns = Twins {
+            webhook: format!("{}-webhook", variant.name),
+            policy: format!("{}-policy", variant.name),
+            both: format!("{}-both", variant.name),
+        };
+        injectors.extend(set_up(&client, &variant, &ns).await?);
+        let mismatches = compare(&client, &variant, &ns, &mut tally).await?;
         anyhow::ensure!(
             mismatches.is_empty(),
-            "{} of the pods differ between webhook and policy mode:\n{}",
+            "{} of the pods differ between webhook mode, policy mode and both:\n{}",
             mismatches.len(),
             mismatches.join("\n")
         );
     }
-    eprintln!("policy mode: {compared} pods compared ({stored} stored, {denied} denied): identical in both modes");
+    let Tally { compared, stored, denied, covered } = tally;
+    eprintln!(
+        "policy mode: {compared} pods compared ({stored} stored, {denied} denied): identical in webhook mode, policy mode and both"
+    );
     anyhow::ensure!(stored >= 50 && denied >= 50, "the pods exercise both outcomes ({stored} stored, {denied} denied)");
     eprintln!("policy mode: stored pods with {covered:?}");
     anyhow::ensure!(covered.all_at_least(10), "too few stored pods exercise each behaviour: {covered:?}");
