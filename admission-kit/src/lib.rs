@@ -42,6 +42,7 @@
 pub mod app;
 pub mod cache;
 pub mod cli;
+pub mod declarative;
 pub mod matcher;
 pub mod metrics;
 pub mod mutator;

@@ -96,26 +96,32 @@ fn config(variant: &Variant, mode: &str, namespaces: &[&str]) -> anyhow::Result<
     Ok(Config::load(None, &overrides)?)
 }
 
+/// Creates one rendered policy or binding.
+async fn create_policy_object(client: &kube::Client, object: &Value) -> anyhow::Result<()> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let resource = ApiResource {
+        group: "admissionregistration.k8s.io".to_owned(),
+        version: "v1".to_owned(),
+        api_version: "admissionregistration.k8s.io/v1".to_owned(),
+        kind: kind.to_owned(),
+        // MutatingAdmissionPolicy → mutatingadmissionpolicies; …Binding → …bindings.
+        plural: match kind.to_lowercase().strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{}s", kind.to_lowercase()),
+        },
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    api.create(&PostParams::default(), &serde_json::from_value(object.clone())?).await?;
+    Ok(())
+}
+
 /// Applies the policies rendered from `config` and waits until they act on a dry-run pod.
 async fn install_policies(client: &kube::Client, config: &Config, ns: &str) -> anyhow::Result<usize> {
     // What `sidecar-injector policy` prints: the plugin's own pipelines.
     let pipelines = sidecar_injector::plugin::Injector::new(config.clone()).pipelines()?;
     let objects = render_policies(&pipelines, &PolicyOptions::new())?;
     for object in &objects {
-        let kind = object["kind"].as_str().unwrap_or_default();
-        let resource = ApiResource {
-            group: "admissionregistration.k8s.io".to_owned(),
-            version: "v1".to_owned(),
-            api_version: "admissionregistration.k8s.io/v1".to_owned(),
-            kind: kind.to_owned(),
-            // MutatingAdmissionPolicy → mutatingadmissionpolicies; …Binding → …bindings.
-            plural: match kind.to_lowercase().strip_suffix('y') {
-                Some(stem) => format!("{stem}ies"),
-                None => format!("{}s", kind.to_lowercase()),
-            },
-        };
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        api.create(&PostParams::default(), &serde_json::from_value(object.clone())?).await?;
+        create_policy_object(client, object).await?;
     }
     // Policies take effect once the API server's informers have them.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -498,5 +504,109 @@ async fn policy_mode_stores_and_denies_what_webhook_mode_does() -> anyhow::Resul
         injector.server.shutdown_and_wait().await?;
     }
     labeler.shutdown_and_wait().await?;
+    Ok(())
+}
+
+/// admission-kit's declarative pod mutation: the same value served in-process as a webhook and
+/// rendered as a policy stores the same pods.
+fn declarative() -> anyhow::Result<admission_kit::declarative::PodMutation> {
+    Ok(serde_json::from_value(json!({
+        "guard": "logs.example.com/injected",
+        "containers": [{"name": "shipper", "image": "shipper:1", "env": [{"name": "level", "value": "info"}],
+            "volumeMounts": [{"name": "logs", "mountPath": "/logs"}]}],
+        "initContainers": [
+            {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"},
+            {"name": "setup", "image": "setup:1"},
+        ],
+        "volumes": [{"name": "logs", "emptyDir": {}}],
+        "imagePullSecrets": [{"name": "registry"}],
+        "labels": {"logs.example.com/shipped": "true"},
+        "annotations": {"logs.example.com/format": "json"},
+        "set": [{"path": "/spec/securityContext/runAsNonRoot", "value": true}, {"path": "/spec/priorityClassName", "value": ""}],
+        "envFromAnnotations": {"prefix": "logs.example.com", "allow": ["level", "extra-*"], "containers": ["shipper", "proxy"]},
+    }))?)
+}
+
+/// Pods for the declarative mutation: its names taken or not, its metadata present or not, env
+/// annotations allowed, refused or not env var names, the guard already there.
+fn declarative_pod_strategy() -> impl Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let key = prop::sample::select(vec!["level", "extra-a", "extra-..", "secret", "format", "injected", "shipped"]);
+    let annotations = prop::collection::btree_map(key, prop::sample::select(vec!["debug", "$x", ""]), 0..4);
+    (annotations, prop::collection::vec(any::<bool>(), 7)).prop_map(|(keys, f)| {
+        let annotations: serde_json::Map<String, Value> =
+            keys.into_iter().map(|(k, v)| (format!("logs.example.com/{k}"), json!(v))).collect();
+        let mut containers = vec![json!({"name": "app", "image": "app:1"})];
+        if f[0] {
+            containers.push(json!({"name": "shipper", "image": "own:1"}));
+        }
+        let mut spec = json!({"containers": containers});
+        if f[1] {
+            spec["initContainers"] = json!([{"name": if f[2] { "setup" } else { "proxy" }, "image": "own:1"}]);
+        }
+        if f[3] {
+            spec["volumes"] = json!([{"name": "logs", "emptyDir": {}}]);
+        }
+        if f[4] {
+            spec["securityContext"] = json!({"runAsUser": 1000});
+        }
+        if f[5] {
+            spec["imagePullSecrets"] = json!([{"name": "registry"}]);
+        }
+        let labels = if f[6] { json!({"logs.example.com/shipped": "mine"}) } else { json!({}) };
+        json!({"metadata": {"annotations": annotations, "labels": labels}, "spec": spec})
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declarative_mutation_stores_the_same_pods_in_process_and_as_a_policy() -> anyhow::Result<()> {
+    use admission_kit::matcher;
+    use admission_kit::pipeline::{Pipeline, ResourceTarget};
+    let plane = ControlPlane::start(&Binaries::locate()?)?;
+    let client = client(&plane).await?;
+    let pipeline = |mode: &str| -> anyhow::Result<Pipeline> {
+        let mutation = declarative()?;
+        Ok(Pipeline::builder(format!("{mode}.logs.example.com"))
+            .step(
+                admission_kit::Step::dynamic("shipper", ResourceTarget::of::<Pod>(), mutation.clone())
+                    .when(matcher::namespace_label("logs", mode))
+                    .policy_form(mutation),
+            )
+            .build()?)
+    };
+    for ns in ["webhook", "policy"] {
+        namespace(&client, &format!("logs-{ns}"), &[("logs", ns)]).await?;
+    }
+    let server = serve_and_register(&client, &[pipeline("webhook")?], "logs-webhook").await?;
+    for object in render_policies(&[pipeline("policy")?], &PolicyOptions::new())? {
+        create_policy_object(&client, &object).await?;
+    }
+    let config = ProptestConfig { rng_algorithm: RngAlgorithm::ChaCha, ..ProptestConfig::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[9; 32]));
+    let strategy = declarative_pod_strategy();
+    let probe = json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+    eventually("the policy to act", Duration::from_secs(30), || async {
+        let outcome = create_with(&client, "logs-policy", "probe", &probe, true).await?;
+        Ok(matches!(outcome, Outcome::Stored(pod) if pod["spec"]["containers"].as_array().is_some_and(|c| c.len() == 2))
+            .then_some(()))
+    })
+    .await?;
+    let (mut mismatches, mut changed) = (Vec::new(), 0);
+    for i in 0..100 {
+        let pod = strategy.new_tree(&mut runner).map_err(|e| anyhow::anyhow!("{e}"))?.current();
+        let name = format!("pod-{i}");
+        let by_webhook = create(&client, "logs-webhook", &name, &pod).await?;
+        let by_policy = create(&client, "logs-policy", &name, &pod).await?;
+        changed += usize::from(
+            matches!(&by_webhook, Outcome::Stored(p) if p["metadata"]["annotations"]["logs.example.com/injected"] == "true"),
+        );
+        if by_webhook != by_policy {
+            mismatches.push(format!("{name}: {pod}\n  in-process: {by_webhook:?}\n  policy:     {by_policy:?}"));
+        }
+    }
+    anyhow::ensure!(mismatches.is_empty(), "{} pods differ:\n{}", mismatches.len(), mismatches.join("\n"));
+    anyhow::ensure!(changed >= 50, "most pods were mutated ({changed} of 100)");
+    eprintln!("declarative mutation: 100 pods stored identically in-process and as a policy ({changed} mutated)");
+    server.shutdown_and_wait().await?;
     Ok(())
 }
