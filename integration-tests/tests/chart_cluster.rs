@@ -344,7 +344,7 @@ async fn deployment_pods_are_injected(client: &kube::Client) -> anyhow::Result<(
 /// refused by the API server (so the call is really made), while a pod labelled `…/inject=skip`, a
 /// pod in a namespace labelled `…/disable-inject=true`, and a pod without the `inject` annotation
 /// are created — the chart's `objectSelector`, `namespaceSelector` and `matchConditions` filtered
-/// them, not the injector.
+/// them, not the injector. So is a pod in kube-system, labelled to opt in.
 async fn opt_outs_are_filtered_by_the_api_server(client: &kube::Client) -> anyhow::Result<()> {
     let apps: Api<Pod> = Api::namespaced(client.clone(), "chart-apps");
     let refused =
@@ -360,7 +360,10 @@ async fn opt_outs_are_filtered_by_the_api_server(client: &kube::Client) -> anyho
         ),
         ("chart-opted-out", "down-opted-out", json!({INJECT: "haystack-agent"}), json!({})),
         ("chart-apps", "down-no-annotation", json!({"team": "x"}), json!({})),
+        // kube-system, even labelled to opt in: the chart's namespaceSelector never sends it.
+        ("kube-system", "down-kube-system", json!({INJECT: "haystack-agent"}), json!({})),
     ];
+    namespace(client, "kube-system", &[("kubernetes-sidecar-injector", "enabled")]).await?;
     for (ns, name, annotations, labels) in cases {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let stored = pods
