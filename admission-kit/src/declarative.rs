@@ -319,34 +319,11 @@ impl PodMutation {
 
     /// A container as added (CEL): with the env vars when it receives them and there are any.
     fn container_cel(&self, container: &Value) -> String {
-        let plain = cel::value(container);
-        if !self.receives_env(container) {
-            return plain;
+        if self.receives_env(container) {
+            cel::container_with_env(container, "variables.env", "e", "e[0]", "e[1]")
+        } else {
+            cel::value(container)
         }
-        let Some(fields) = container.as_object() else { return plain };
-        let own = fields.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
-        let own_names: Vec<&str> = own.iter().map(name).collect();
-        let mut env: Vec<String> = own
-            .iter()
-            .map(|v| {
-                let n = cel::string(name(v));
-                format!(
-                    "[variables.env.exists(e, e[0] == {n}) ? dyn({{\"name\": dyn({n}), \"value\": dyn(variables.env.filter(e, e[0] == {n})[0][1])}}) : dyn({})]",
-                    cel::value(v)
-                )
-            })
-            .collect();
-        env.push(format!(
-            "variables.env.filter(e, !(e[0] in {})).map(e, dyn({{\"name\": dyn(e[0]), \"value\": dyn(e[1])}}))",
-            cel::strings(&own_names)
-        ));
-        let mut items: Vec<String> = fields
-            .iter()
-            .filter(|(k, _)| *k != "env")
-            .map(|(k, v)| format!("{}: dyn({})", cel::string(k), cel::value(v)))
-            .collect();
-        items.push(format!("\"env\": dyn({})", env.join(" + ")));
-        format!("(size(variables.env) == 0 ? {plain} : {{{}}})", items.join(", "))
     }
 
     /// Appends the items whose names `taken` lacks to `/spec/<key>`, creating the list (CEL).

@@ -591,43 +591,9 @@ impl<'a> Renderer<'a> {
 
     /// A container as added: as in the catalog, with the annotations' env vars when there are any.
     fn container_value(&self, container: &Value) -> String {
-        let plain = cel::value(container);
-        let Some(fields) = container.as_object() else { return plain };
-        let own = fields.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
-        let own_names: Vec<&str> = own.iter().filter_map(|v| v.get("name").and_then(Value::as_str)).collect();
+        // kubelet expands `$(VAR)`: with literal values every `$` is doubled, as the webhook does.
         let value = if self.settings.literal_env_values { "v[2].replace(\"$\", \"$$\")" } else { "v[2]" };
-        let set = |name: &str| -> String {
-            format!(
-                "variables.env.filter(v, v[1] == {}).map(v, {{\"name\": dyn(v[1]), \"value\": dyn({value})}})",
-                cel::string(name)
-            )
-        };
-        // The container's own vars, each replaced by an annotation's of the same name (rules allowing),
-        // then the annotations' other vars in name order.
-        let mut env: Vec<String> = own
-            .iter()
-            .map(|v| {
-                let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
-                format!(
-                    "(variables.env.exists(v, v[1] == {n}) ? dyn({set}[0]) : dyn({lit}))",
-                    n = cel::string(name),
-                    set = set(name),
-                    lit = cel::value(v)
-                )
-            })
-            .map(|e| format!("[{e}]"))
-            .collect();
-        env.push(format!(
-            "variables.env.filter(v, !(v[1] in {})).map(v, dyn({{\"name\": dyn(v[1]), \"value\": dyn({value})}}))",
-            cel::strings(&own_names)
-        ));
-        let mut items: Vec<String> = fields
-            .iter()
-            .filter(|(k, _)| *k != "env")
-            .map(|(k, v)| format!("{}: dyn({})", cel::string(k), cel::value(v)))
-            .collect();
-        items.push(format!("\"env\": dyn({})", env.join(" + ")));
-        format!("(size(variables.env) == 0 ? {plain} : {{{}}})", items.join(", "))
+        cel::container_with_env(container, "variables.env", "v", "v[1]", value)
     }
 
     /// The catalog's labels or annotations of the selected sidecars (`pairs`, in order): the first

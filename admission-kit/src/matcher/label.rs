@@ -120,24 +120,7 @@ impl fmt::Display for LabelRequirement {
 /// A CEL string literal: single-quoted, with `\`, `'` and control characters escaped.
 #[must_use]
 pub fn cel_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
+    crate::policy::cel::quoted(s, '\'')
 }
 
 pub(super) fn from_selector(selector: &LabelSelector) -> Result<Vec<LabelRequirement>, SelectorError> {

@@ -9,22 +9,31 @@ use serde_json::Value;
 /// escaped; other characters are written as they are (CEL source is UTF-8).
 #[must_use]
 pub fn string(text: &str) -> String {
+    quoted(text, '"')
+}
+
+/// `text` as a CEL string literal between `quote`s (`"` or `'`).
+#[must_use]
+pub fn quoted(text: &str, quote: char) -> String {
     let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
+    out.push(quote);
     for c in text.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
             c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
             c => out.push(c),
         }
     }
-    out.push('"');
+    out.push(quote);
     out
 }
 
@@ -66,6 +75,38 @@ pub fn value(value: &Value) -> String {
 pub fn strings<S: AsRef<str>>(items: &[S]) -> String {
     let items: Vec<String> = items.iter().map(|s| string(s.as_ref())).collect();
     format!("[{}]", items.join(", "))
+}
+
+/// `container` (a JSON object) as a CEL expression with the env vars of `env`, a CEL list whose
+/// items (`item`) give a var's name and value through the expressions `name` and `value`: the
+/// container's own vars of those names replaced in place (`valueFrom` and all), the others appended
+/// in the list's order. With an empty list, the container as it is.
+#[must_use]
+pub fn container_with_env(container: &Value, env: &str, item: &str, name: &str, value: &str) -> String {
+    let plain = self::value(container);
+    let Some(fields) = container.as_object() else { return plain };
+    let own = fields.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
+    let own_names: Vec<&str> = own.iter().map(|v| v.get("name").and_then(Value::as_str).unwrap_or_default()).collect();
+    let var = format!("{{\"name\": dyn({name}), \"value\": dyn({value})}}");
+    let mut parts: Vec<String> = own
+        .iter()
+        .zip(&own_names)
+        .map(|(v, n)| {
+            let n = string(n);
+            format!(
+                "[{env}.exists({item}, {name} == {n}) ? dyn({env}.filter({item}, {name} == {n}).map({item}, {var})[0]) : dyn({})]",
+                self::value(v)
+            )
+        })
+        .collect();
+    parts.push(format!("{env}.filter({item}, !({name} in {})).map({item}, dyn({var}))", strings(&own_names)));
+    let mut items: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| *k != "env")
+        .map(|(k, v)| format!("{}: dyn({})", string(k), self::value(v)))
+        .collect();
+    items.push(format!("\"env\": dyn({})", parts.join(" + ")));
+    format!("(size({env}) == 0 ? {plain} : {{{}}})", items.join(", "))
 }
 
 /// One token of a JSON pointer (RFC 6901): `~` as `~0`, `/` as `~1`.
