@@ -134,33 +134,7 @@ async fn policy_mode_injects_with_no_injector_pod(client: &kube::Client, helm: &
         Ok((created.spec.map_or(0, |s| s.containers.len()) == 2).then_some(()))
     })
     .await?;
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "shop"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "shop"}},
-            "template": {
-                "metadata": {
-                    "labels": {"app": "shop"},
-                    "annotations": {INJECT: "haystack-agent", "sidecar-injector.expedia.com/shop-tier": "gold"},
-                },
-                "spec": {"containers": [{"name": "app", "image": "shop:1"}]},
-            },
-        },
-    }))?;
-    Api::<Deployment>::namespaced(client.clone(), "policy-apps").create(&PostParams::default(), &deployment).await?;
-    let pods = eventually("the Deployment's pods", Duration::from_secs(60), || async {
-        let pods = apps.list(&ListParams::default().labels("app=shop")).await?;
-        Ok((pods.items.len() == 2).then_some(pods.items))
-    })
-    .await?;
-    for pod in &pods {
-        assert_eq!(names(pod), ["app", "haystack-agent"]);
-        let sidecar = &pod.spec.as_ref().context("spec")?.containers[1];
-        let env: Vec<(String, Option<String>)> =
-            sidecar.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
-        assert!(env.contains(&("shop-tier".to_owned(), Some("gold".to_owned()))), "{env:?}");
-    }
+    deployment_pods_are_injected(client, "policy-apps").await?;
     let installed = Api::<Deployment>::namespaced(client.clone(), RELEASE_NS).list(&ListParams::default()).await?;
     assert!(installed.items.is_empty(), "policy mode installs no Deployment");
     let running = Api::<Pod>::namespaced(client.clone(), RELEASE_NS).list(&ListParams::default()).await?;
@@ -288,7 +262,7 @@ async fn url_mode_injects_through_the_charts_webhook(
     })
     .await?;
 
-    deployment_pods_are_injected(client).await?;
+    deployment_pods_are_injected(client, "chart-apps").await?;
     opt_outs_are_respected(client).await?;
     // The scenario suite, through the chart's webhook configuration: what `kind-e2e.sh` runs
     // against a cluster where the chart's own pods serve.
@@ -307,8 +281,8 @@ async fn url_mode_injects_through_the_charts_webhook(
 }
 
 /// A Deployment annotated on its pod template: every pod the controllers make is injected.
-async fn deployment_pods_are_injected(client: &kube::Client) -> anyhow::Result<()> {
-    let apps: Api<Pod> = Api::namespaced(client.clone(), "chart-apps");
+async fn deployment_pods_are_injected(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let apps: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "shop"},
         "spec": {
@@ -323,7 +297,7 @@ async fn deployment_pods_are_injected(client: &kube::Client) -> anyhow::Result<(
             },
         },
     }))?;
-    Api::<Deployment>::namespaced(client.clone(), "chart-apps").create(&PostParams::default(), &deployment).await?;
+    Api::<Deployment>::namespaced(client.clone(), ns).create(&PostParams::default(), &deployment).await?;
     let pods = eventually("the Deployment's pods", Duration::from_secs(60), || async {
         let pods = apps.list(&ListParams::default().labels("app=shop")).await?;
         Ok((pods.items.len() == 2).then_some(pods.items))
