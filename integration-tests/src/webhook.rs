@@ -149,3 +149,35 @@ pub async fn wait_ready(server: &RunningServer) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Creates the policies `sidecar-injector policy` renders for `config` (webhook-less mode), as
+/// `kubectl apply -f` of its output would; returns how many objects. They act once the API
+/// server's informers have them.
+pub async fn install_policies(client: &kube::Client, config: &Config) -> anyhow::Result<usize> {
+    let pipelines = sidecar_injector::plugin::Injector::new(config.clone()).pipelines()?;
+    let objects = admission_kit::policy::render_policies(&pipelines, &admission_kit::policy::PolicyOptions::new())?;
+    for object in &objects {
+        create_policy_object(client, object).await?;
+    }
+    Ok(objects.len())
+}
+
+/// Creates one rendered policy or binding (`admissionregistration.k8s.io/v1`).
+pub async fn create_policy_object(client: &kube::Client, object: &serde_json::Value) -> anyhow::Result<()> {
+    use admission_kit::reexports::kube::api::{ApiResource, DynamicObject};
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let resource = ApiResource {
+        group: "admissionregistration.k8s.io".to_owned(),
+        version: "v1".to_owned(),
+        api_version: "admissionregistration.k8s.io/v1".to_owned(),
+        kind: kind.to_owned(),
+        // MutatingAdmissionPolicy → mutatingadmissionpolicies; …Binding → …bindings.
+        plural: match kind.to_lowercase().strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{}s", kind.to_lowercase()),
+        },
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    api.create(&PostParams::default(), &serde_json::from_value(object.clone())?).await?;
+    Ok(())
+}

@@ -15,14 +15,13 @@
 
 use std::time::Duration;
 
-use admission_kit::app::Plugin as _;
 use admission_kit::policy::{PolicyOptions, render_policies};
 use admission_kit::reexports::kube::{
     self, Api,
     api::{ApiResource, DynamicObject, PostParams},
 };
 use integration_tests::scenarios::{eventually, namespace};
-use integration_tests::webhook::{Injector, client, serve_and_register, start_injector};
+use integration_tests::webhook::{Injector, client, create_policy_object, serve_and_register, start_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::strategy::{Strategy, ValueTree};
@@ -96,33 +95,9 @@ fn config(variant: &Variant, mode: &str, namespaces: &[&str]) -> anyhow::Result<
     Ok(Config::load(None, &overrides)?)
 }
 
-/// Creates one rendered policy or binding.
-async fn create_policy_object(client: &kube::Client, object: &Value) -> anyhow::Result<()> {
-    let kind = object["kind"].as_str().unwrap_or_default();
-    let resource = ApiResource {
-        group: "admissionregistration.k8s.io".to_owned(),
-        version: "v1".to_owned(),
-        api_version: "admissionregistration.k8s.io/v1".to_owned(),
-        kind: kind.to_owned(),
-        // MutatingAdmissionPolicy → mutatingadmissionpolicies; …Binding → …bindings.
-        plural: match kind.to_lowercase().strip_suffix('y') {
-            Some(stem) => format!("{stem}ies"),
-            None => format!("{}s", kind.to_lowercase()),
-        },
-    };
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    api.create(&PostParams::default(), &serde_json::from_value(object.clone())?).await?;
-    Ok(())
-}
-
 /// Applies the policies rendered from `config` and waits until they act on a dry-run pod.
 async fn install_policies(client: &kube::Client, config: &Config, ns: &str) -> anyhow::Result<usize> {
-    // What `sidecar-injector policy` prints: the plugin's own pipelines.
-    let pipelines = sidecar_injector::plugin::Injector::new(config.clone()).pipelines()?;
-    let objects = render_policies(&pipelines, &PolicyOptions::new())?;
-    for object in &objects {
-        create_policy_object(client, object).await?;
-    }
+    let objects = integration_tests::webhook::install_policies(client, config).await?;
     // Policies take effect once the API server's informers have them.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let probe: Pod = serde_json::from_value(json!({
@@ -153,7 +128,7 @@ async fn install_policies(client: &kube::Client, config: &Config, ns: &str) -> a
         }
     })
     .await?;
-    Ok(objects.len())
+    Ok(objects)
 }
 
 /// A generated pod: annotations asking for sidecars (in any order, repeated, unknown, restricted,

@@ -15,15 +15,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use admission_kit::app::Plugin as _;
-use admission_kit::policy::{PolicyOptions, render_policies};
 use admission_kit::reexports::kube::{
     self, Api,
-    api::{ApiResource, DeleteParams, DynamicObject, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use futures::StreamExt as _;
 use integration_tests::scenarios::{eventually, namespace};
-use integration_tests::webhook::{client, start_injector};
+use integration_tests::webhook::{client, install_policies, start_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
@@ -170,28 +168,6 @@ async fn create_pods(api: &Api<Pod>, prefix: &str, count: usize, in_flight: usiz
         .buffer_unordered(in_flight)
         .collect()
         .await
-}
-
-/// Applies the policies rendered from `config`, as `sidecar-injector policy` prints them.
-async fn install_policies(client: &kube::Client, config: &Config) -> anyhow::Result<()> {
-    let pipelines = sidecar_injector::plugin::Injector::new(config.clone()).pipelines()?;
-    for object in render_policies(&pipelines, &PolicyOptions::new())? {
-        let kind = object["kind"].as_str().unwrap_or_default();
-        let resource = ApiResource {
-            group: "admissionregistration.k8s.io".to_owned(),
-            version: "v1".to_owned(),
-            api_version: "admissionregistration.k8s.io/v1".to_owned(),
-            kind: kind.to_owned(),
-            // MutatingAdmissionPolicy → mutatingadmissionpolicies; …Binding → …bindings.
-            plural: match kind.to_lowercase().strip_suffix('y') {
-                Some(stem) => format!("{stem}ies"),
-                None => format!("{}s", kind.to_lowercase()),
-            },
-        };
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        api.create(&PostParams::default(), &serde_json::from_value(object)?).await?;
-    }
-    Ok(())
 }
 
 /// Waits until a dry-run pod in `ns` is injected and one asking for an unknown sidecar is refused:
