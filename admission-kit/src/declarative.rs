@@ -84,10 +84,48 @@ pub struct EnvFromAnnotations {
     pub allow: Vec<String>,
     /// Names of containers (or init containers) of this mutation that receive them.
     pub containers: Vec<String>,
+    /// `allow` as regular expressions, compiled at the first review (not per review).
+    #[serde(skip)]
+    compiled: CompiledAllow,
+}
+
+/// The compiled `allow` patterns; a cache, so it takes no part in comparisons.
+#[derive(Clone, Default)]
+struct CompiledAllow(std::sync::OnceLock<Vec<regex::Regex>>);
+
+impl PartialEq for CompiledAllow {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CompiledAllow {}
+
+impl std::fmt::Debug for CompiledAllow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompiledAllow")
+    }
+}
+
+impl EnvFromAnnotations {
+    /// The `allow` patterns as the regular expressions the policy's CEL uses too.
+    fn allow(&self) -> &[regex::Regex] {
+        self.compiled.0.get_or_init(|| {
+            self.allow
+                .iter()
+                .filter_map(|p| glob_regex(p, false).ok())
+                .filter_map(|r| regex::Regex::new(&r).ok())
+                .collect()
+        })
+    }
 }
 
 /// Env var names every Kubernetes release accepts.
 const ENV_NAME: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";
+
+/// [`ENV_NAME`], compiled once.
+static VALID_ENV_NAME: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(ENV_NAME).unwrap_or_else(|_| unreachable!("a valid expression")));
 
 fn name(item: &Value) -> &str {
     item.get("name").and_then(Value::as_str).unwrap_or_default()
@@ -157,13 +195,7 @@ impl PodMutation {
     fn env(&self, annotations: &Map<String, Value>) -> BTreeMap<String, String> {
         let Some(env) = &self.env_from_annotations else { return BTreeMap::new() };
         let prefix = format!("{}/", env.prefix);
-        let allow: Vec<regex::Regex> = env
-            .allow
-            .iter()
-            .filter_map(|p| glob_regex(p, false).ok())
-            .filter_map(|r| regex::Regex::new(&r).ok())
-            .collect();
-        let valid = regex::Regex::new(ENV_NAME).unwrap_or_else(|_| unreachable!("a valid expression"));
+        let (allow, valid) = (env.allow(), &*VALID_ENV_NAME);
         annotations
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?, v.as_str()?)))
