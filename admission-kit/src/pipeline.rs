@@ -349,6 +349,17 @@ pub enum PipelineError {
     /// Paths are routes on the webhook server.
     #[error("failed to build pipeline `{0}`: path `{1}` must start with `/`")]
     BadPath(String, String),
+    /// The matcher of [`PipelineBuilder::leave_alone`] must be one the API server checks exactly
+    /// from the object alone, as the webhook's `matchConditions` carry its negation.
+    #[error(
+        "failed to build pipeline `{pipeline}`: leave_alone({matcher}) must be checked exactly by the API server from the object alone (annotations, object labels, CEL), not namespace labels or in-process logic"
+    )]
+    InexactLeaveAlone {
+        /// The pipeline.
+        pipeline: String,
+        /// The matcher, described.
+        matcher: String,
+    },
 }
 
 /// Builds a [`Pipeline`].
@@ -362,6 +373,7 @@ pub struct PipelineBuilder {
     reinvocation: ReinvocationPolicy,
     timeout_seconds: i32,
     match_conditions: bool,
+    leave_alone: Option<Arc<dyn Matcher>>,
 }
 
 impl PipelineBuilder {
@@ -402,6 +414,22 @@ impl PipelineBuilder {
         self
     }
 
+    /// Objects that *arrive* matching `matcher` are admitted unchanged, no step run; the webhook's
+    /// `matchConditions` exclude them too, so the API server does not call the webhook for them.
+    ///
+    /// The matcher sees the object as the API server sends it, before any step: it is how a
+    /// pipeline that marks what it did (an annotation, a label) asks not to be called again for an
+    /// object it already handled. With `reinvocationPolicy: IfNeeded` that saves the second call the
+    /// API server makes after another mutating webhook or admission plugin changed the object.
+    /// The matcher must be one the API server checks exactly from the object ([`has_annotation`],
+    /// object labels, CEL), or [`PipelineBuilder::build`] fails.
+    ///
+    /// [`has_annotation`]: crate::matcher::has_annotation
+    pub fn leave_alone(mut self, matcher: impl Matcher + 'static) -> Self {
+        self.leave_alone = Some(Arc::new(matcher));
+        self
+    }
+
     /// Checks and builds the pipeline.
     pub fn build(self) -> Result<Pipeline, PipelineError> {
         let qualified = self.name.split('.').filter(|s| !s.is_empty()).count() >= 3
@@ -424,7 +452,15 @@ impl PipelineBuilder {
                 return Err(PipelineError::DuplicateStep { pipeline: self.name.clone(), step: step.name.clone() });
             }
         }
-        let filter = webhook_filter(&self.steps);
+        let mut filter = webhook_filter(&self.steps);
+        if let Some(matcher) = &self.leave_alone {
+            let exact = matcher.server_filter();
+            let Some(cel) = exact.as_cel().filter(|_| exact.exact) else {
+                return Err(PipelineError::InexactLeaveAlone { pipeline: self.name, matcher: matcher.describe() });
+            };
+            let parts: Vec<String> = filter.condition.take().into_iter().chain([format!("!({cel})")]).collect();
+            filter.condition = crate::matcher::join_cel(&parts, " && ");
+        }
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -435,6 +471,7 @@ impl PipelineBuilder {
                 reinvocation: self.reinvocation,
                 timeout_seconds: self.timeout_seconds,
                 match_conditions: self.match_conditions,
+                leave_alone: self.leave_alone,
             }),
         })
     }
@@ -475,6 +512,7 @@ struct Inner {
     reinvocation: ReinvocationPolicy,
     timeout_seconds: i32,
     match_conditions: bool,
+    leave_alone: Option<Arc<dyn Matcher>>,
 }
 
 /// An ordered set of steps served as one webhook. Cheap to clone.
@@ -541,6 +579,7 @@ impl Pipeline {
             reinvocation: ReinvocationPolicy::Never,
             timeout_seconds: 10,
             match_conditions: true,
+            leave_alone: None,
         }
     }
 
@@ -565,6 +604,12 @@ impl Pipeline {
     #[must_use]
     pub fn server_filter(&self) -> &ServerFilter {
         &self.inner.filter
+    }
+
+    /// What makes an arriving object be left alone ([`PipelineBuilder::leave_alone`]), if anything.
+    #[must_use]
+    pub fn leave_alone(&self) -> Option<&dyn Matcher> {
+        self.inner.leave_alone.as_deref()
     }
 
     /// The rendered `failurePolicy`.
@@ -646,6 +691,15 @@ impl Pipeline {
             known @ NamespaceView::Known(_) => known,
             NamespaceView::Unknown { .. } => NamespaceView::Unknown { enforced: &self.inner.filter.namespace },
         };
+        if let Some(matcher) = &self.inner.leave_alone
+            && matcher.evaluate(&MatchInput { request, object: Some(original), namespace }) == Decision::Match
+        {
+            let reason = format!("the object arrived matching leave_alone: {}", matcher.describe());
+            for step in &self.inner.steps {
+                reports.push(StepReport { step: step.name.clone(), result: StepResult::Skipped(reason.clone()) });
+            }
+            return Outcome { answer, steps: reports, mutated: Some(original.clone()) };
+        }
         let mut current = original.clone();
         let mut tracker = ChangeTracker::default();
         let mut on_admit = Vec::new();

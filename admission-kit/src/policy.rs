@@ -210,6 +210,10 @@ fn render_step(pipeline: &Pipeline, step: &Step, options: &PolicyOptions) -> Res
     if let Some(condition) = &filter.condition {
         conditions.push(json!({"name": "admission-kit-matchers", "expression": condition}));
     }
+    // Exact and namespace-free: the pipeline would not have been built otherwise.
+    if let Some(cel) = pipeline.leave_alone().and_then(|m| m.server_filter().as_cel()) {
+        conditions.push(json!({"name": "admission-kit-leave-alone", "expression": format!("!({cel})")}));
+    }
     conditions.extend(parts.conditions.iter().map(|(n, e)| json!({"name": n, "expression": e})));
     let failure = match pipeline.failure_policy() {
         FailurePolicy::Fail => "Fail",

@@ -427,8 +427,9 @@ async fn answers(injector: &Injector, result: &str) -> anyhow::Result<u64> {
     Ok(text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0))
 }
 
-/// A second mutating webhook, called after the injector, changes the pod: the API server calls the
-/// injector again (`reinvocationPolicy: IfNeeded`) and the pod still gets one copy of the sidecar.
+/// A second mutating webhook, called after the injector, changes the pod: the API server would call
+/// the injector again (`reinvocationPolicy: IfNeeded`), but its match condition leaves the injected
+/// pod out, and the pod gets one copy of each sidecar.
 pub async fn reinvocation(client: &kube::Client, injector: &Injector) -> anyhow::Result<()> {
     // The second webhook is the `default-labels` example, as a user would run it; configurations
     // are called in name order, and the injector's sorts first.
@@ -452,7 +453,14 @@ pub async fn reinvocation(client: &kube::Client, injector: &Injector) -> anyhow:
         stored.spec.as_ref().unwrap().init_containers.iter().flatten().map(|c| c.name.clone()).collect();
     assert_eq!(init, vec!["logger-init"]);
     assert!(answers(injector, "patched").await? > patched_before);
-    assert!(answers(injector, "allowed").await? > allowed_before, "the injector was called again and changed nothing");
+    // The API server reinvokes an `IfNeeded` webhook after a later one changed the pod, but the pod
+    // then arrives with the status annotation, which the rendered `matchConditions` exclude: the
+    // injector is called once per pod (before the exclusion, every pod here was answered twice).
+    assert_eq!(
+        answers(injector, "allowed").await?,
+        allowed_before,
+        "the injector was called again for a pod it had injected"
+    );
     Ok(())
 }
 

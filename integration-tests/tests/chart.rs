@@ -134,6 +134,11 @@ fn default_values_render_a_hardened_helm_generated_release() {
         hook["matchConditions"][0]["expression"],
         "has(object.metadata.annotations) && 'sidecar-injector.expedia.com/inject' in object.metadata.annotations"
     );
+    assert_eq!(
+        hook["matchConditions"][1]["expression"],
+        "!has(object.metadata.annotations) || !('sidecar-injector.expedia.com/status' in object.metadata.annotations)",
+        "a pod that arrives injected is not sent again"
+    );
 
     // The Deployment: 2 replicas, spread, probes on the admin port, hardened, drain-aware.
     let deployment = r.one("Deployment", None).unwrap();

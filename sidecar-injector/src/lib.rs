@@ -82,6 +82,9 @@ pub fn pipeline_with(
                 .when(selection(config))
                 .policy_form(policy::EnvWithinSidecars),
         )
+        // A pod that arrives injected (reinvoked after another webhook or admission plugin changed it,
+        // or created with the status annotation) is left alone, and the API server asked not to call.
+        .leave_alone(matcher::has_annotation(Annotations::of(&settings).status))
         .failure_policy(config.failure_policy)
         .reinvocation(config.reinvocation_policy)
         .timeout_seconds(config.timeout_seconds)

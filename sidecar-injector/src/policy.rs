@@ -153,11 +153,9 @@ impl<'a> Renderer<'a> {
     fn parts(&self) -> PolicyParts {
         let a = &self.annotations;
         let ann = "object.metadata.annotations";
+        // A pod that arrives with the status annotation is excluded by the pipeline's `leave_alone`,
+        // rendered as a match condition of its own.
         let mut parts = PolicyParts::new()
-            .condition(
-                "not-yet-injected",
-                format!("!has(object.metadata.annotations) || !({} in object.metadata.annotations)", cel::string(&a.status)),
-            )
             .variable("ann", ann)
             .variable(
                 "requested",

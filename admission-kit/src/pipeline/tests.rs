@@ -32,6 +32,16 @@ impl Mutator<Pod> for AddSidecar {
     }
 }
 
+struct AddLabel;
+
+#[async_trait]
+impl Mutator<Pod> for AddLabel {
+    async fn mutate(&self, pod: &mut Pod, _: &mut Context<'_>) -> MutationResult {
+        pod.metadata.labels.get_or_insert_default().insert("after".into(), "yes".into());
+        Ok(())
+    }
+}
+
 struct Fails(&'static str);
 
 #[async_trait]
@@ -321,6 +331,61 @@ fn webhook_filter_keeps_what_every_step_requires() {
     let ungated = pipeline(vec![Step::new("a", AddSidecar).when(ns()), Step::new("b", AddSidecar)]);
     assert_eq!(ungated.server_filter().condition, None);
     assert!(ungated.server_filter().namespace.is_empty());
+}
+
+/// A step gated on the mark the first step writes: it runs on the object the first step left, so the
+/// mark an object *arrives* with has to be looked at before any step, by `leave_alone`.
+#[tokio::test]
+async fn leave_alone_looks_at_the_object_as_it_arrived() {
+    let marked = || matcher::has_annotation("injected.example.com/by");
+    let p = Pipeline::builder("test.example.com")
+        .step(Step::new("sidecar", AddSidecar).when(matcher::has_annotation("keep/me")))
+        .step(Step::new("after", AddLabel).when(marked()))
+        .leave_alone(marked())
+        .build()
+        .unwrap();
+    assert_eq!(
+        p.server_filter().condition.as_deref(),
+        Some(
+            "((has(object.metadata.annotations) && 'keep/me' in object.metadata.annotations) || (has(object.metadata.annotations) && 'injected.example.com/by' in object.metadata.annotations)) && (!(has(object.metadata.annotations) && 'injected.example.com/by' in object.metadata.annotations))"
+        ),
+        "some step applies, and the object does not arrive marked"
+    );
+    let first = p.review(&pod_review(pod(), "apps", Operation::Create), NamespaceView::unknown()).await;
+    assert!(first.answer.is_patched());
+    assert!(matches!(first.steps[1].result, StepResult::Applied { .. }), "the second step sees the first's mark");
+    // A reinvocation: the object arrives as the first review left it, plus another webhook's change.
+    let mut again = first.mutated.unwrap();
+    again["metadata"]["labels"] = json!({"other": "webhook"});
+    let second = p.review(&pod_review(again.clone(), "apps", Operation::Create), NamespaceView::unknown()).await;
+    assert!(second.answer.allowed && !second.answer.is_patched());
+    assert_eq!(second.mutated.as_ref(), Some(&again));
+    assert!(
+        second.steps.iter().all(|s| matches!(&s.result, StepResult::Skipped(why) if why.contains("leave_alone"))),
+        "{:?}",
+        second.steps
+    );
+}
+
+#[test]
+fn leave_alone_must_be_checked_exactly_by_the_api_server() {
+    let err = Pipeline::builder("test.example.com")
+        .step(Step::new("sidecar", AddSidecar))
+        .leave_alone(matcher::namespace_label("done", "yes"))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::InexactLeaveAlone { .. }), "{err}");
+    assert!(err.to_string().contains("namespace labels"), "{err}");
+    let ok = Pipeline::builder("test.example.com")
+        .step(Step::new("sidecar", AddSidecar))
+        .leave_alone(matcher::has_annotation("done"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        ok.server_filter().condition.as_deref(),
+        Some("!(has(object.metadata.annotations) && 'done' in object.metadata.annotations)"),
+        "an ungated step: the condition is the exclusion alone"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use admission_kit::pipeline::ResourceTarget;
+use admission_kit::pipeline::{ResourceTarget, StepResult};
 use admission_kit::prelude::Operation;
 use admission_kit::review::Review;
 use admission_kit::testing::{Checked, Harness, review_json};
@@ -361,11 +361,30 @@ async fn catalog_metadata_can_be_told_to_override() {
     assert_eq!(checked.patched()["metadata"]["annotations"]["shared"], "catalog");
 }
 
+/// The pipeline leaves a pod that arrives with a status annotation alone, whatever it says (as the
+/// webhook's match condition and policy mode do); the env step, run without that pipeline, refuses
+/// one it did not write.
 #[tokio::test]
-async fn a_forged_status_is_refused() {
-    check(pod(json!({INJECT: "agent", STATUS: "not json"})), "apps")
-        .await
-        .assert_denied("annotation `sidecar-injector.expedia.com/status` is not a status this injector wrote");
+async fn a_pod_arriving_with_a_status_is_left_alone_and_the_env_step_refuses_a_forged_one() {
+    use admission_kit::matcher::NamespaceView;
+    use admission_kit::prelude::{Context, DynamicMutator as _};
+    let mut forged = pod(json!({INJECT: "agent", STATUS: "not json", "sidecar-injector.expedia.com/KEY": "v"}));
+    let checked = check(forged.clone(), "apps").await;
+    checked.assert_unchanged();
+    assert!(
+        checked.outcome.steps.iter().all(|s| matches!(&s.result, StepResult::Skipped(why) if why.contains(STATUS))),
+        "{:?}",
+        checked.outcome.steps
+    );
+    let request = review(forged.clone(), "apps").request;
+    let env = EnvFromAnnotations::new(&Config::default().injection());
+    let refused = env.mutate(&mut forged, &mut Context::new(&request, NamespaceView::unknown())).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("annotation `sidecar-injector.expedia.com/status` is not a status this injector wrote"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
