@@ -90,6 +90,11 @@ impl Ord for Schema {
 /// decoding failed: the message the pipeline gives for an undecodable object, for plugins that
 /// check JSON of their own (a catalog's containers, say) the same way.
 pub fn decode_naming_field<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
+    // Tracking the path costs more than the decoding itself (about 29 of 51 µs for a 10 KB pod), and
+    // an object that decodes needs no path: it is tracked only to name the field of one that does not.
+    if let Ok(decoded) = K::deserialize(value) {
+        return Ok(decoded);
+    }
     serde_path_to_error::deserialize::<_, K>(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -89,6 +89,14 @@ impl Injector {
                 }),
             ),
             (
+                "typed check of the pod (decode_naming_field::<Pod>)",
+                per_call(&mut || {
+                    drop(black_box(admission_kit::pipeline::decode_naming_field::<
+                        admission_kit::reexports::k8s_openapi::api::core::v1::Pod,
+                    >(black_box(&pod))));
+                }),
+            ),
+            (
                 "patch::diff(original, mutated)",
                 per_call(&mut || drop(black_box(admission_kit::patch::diff(&pod, &mutated)))),
             ),
