@@ -3,25 +3,34 @@
 //! by the sidecar injector in `MODE`: `webhook` (the injector serving its webhook), `policy` (the
 //! `MutatingAdmissionPolicy` and `ValidatingAdmissionPolicy` that `sidecar-injector policy` renders
 //! from the same configuration, no webhook registered) or `both` (the default: webhook mode, then
-//! policy mode, on one control plane, each in its own namespace).
+//! policy mode, on one control plane, each in its own namespace). `noop` is the control: a webhook
+//! built with admission-kit that admits every pod unchanged, registered with the injector's selection
+//! (so the same pods are sent to it), which gives the part of webhook mode's figures that is not the
+//! injector's (the API server's webhook client, TLS, the machine); `all` runs webhook, noop, policy.
 //!
 //! It reports pods/s and the API server's own view of each run, read from its `/metrics` before and
 //! after the run (the difference, so that both modes can share a control plane): the mutating
 //! admission step of pod creation (`apiserver_admission_step_admission_duration_seconds`), the webhook
 //! call (`apiserver_admission_webhook_admission_duration_seconds`), each admission plugin, and every
-//! policy series the API server has. Each mode first creates 50 pods it does not measure. See
+//! policy series the API server has. For the two webhook modes it also reads the webhook server's own
+//! metrics: reviews answered, their mean time in the server, and the TLS handshakes (new connections
+//! the API server opened). Each mode first creates 50 pods it does not measure. See
 //! <https://kubernetes.io/docs/reference/instrumentation/metrics/>.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use admission_kit::reexports::async_trait;
 use admission_kit::reexports::kube::{
     self, Api,
     api::{DeleteParams, PostParams},
 };
+use admission_kit::server::RunningServer;
+use admission_kit::{Context, MutationResult, Mutator};
+use admission_kit::{Pipeline, Step};
 use futures::StreamExt as _;
 use integration_tests::scenarios::{eventually, namespace};
-use integration_tests::webhook::{client, install_policies, start_injector};
+use integration_tests::webhook::{client, install_policies, serve_and_register, start_injector};
 use integration_tests::{Binaries, ControlPlane};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
@@ -37,6 +46,7 @@ const WARM_UP: usize = 50;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Webhook,
+    Noop,
     Policy,
 }
 
@@ -44,6 +54,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Webhook => "webhook",
+            Mode::Noop => "noop",
             Mode::Policy => "policy",
         }
     }
@@ -52,8 +63,10 @@ impl Mode {
         match arg {
             "webhook" => Ok(vec![Mode::Webhook]),
             "policy" => Ok(vec![Mode::Policy]),
+            "noop" => Ok(vec![Mode::Noop]),
             "both" => Ok(vec![Mode::Webhook, Mode::Policy]),
-            other => anyhow::bail!("unknown mode `{other}`; known: webhook, policy, both"),
+            "all" => Ok(vec![Mode::Webhook, Mode::Noop, Mode::Policy]),
+            other => anyhow::bail!("unknown mode `{other}`; known: webhook, noop, policy, both, all"),
         }
     }
 
@@ -77,6 +90,34 @@ struct Row {
     admit: Histogram,
     validate: Histogram,
     webhook: Option<Histogram>,
+    server: Option<ServerView>,
+}
+
+/// What the webhook server itself counted during a run.
+struct ServerView {
+    reviews: f64,
+    mean_ms: f64,
+    handshakes: f64,
+    resumed: f64,
+}
+
+/// The no-op control's webhook: admits every pod unchanged.
+struct Noop;
+
+#[async_trait::async_trait]
+impl Mutator<Pod> for Noop {
+    async fn mutate(&self, _: &mut Pod, _: &mut Context<'_>) -> MutationResult {
+        Ok(())
+    }
+}
+
+/// The control's pipeline: the injector's selection (namespace label and `inject` annotation), no
+/// change.
+fn noop_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
+    Ok(Pipeline::builder(&config.webhook_name)
+        .step(Step::new("noop", Noop).when(sidecar_injector::selection(config)))
+        .reinvocation(config.reinvocation_policy)
+        .build()?)
 }
 
 #[tokio::main]
@@ -92,20 +133,22 @@ async fn main() -> anyhow::Result<()> {
         let config = mode.config()?;
         let ns = format!("load-{}", mode.name());
         namespace(&client, &ns, &[("kubernetes-sidecar-injector", &config.namespace_label_value)]).await?;
-        let injector = match mode {
-            Mode::Webhook => Some(start_injector(&client, &config, "load-webhook").await?),
+        let configuration = format!("load-{}", mode.name());
+        let server = match mode {
+            Mode::Webhook => Some(start_injector(&client, &config, &configuration).await?.server),
+            Mode::Noop => Some(serve_and_register(&client, &[noop_pipeline(&config)?], &configuration).await?),
             Mode::Policy => {
                 install_policies(&client, &config).await?;
                 None
             }
         };
-        wait_until_injecting(&client, &ns).await?;
-        rows.push(measure(&client, mode, &ns, pods, in_flight).await?);
-        if let Some(injector) = injector {
-            // Policy mode runs with no webhook registered.
+        wait_until_serving(&client, mode, &ns).await?;
+        rows.push(measure(&client, mode, &ns, pods, in_flight, server.as_ref()).await?);
+        if let Some(server) = server {
+            // Each mode runs with no other webhook registered.
             let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-            configurations.delete(&injector.configuration, &DeleteParams::default()).await?;
-            injector.server.shutdown_and_wait().await?;
+            configurations.delete(&configuration, &DeleteParams::default()).await?;
+            server.shutdown_and_wait().await?;
         }
     }
     print_table(&rows);
@@ -114,15 +157,30 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Creates the pods of one mode's run and reads the API server's metrics around it.
-async fn measure(client: &kube::Client, mode: Mode, ns: &str, pods: usize, in_flight: usize) -> anyhow::Result<Row> {
+async fn measure(
+    client: &kube::Client,
+    mode: Mode,
+    ns: &str,
+    pods: usize,
+    in_flight: usize,
+    server: Option<&RunningServer>,
+) -> anyhow::Result<Row> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     // Unmeasured, so that neither mode pays for the API server's first pods.
     create_pods(&api, "warm-up", WARM_UP, in_flight).await;
     let before = Metrics::read(client).await?;
+    let server_before = match server {
+        Some(server) => Some(Metrics::read_server(server).await?),
+        None => None,
+    };
     let started = Instant::now();
     let results = create_pods(&api, "p", pods, in_flight).await;
     let elapsed = started.elapsed();
     let after = Metrics::read(client).await?;
+    let server = match (server, server_before) {
+        (Some(server), Some(before)) => Some(Metrics::read_server(server).await?.minus(&before).server_view()),
+        _ => None,
+    };
     let failed = results.iter().filter(|r| r.is_err()).count();
     let injected = results.iter().filter(|r| matches!(r, Ok(2))).count();
     #[allow(clippy::cast_precision_loss, reason = "pod counts are small")]
@@ -134,7 +192,8 @@ async fn measure(client: &kube::Client, mode: Mode, ns: &str, pods: usize, in_fl
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         println!("  first failure: {e:#}");
     }
-    anyhow::ensure!(failed == 0 && injected == pods, "not every pod was created and injected");
+    let expected = if mode == Mode::Noop { 0 } else { pods };
+    anyhow::ensure!(failed == 0 && injected == expected, "not every pod was created and handled as this mode does");
     let delta = after.minus(&before);
     // The 1.36 API server labels these series by operation, not by resource: during the run, the
     // pods are what is created (the count is checked).
@@ -146,13 +205,13 @@ async fn measure(client: &kube::Client, mode: Mode, ns: &str, pods: usize, in_fl
     if (admit.count - pods as f64).abs() > 0.5 {
         println!("  note: {} mutating admission steps of a CREATE during the run, for {pods} pods", admit.count);
     }
-    let webhook = (mode == Mode::Webhook)
+    let webhook = (mode != Mode::Policy)
         .then(|| delta.histogram("apiserver_admission_webhook_admission_duration_seconds", pod_create));
     delta.print_details(mode, pod_create);
     if mode == Mode::Policy {
         after.print_policy_series();
     }
-    Ok(Row { mode, pods, in_flight, rate, admit, validate, webhook })
+    Ok(Row { mode, pods, in_flight, rate, admit, validate, webhook, server })
 }
 
 /// Creates `count` pods, `in_flight` at a time: how many containers each has, or the failure.
@@ -170,11 +229,27 @@ async fn create_pods(api: &Api<Pod>, prefix: &str, count: usize, in_flight: usiz
         .await
 }
 
-/// Waits until a dry-run pod in `ns` is injected and one asking for an unknown sidecar is refused:
-/// webhook configurations and policies take effect once the API server's informers have them.
-async fn wait_until_injecting(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+/// Waits until a dry-run pod in `ns` is injected and one asking for an unknown sidecar is refused
+/// (for the control: until a dry-run pod in `ns` reaches its webhook): webhook configurations and
+/// policies take effect once the API server's informers have them.
+async fn wait_until_serving(client: &kube::Client, mode: Mode, ns: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let dry = PostParams { dry_run: true, ..PostParams::default() };
+    if mode == Mode::Noop {
+        // The control admits the pod unchanged, and says so in the warning-free answer only; a
+        // webhook that is registered but not yet called is told apart by the API server's metrics.
+        return eventually("the control webhook to be called", Duration::from_secs(60), || {
+            let (pods, dry) = (pods.clone(), dry.clone());
+            async move {
+                let before = Metrics::read(client).await?;
+                pods.create(&dry, &pod("warm-up")?).await?;
+                let after = Metrics::read(client).await?.minus(&before);
+                let calls = after.histogram("apiserver_admission_webhook_admission_duration_seconds", |_| true);
+                Ok((calls.count > 0.0).then_some(()))
+            }
+        })
+        .await;
+    }
     eventually("the injector to act on a dry-run pod", Duration::from_secs(60), || {
         let (pods, dry) = (pods.clone(), dry.clone());
         async move {
@@ -211,17 +286,34 @@ fn pod(name: &str) -> anyhow::Result<Pod> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| mode | pods | in flight | pods/s | mean mutating-admission step (ms) | share ≤ 5 ms | mean validating-admission step (ms) | webhook calls per pod | mean webhook call (ms) |"
+        "| mode | pods | in flight | pods/s | mean mutating-admission step (ms) | share ≤ 5 ms | mean validating-admission step (ms) | webhook calls per pod | mean webhook call (ms) | calls ≤ 5 ms | reviews per pod, server's count | mean review in the server (ms) | new TLS connections (resumed) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         #[allow(clippy::cast_precision_loss, reason = "pod counts are small")]
-        let (calls, webhook) = row.webhook.as_ref().map_or_else(
-            || ("–".to_owned(), "–".to_owned()),
-            |h| (format!("{:.2}", h.count / row.pods as f64), format!("{:.2}", h.mean_ms())),
+        let (calls, webhook, fast) = row.webhook.as_ref().map_or_else(
+            || ("–".to_owned(), "–".to_owned(), "–".to_owned()),
+            |h| {
+                (
+                    format!("{:.2}", h.count / row.pods as f64),
+                    format!("{:.2}", h.mean_ms()),
+                    format!("{:.1} %", h.share_in_first_bucket() * 100.0),
+                )
+            },
+        );
+        #[allow(clippy::cast_precision_loss, reason = "pod counts are small")]
+        let (reviews, in_server, connections) = row.server.as_ref().map_or_else(
+            || ("–".to_owned(), "–".to_owned(), "–".to_owned()),
+            |v| {
+                (
+                    format!("{:.2}", v.reviews / row.pods as f64),
+                    format!("{:.3}", v.mean_ms),
+                    format!("{:.0} ({:.0})", v.handshakes, v.resumed.abs()),
+                )
+            },
         );
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.1} % | {:.2} | {calls} | {webhook} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.1} % | {:.2} | {calls} | {webhook} | {fast} | {reviews} | {in_server} | {connections} |",
             row.mode.name(),
             row.pods,
             row.in_flight,
@@ -286,7 +378,31 @@ struct Metrics(Vec<Sample>);
 impl Metrics {
     async fn read(client: &kube::Client) -> anyhow::Result<Self> {
         let text = client.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
-        Ok(Self(text.lines().filter(|l| !l.starts_with('#')).filter_map(Sample::parse).collect()))
+        Ok(Self::parse(&text))
+    }
+
+    /// The webhook server's own metrics, from its admin port.
+    async fn read_server(server: &RunningServer) -> anyhow::Result<Self> {
+        let text = reqwest::get(format!("http://{}/metrics", server.admin_addr())).await?.text().await?;
+        Ok(Self::parse(&text))
+    }
+
+    fn parse(text: &str) -> Self {
+        Self(text.lines().filter(|l| !l.starts_with('#')).filter_map(Sample::parse).collect())
+    }
+
+    /// Reviews answered, their mean time in the server, and completed TLS handshakes, from a
+    /// difference of the webhook server's metrics.
+    fn server_view(&self) -> ServerView {
+        let reviews = self.histogram("admission_kit_request_duration_seconds", |_| true);
+        let handshakes = self.histogram("admission_kit_tls_handshake_duration_seconds", |_| true);
+        let resumed = self.histogram("admission_kit_tls_handshake_duration_seconds", |s| s.is("kind", "resumed"));
+        ServerView {
+            reviews: reviews.count,
+            mean_ms: reviews.mean_ms(),
+            handshakes: handshakes.count,
+            resumed: resumed.count,
+        }
     }
 
     /// Counters and histograms grown since `before` (a series absent before counts from zero).
