@@ -7,6 +7,7 @@
 //! - [`client`], [`load`]: the HTTPS client and the open-loop load driver.
 //! - [`servers`]: the servers as pinned child processes, measured through `/proc`.
 //! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
+//! - [`plots`]: the pictures of the results, as SVG.
 //! - [`fault`]: `bench fault`, the fault tests (soak, certificate rotation, SIGTERM takeover,
 //!   stalled connections, hostile bodies, broken catalog).
 //!
@@ -18,6 +19,7 @@ pub mod fault;
 pub mod gate;
 pub mod inprocess;
 pub mod load;
+pub mod plots;
 pub mod regress;
 pub mod report;
 pub mod runner;

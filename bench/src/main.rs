@@ -229,6 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = results_dir();
             let report = bench::regress::load(&dir.join("latest.json"))?;
             std::fs::write(dir.join("latest.md"), report.markdown())?;
+            bench::plots::write(&report, &dir)?;
             print!("{}", report.markdown());
             Ok(())
         }

@@ -712,6 +712,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&opts.out_dir)?;
     std::fs::write(opts.out_dir.join("latest.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     std::fs::write(opts.out_dir.join("latest.md"), report.markdown())?;
+    crate::plots::write(&report, &opts.out_dir)?;
     Ok(report)
 }
 

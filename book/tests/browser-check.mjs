@@ -108,6 +108,16 @@ try {
       if (/\{\{#include/.test(text) && !path.startsWith('contributing')) {
         problems.push(`${state.current}: an {{#include}} was not replaced`);
       }
+      if (path === 'benchmarks.html') {
+        // The harness's two pictures, inline: each drawn with its lines and its legend.
+        const pictures = await page.locator('main svg').evaluateAll((svgs) => svgs.map((svg) => ({
+          lines: svg.querySelectorAll('polyline, path, line').length,
+          text: svg.textContent,
+          height: svg.getBoundingClientRect().height,
+        })));
+        const drawn = pictures.filter((p) => p.lines >= 8 && p.height > 100 && /sidecar-injector/.test(p.text) && /Go baseline/.test(p.text));
+        if (drawn.length !== 2) problems.push(`${state.current}: ${drawn.length} of the 2 benchmark pictures drawn (${JSON.stringify(pictures.map((p) => [p.lines, p.height]))})`);
+      }
     }
   };
   const tabs = await Promise.all([1, 2, 3, 4].map(tab));
