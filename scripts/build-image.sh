@@ -41,8 +41,13 @@ done
 command -v podman >/dev/null || die "podman is not installed (Debian: apt-get install podman runc)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/scripts/podman/containers.conf}"
 mkdir -p "$out"
+# One build at a time per cache: test processes that start together (a test binary's tests, a test
+# that reruns itself in a child) would otherwise tag, save and move the same archive at once.
+exec 9>"$out/.build-image.lock"
+flock 9
 context=$(mktemp -d)
-trap 'rm -rf "$context"' EXIT
+partial=""
+trap 'rm -rf "$context"; [[ -z $partial ]] || rm -f "$partial"' EXIT
 
 case $what in
     injector)
@@ -82,8 +87,10 @@ case $what in
 esac
 
 # Written next to its final name and moved, so a reader never sees half an archive.
-rm -f "$archive.partial"
-podman save --quiet --format oci-archive -o "$archive.partial" "$reference"
-mv -f "$archive.partial" "$archive"
+partial=$(mktemp "$archive.XXXXXX.partial")
+rm -f "$partial" # mktemp only reserved the name; podman save creates the file
+podman save --quiet --format oci-archive -o "$partial" "$reference"
+mv -f "$partial" "$archive"
+partial=""
 log "$reference: $(podman image inspect --format '{{.Size}}' "$reference") bytes; archive $archive"
 echo "$reference $archive"

@@ -15,6 +15,8 @@
 //! - `api_server_calls_the_container`: the real kube-apiserver calls the containerised webhook
 //!   (which watches namespaces and `ConfigMap` catalogs with the kubeconfig it is given) and the
 //!   portable scenarios pass through it.
+//! - `image_builds_started_together_all_succeed`: `build-image.sh` run several times at once into
+//!   one cache (as test processes that start together do) — each succeeds, one whole archive left.
 //!
 //! Containers share the host's network (`--network host`): rootful podman's bridge network would
 //! add firewall rules and turn on IP forwarding machine-wide, which a test must not do. Each
@@ -390,5 +392,48 @@ async fn calls_the_container() -> anyhow::Result<()> {
     eprintln!("container: the API server sent {calls} reviews to the containerised webhook");
     ensure!(calls > 0.0, "the container's metrics show no review: the scenarios did not go through it");
     drop(container);
+    Ok(())
+}
+
+/// Test processes that start at once (a binary's tests, a test rerun in a child) build the same
+/// image into the same cache: every build succeeds and the archive left is whole.
+#[test]
+fn image_builds_started_together_all_succeed() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let script = images::repository_root().join("scripts/build-image.sh");
+    let builds: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new("bash")
+                .arg(&script)
+                .args(["busybox", "--out"])
+                .arg(out.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for build in builds {
+        let done = build.wait_with_output()?;
+        ensure!(
+            done.status.success(),
+            "a build started beside others failed ({}): {}",
+            done.status,
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    let archive = out.path().join("ak-busybox.oci.tar");
+    let listing = std::process::Command::new("tar").arg("-tf").arg(&archive).output()?;
+    ensure!(listing.status.success(), "{} is not a whole archive", archive.display());
+    ensure!(
+        String::from_utf8_lossy(&listing.stdout).lines().any(|l| l.trim_start_matches("./") == "index.json"),
+        "{} has no OCI index",
+        archive.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(out.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".partial"))
+        .collect();
+    ensure!(left.is_empty(), "half-written archives left behind: {left:?}");
     Ok(())
 }
