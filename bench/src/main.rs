@@ -102,7 +102,8 @@ enum Command {
         #[arg(long, conflicts_with_all = ["router", "parse_only"])]
         breakdown: bool,
     },
-    /// Write bench/results/latest.md again from latest.json (after a change to the table's layout).
+    /// Write bench/results/latest.md, throughput.svg and latency.svg again from latest.json (after a
+    /// change to the table's or the pictures' layout).
     Render,
     /// Fail if the latest run's key ratios to Go regressed by more than 10% against baseline.json.
     Check,

@@ -74,6 +74,11 @@ const MAX_P99_RATIO: f64 = 1.2;
 /// between 0.9 and 1.3 in CI): loose enough for the noise, tight enough to catch answers queuing
 /// behind the stalled connections, which made p99 tens of milliseconds.
 const SHORT_MAX_P99_RATIO: f64 = 3.0;
+/// A short run whose one pair exceeds that bound runs pairs up to this many and judges their
+/// medians: one pair's p99 is its 50 slowest answers, and a neighbour's burst on a shared 2-core
+/// machine once made it 3.4× with nothing wrong; answers queuing behind the stalled connections
+/// would be slow in every pair.
+const SHORT_MAX_PAIRS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stall {
@@ -359,7 +364,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let settings: Vec<String> = HANDSHAKE_SETTINGS.iter().map(|s| (*s).to_owned()).collect();
     let mut server = ctx.start(&spec, 1, &settings, "warn", &tls).await?;
     let admin = server.admin.context("no admin address")?;
-    let (pairs, seconds) = ctx.pick((1usize, 5.0), (7usize, 6.0));
+    let (mut pairs, seconds) = ctx.pick((1usize, 5.0), (7usize, 6.0));
     let mut v = Verdict::new(ctx.short);
     let (mut base_p99, mut stalled_p99, mut base_p50, mut stalled_p50) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -373,7 +378,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let backlog = listen_backlog(server.webhook.port());
     let handshake_failures_before = admin::read(admin, "admission_kit_tls_handshake_failures_total").await?;
     let refused_before = admin::read_sum(admin, "admission_kit_connections_refused_total").await?;
-    for pair in 1..=pairs {
+    let mut pair = 0;
+    while pair < pairs {
+        pair += 1;
         let cpu_before = server.cpu_time()?;
         let base = load::open_loop(server.webhook, &tls, &ctx.load(1000.0, 0.5, seconds)).await?;
         base_cpu.push(cpu_per_1k(server.cpu_time()?.saturating_sub(cpu_before), base.answered_total));
@@ -423,6 +430,13 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             stalls.established.load(Ordering::Acquire),
             opened_in.as_secs_f64()
         );
+        let ratio_so_far = median(&stalled_p99) / median(&base_p99);
+        if ctx.short && pair == pairs && pairs < SHORT_MAX_PAIRS && ratio_so_far > SHORT_MAX_P99_RATIO {
+            eprintln!(
+                "bench: stalled-connections: p99 grew {ratio_so_far:.1}× in {pair} pair(s), over the short run's {SHORT_MAX_P99_RATIO}×: running {SHORT_MAX_PAIRS} pairs and judging their medians"
+            );
+            pairs = SHORT_MAX_PAIRS;
+        }
         if pair == pairs {
             // Leave them to the server's timeouts.
             let longest = Stall::ALL.iter().map(|k| k.timeout().1).max().unwrap_or_default();
@@ -538,7 +552,11 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let checked = format!(
         "p99 of 10k reviews at 1,000/s with {STALLED} connections held open (250 silent TCP, 250 half a ClientHello, 250 slowloris head at 1 B/s, 250 body at 1 B/s; `ulimit -n` {}) vs without, {}: grows ≤ 20%{}; zero failed requests; the server's handshake/head/request timeouts ({}/{}/{} s) close every stalled connection (bound: timeout + {:.1} s, head + {:.1} s tick{}); slow bodies answered 408; no connection refused; server alive after",
         super::fd_limit().map_or_else(|| "?".to_owned(), |n| n.to_string()),
-        if ctx.short { "1 pair" } else { "medians of 7 alternating pairs" },
+        if ctx.short {
+            "1 pair (medians of 3 when the first exceeds the short run's bound)"
+        } else {
+            "medians of 7 alternating pairs"
+        },
         if ctx.short { " (reported, not enforced)" } else { "" },
         HANDSHAKE_TIMEOUT.as_secs(),
         HEADER_TIMEOUT.as_secs(),
