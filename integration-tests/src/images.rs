@@ -47,6 +47,30 @@ pub fn cache_root() -> PathBuf {
     )
 }
 
+/// Removes from `command` the variables cargo sets for the test process itself (`CARGO_PKG_*`,
+/// `CARGO_MANIFEST_*`, `OUT_DIR`, …), for a test that runs a build. Some dependencies' build scripts
+/// (ring's) ask to be rerun when those change; a build run with the test's values would then
+/// rebuild them and everything above them (rustls, kube, …), and so would the next build from a
+/// shell, in every run.
+pub fn without_cargo_test_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_for_the_test = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"].iter().any(|p| name.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name);
+        if set_for_the_test {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// The `CONTAINERS_CONF` the project's podman runs use (runc, explicit ulimits, host network):
 /// the machine's own configuration is never edited.
 #[must_use]
@@ -59,7 +83,7 @@ fn build(what: &str) -> anyhow::Result<Image> {
     eprintln!("integration-tests: building the {what} image ({} {what})", script.display());
     // The injector's static release build is cached beside the other release builds, so a warm
     // run only relinks it (the `release` profile: the shipped image is `dist`).
-    let out = Command::new("bash")
+    let out = without_cargo_test_env(&mut Command::new("bash"))
         .arg(&script)
         .arg(what)
         .env("CARGO_TARGET_DIR", cache_root().join("release-target"))

@@ -48,7 +48,7 @@ fn repo_root() -> PathBuf {
 /// Builds the `sidecar-injector` binary of this workspace and returns its path (cargo's JSON
 /// messages name the executable, wherever the target directory is).
 fn build_injector() -> anyhow::Result<PathBuf> {
-    let out = Command::new(env!("CARGO"))
+    let out = integration_tests::images::without_cargo_test_env(&mut Command::new(env!("CARGO")))
         .current_dir(repo_root())
         .args(["build", "--locked", "-p", "sidecar-injector", "--bin", "sidecar-injector"])
         .arg("--message-format=json-render-diagnostics")

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 fn injector_binary() -> anyhow::Result<PathBuf> {
     let target = cache_root().join("release-target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = integration_tests::images::without_cargo_test_env(&mut Command::new(cargo))
         .args(["build", "--release", "--locked", "-p", "sidecar-injector", "-p", "bench"])
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(integration_tests::images::repository_root())
