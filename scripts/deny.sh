@@ -4,7 +4,7 @@
 #
 # Usage: bash scripts/deny.sh [CHECK...]     (default: all four checks)
 #
-# cargo-deny is installed from crates.io at the version pinned below (`cargo install --locked`), into
+# cargo-deny is installed from crates.io at the version pinned below (scripts/cargo-tool.sh), into
 # ${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/tools/cargo-deny-<version>/, once: about 5
 # minutes on 2 cores, then reused.
 #
@@ -23,25 +23,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 version=0.20.2
-cache="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}"
-root="$cache/tools/cargo-deny-$version"
-deny="$root/bin/cargo-deny"
 
 log() { printf '[deny] %s\n' "$*" >&2; }
 
-if [ "$("$deny" --version 2>/dev/null)" != "cargo-deny $version" ]; then
-  mkdir -p "$cache/tools"
-  exec 9>"$cache/tools/.cargo-deny-$version.lock"
-  flock 9
-  if [ "$("$deny" --version 2>/dev/null)" != "cargo-deny $version" ]; then
-    log "installing cargo-deny $version from crates.io (once; about 5 minutes on 2 cores)"
-    started=$SECONDS
-    # Its own temporary build directory, not the project's: nothing of it is worth keeping.
-    env -u CARGO_TARGET_DIR cargo install cargo-deny --version "$version" --locked --root "$root" --quiet
-    log "installed in $((SECONDS - started)) s"
-  fi
-  exec 9>&-
-fi
+cache="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}"
+deny="$(bash scripts/cargo-tool.sh cargo-deny "$version")/cargo-deny"
 
 checks=("$@")
 [ ${#checks[@]} -gt 0 ] || checks=(all)

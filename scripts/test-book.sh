@@ -36,14 +36,10 @@ fail() {
 }
 
 # --- tools -----------------------------------------------------------------------------------------
-mdbook_root="$tools/mdbook-$MDBOOK_VERSION"
-mdbook="$mdbook_root/bin/mdbook"
-if [ ! -x "$mdbook" ] || [ "$("$mdbook" --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
-  echo "== installing mdbook $MDBOOK_VERSION from crates.io into $mdbook_root (a few minutes, once)"
-  # Without the default `serve`/`watch` features: the build and the search index are all CI needs.
-  cargo install mdbook --locked --version "$MDBOOK_VERSION" --no-default-features --features search \
-    --root "$mdbook_root" --quiet || fail "cargo install mdbook $MDBOOK_VERSION"
-fi
+# Without the default `serve`/`watch` features: the build and the search index are all CI needs.
+mdbook_bin=$(bash "$root/scripts/cargo-tool.sh" mdbook "$MDBOOK_VERSION" --no-default-features --features search) ||
+  fail "cargo install mdbook $MDBOOK_VERSION"
+mdbook="$mdbook_bin/mdbook"
 
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
