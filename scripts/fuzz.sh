@@ -7,6 +7,9 @@
 #
 # Usage:
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 20 s, every target)
+#   bash scripts/fuzz.sh --build-only [TARGET...]             build, run nothing (the test suite
+#                                                             builds early, at low priority, beside
+#                                                             the tests that mostly wait)
 #
 # Environment:
 #   FUZZ_SANITIZER=none|address   default none: the code under test is safe Rust (unsafe_code is
@@ -39,9 +42,16 @@ die() {
     exit 2
 }
 
-seconds=${1:-20}
-[[ $seconds =~ ^[1-9][0-9]*$ ]] || die "SECONDS_PER_TARGET must be a positive whole number, got '$seconds'"
-shift $(($# > 0 ? 1 : 0))
+build_only=0
+if [[ ${1:-} == --build-only ]]; then
+    build_only=1
+    shift
+    seconds=1
+else
+    seconds=${1:-20}
+    [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "SECONDS_PER_TARGET must be a positive whole number, got '$seconds'"
+    shift $(($# > 0 ? 1 : 0))
+fi
 all_targets=()
 for f in fuzz/fuzz_targets/*.rs; do all_targets+=("$(basename "$f" .rs)"); done
 targets=("$@")
@@ -54,31 +64,9 @@ sanitizer=${FUZZ_SANITIZER:-none}
 jobs=${FUZZ_JOBS:-1}
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "FUZZ_JOBS must be a positive whole number, got '$jobs'"
 
-# cargo-fuzz, from crates.io at a pinned version, cached across runs (one install at a time).
-tools="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}/tools"
-fuzz_root="$tools/cargo-fuzz-$CARGO_FUZZ_VERSION"
-if [[ ! -x $fuzz_root/bin/cargo-fuzz ]]; then
-    mkdir -p "$tools"
-    exec {lock_fd}>"$tools/.cargo-fuzz-$CARGO_FUZZ_VERSION.lock"
-    flock "$lock_fd"
-    if [[ ! -x $fuzz_root/bin/cargo-fuzz ]]; then
-        log "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io into $fuzz_root (about 2 minutes)"
-        stage=$(mktemp -d "$tools/.cargo-fuzz-$CARGO_FUZZ_VERSION.XXXXXX")
-        # Its own target dir: the shared target/ is left alone.
-        if ! cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" --root "$stage" \
-            --target-dir "$stage/build" >"$stage/install.log" 2>&1; then
-            tail -n 30 "$stage/install.log" >&2
-            rm -rf "$stage"
-            die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
-        fi
-        rm -rf "$fuzz_root"
-        mkdir -p "$fuzz_root/bin"
-        mv "$stage/bin/cargo-fuzz" "$fuzz_root/bin/cargo-fuzz"
-        rm -rf "$stage"
-    fi
-    exec {lock_fd}>&-
-fi
-export PATH="$fuzz_root/bin:$PATH"
+# cargo-fuzz, from crates.io at a pinned version, cached across runs (scripts/cargo-tool.sh).
+fuzz_bin=$(bash "$repo/scripts/cargo-tool.sh" cargo-fuzz "$CARGO_FUZZ_VERSION") || die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+export PATH="$fuzz_bin:$PATH"
 
 # The toolchain: cargo-fuzz hands rustc -Z flags (sanitizer coverage, the sanitizer), which a
 # nightly accepts and a stable accepts only with RUSTC_BOOTSTRAP=1. Nothing is installed: a
@@ -130,6 +118,7 @@ if [[ $build_ok -ne 1 ]]; then
     die "cargo fuzz build failed (log: $logs/build.log)"
 fi
 log "built in $((SECONDS - build_start)) s"
+[[ $build_only -eq 0 ]] || exit 0
 
 # Runs one target; writes its summary line to $logs/<target>.summary and returns non-zero on a finding.
 run_target() {
