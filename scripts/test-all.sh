@@ -39,21 +39,43 @@ cargo fmt --all --check
 echo "== clippy (pedantic, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 bash scripts/deny.sh # cargo deny check (advisories from the committed snapshot, licences, bans, sources), workspace and fuzz/
-echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, CLI, examples, doctests)"
+# The fuzz targets build (minutes of CPU) while the tests run, most of which wait on processes
+# they started (API servers, nodes, containers): at the lowest priority, in a process group of its
+# own that is stopped if this script ends early. The short fuzz run waits for it below.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+fuzz_build_log=$(mktemp)
+FUZZ_TARGET_DIR="$cache_root/fuzz-target" setsid -w nice -n 19 bash scripts/fuzz.sh --build-only >"$fuzz_build_log" 2>&1 &
+fuzz_build=$!
+trap 'kill -- "-$fuzz_build" 2>/dev/null; rm -f "$log" "$fuzz_build_log"' EXIT
+echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, CLI, examples, doctests)"
+# cargo-nextest runs every test in a process of its own, two at a time across all the test binaries
+# (.config/nextest.toml), so the integration tests that wait on the processes they started overlap
+# instead of running one binary after another. It does not run doctests: cargo test --doc does.
+nextest_bin=$(bash scripts/cargo-tool.sh cargo-nextest 0.9.151)
 set +e
 # integration-tests starts a real etcd + kube-apiserver + kube-controller-manager; their binaries
 # come from TEST_ASSET_*, $KUBEBUILDER_ASSETS or the cache, else integration-tests/build-control-plane.sh
 # builds them from the Go module proxy (about 6 minutes cold on 2 cores, instant when cached).
-cargo test --workspace --all-features --locked 2>&1 | tee "$log"
+PATH="$nextest_bin:$PATH" cargo nextest run --workspace --all-features --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+cargo test --doc --workspace --all-features --locked 2>&1 | tee -a "$log"
+doc_status=${PIPESTATUS[0]}
 set -e
-# One closing line over every test binary, so the total is not hidden behind the last binary's.
-passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
-summary="summary: $passed passed, $failed failed"
-if [ "$status" -ne 0 ]; then echo "$summary"; exit "$status"; fi
+# One closing line over nextest's summary and every doctest binary's result.
+# (pipefail: a grep that matches nothing must not end the script.)
+summary_line=$(grep -E '^ +Summary \[' "$log" | tail -n 1 || true)
+count() { { grep -Eo "[0-9]+ $1" <<<"$summary_line" || true; } | awk '{s += $1} END {print s + 0}'; }
+nextest_passed=$(count passed)
+nextest_failed=$(($(count failed) + $(count 'timed out')))
+doc_passed=$({ grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true; } | awk '{s += $4} END {print s + 0}')
+doc_failed=$({ grep -E '^test result: ' "$log" || true; } | { grep -Eo '[0-9]+ failed;' || true; } | awk '{s += $1} END {print s + 0}')
+summary="summary: $((nextest_passed + doc_passed)) passed, $((nextest_failed + doc_failed)) failed"
+if [ "$status" -ne 0 ] || [ "$doc_status" -ne 0 ]; then
+  echo "$summary"
+  [ "$status" -ne 0 ] && exit "$status"
+  exit "$doc_status"
+fi
+if [ -z "$summary_line" ]; then echo "$summary (nextest printed no summary)"; exit 1; fi
 
 # The book: mdBook build, includes/anchors/links, and every page in headless Chromium.
 echo "== book"
@@ -83,6 +105,12 @@ echo "bench smoke: gate passed, every figure measured once (target/bench-quick/l
 # cache root, so a warm run rebuilds only this project's crates; the first run builds everything
 # (about 15 minutes on 2 cores).
 echo "== fuzz (short run)"
+if ! wait "$fuzz_build"; then
+  cat "$fuzz_build_log"
+  echo "fuzz: the build (started before the tests) FAILED"
+  exit 1
+fi
+grep '^\[fuzz\] built' "$fuzz_build_log" | sed 's/^\[fuzz\] built/[fuzz] built beside the tests/'
 FUZZ_TARGET_DIR="$cache_root/fuzz-target" bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 
 # The same scenarios on a kind cluster with the chart's own pods (Docker, or podman as kind's
