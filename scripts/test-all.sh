@@ -40,13 +40,17 @@ echo "== clippy (pedantic, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 bash scripts/deny.sh # cargo deny check (advisories from the committed snapshot, licences, bans, sources), workspace and fuzz/
 # The fuzz targets build (minutes of CPU) while the tests run, most of which wait on processes
-# they started (API servers, nodes, containers): at the lowest priority, in a process group of its
-# own that is stopped if this script ends early. The short fuzz run waits for it below.
+# they started (API servers, nodes, containers): at the lowest priority, in a session and process
+# group of its own that is stopped if this script ends early. A new session is a new scheduling
+# autogroup, which the kernel gives an equal share of the CPU whatever its processes' niceness: the
+# autogroup's own niceness is lowered too. The short fuzz run waits for the build below.
 log=$(mktemp)
 fuzz_build_log=$(mktemp)
-FUZZ_TARGET_DIR="$cache_root/fuzz-target" setsid -w nice -n 19 bash scripts/fuzz.sh --build-only >"$fuzz_build_log" 2>&1 &
+FUZZ_TARGET_DIR="$cache_root/fuzz-target" setsid -w bash -c \
+  'echo 19 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 19 bash scripts/fuzz.sh --build-only' \
+  >"$fuzz_build_log" 2>&1 &
 fuzz_build=$!
-trap 'kill -- "-$fuzz_build" 2>/dev/null; rm -f "$log" "$fuzz_build_log"' EXIT
+trap 'kill -- "-$fuzz_build" 2>/dev/null || true; rm -f "$log" "$fuzz_build_log"' EXIT
 echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, CLI, examples, doctests)"
 # cargo-nextest runs every test in a process of its own, two at a time across all the test binaries
 # (.config/nextest.toml), so the integration tests that wait on the processes they started overlap
