@@ -509,7 +509,7 @@ fn f(n: u64) -> f64 {
 }
 
 /// The median of `values` (sorted copy); `NaN` when empty.
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

@@ -24,3 +24,4 @@ pub mod regress;
 pub mod report;
 pub mod runner;
 pub mod servers;
+pub mod vegeta;

@@ -87,6 +87,36 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// A report of nothing yet, for a measured window of `window` (for drivers that fill it in
+    /// one result at a time; the dispatch lag stays empty where the driver does not report it).
+    #[must_use]
+    pub fn empty(window: Duration) -> Self {
+        Self {
+            scheduled: 0,
+            ok: 0,
+            errors: 0,
+            latency_us: histogram(),
+            dispatch_lag_us: histogram(),
+            window,
+            answered_total: 0,
+            reopened: 0,
+            error_samples: Vec::new(),
+        }
+    }
+
+    /// Records one measured request's latency.
+    pub fn record_latency(&mut self, latency: Duration) {
+        let _ = self.latency_us.record(micros(latency));
+    }
+
+    /// Counts one measured request as failed, keeping the first few reasons.
+    pub fn record_error(&mut self, what: String) {
+        self.errors += 1;
+        if self.error_samples.len() < ERROR_SAMPLES {
+            self.error_samples.push(what);
+        }
+    }
+
     /// A latency percentile, in milliseconds.
     #[must_use]
     pub fn latency_ms(&self, quantile: f64) -> f64 {

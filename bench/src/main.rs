@@ -58,7 +58,8 @@ enum Command {
         #[arg(long)]
         no_realtime: bool,
     },
-    /// One open-loop run against one freshly started server (for investigating a figure).
+    /// Open-loop runs against one freshly started server (for investigating a figure, and for
+    /// cross-checking the harness's own driver against vegeta: `--driver both --runs 5`).
     Load {
         /// `ours` or `go`.
         #[arg(long, default_value = "ours")]
@@ -84,6 +85,13 @@ enum Command {
         /// Run the server under the normal scheduler instead of `SCHED_RR`.
         #[arg(long)]
         no_realtime: bool,
+        /// The load generator: `own` (the harness's driver), `vegeta`, or `both` (alternating on
+        /// the same server, the cross-check of the two).
+        #[arg(long, default_value = "vegeta")]
+        driver: String,
+        /// Runs (each driver's, with `both`); medians are printed for more than one.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// Loop the in-process review of one corpus size (for `perf record`): decode → review → encode.
     Profile {
@@ -208,7 +216,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Load { server, binary, size, rate, seconds, connections, nice, no_realtime } => {
+        Command::Load { server, binary, size, rate, seconds, connections, nice, no_realtime, driver, runs } => {
+            let driver = bench::runner::Driver::parse(&driver)
+                .ok_or_else(|| anyhow::anyhow!("--driver is `own`, `vegeta` or `both`, not `{driver}`"))?;
             let kind = match server.as_str() {
                 "ours" => bench::servers::Kind::Ours,
                 "go" => bench::servers::Kind::Go,
@@ -224,6 +234,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 nice,
                 realtime: !no_realtime,
+                driver,
+                runs,
             })
         }
         Command::Render => {

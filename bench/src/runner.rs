@@ -271,9 +271,9 @@ fn declare_resources(c: &mut Collector) {
     c.declare("binary_stripped_mib", res, "binary size stripped (`strip`)", "MiB", Better::Lower, vec![]);
     let h = "Harness health (not server figures)";
     c.declare(
-        "client_lag_p99_ms",
+        "load_generator_cpu_ms_per_1k",
         h,
-        "load generator's send lag behind schedule, p99, 10k at 1,000/s",
+        "vegeta's CPU per 1,000 requests sent (TLS, HTTP, results), 10k at 1,000/s",
         "ms",
         Better::Lower,
         vec![],
@@ -408,6 +408,12 @@ struct Bench<'a> {
     tls: &'a Tls,
     handshake_tls: &'a Tls,
     connections: usize,
+    /// The fixed-rate runs' load generator, and the CA file it checks the servers against.
+    vegeta: &'a crate::vegeta::Vegeta,
+    ca_file: &'a Path,
+    scratch: &'a Path,
+    /// CPU vegeta used in all (a child process: not in the harness's own CPU time).
+    generator_cpu: std::cell::Cell<Duration>,
 }
 
 fn body(corpus: &[Entry], size: Size) -> Bytes {
@@ -458,8 +464,11 @@ impl Bench<'_> {
                 check: None,
             };
             let cpu_before = server.cpu_time()?;
-            let report = load::open_loop(server.webhook, self.tls, &spec).await?;
+            let generator_before = servers::children_cpu_time()?;
+            let report = self.vegeta.open_loop(server.webhook, self.ca_file, &spec, self.scratch).await?;
             let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+            let generator = servers::children_cpu_time()?.saturating_sub(generator_before);
+            self.generator_cpu.set(self.generator_cpu.get() + generator);
             let n = size.name();
             c.add(&format!("p50_ms_{n}"), key, report.latency_ms(0.5));
             c.add(&format!("p99_ms_{n}"), key, report.latency_ms(0.99));
@@ -471,7 +480,10 @@ impl Bench<'_> {
             c.add(&format!("errors_{n}"), key, report.errors as f64);
             if i == 0 {
                 c.add("rss_1k_mib", key, mib(server.memory_kib()?.1));
-                c.add("client_lag_p99_ms", key, load::us_to_ms(report.dispatch_lag_us.value_at_quantile(0.99)));
+                #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
+                let sent = (report.scheduled.max(1) as f64) * (spec.warmup + spec.duration).as_secs_f64()
+                    / spec.duration.as_secs_f64();
+                c.add("load_generator_cpu_ms_per_1k", key, generator.as_secs_f64() * 1e6 / sent);
             }
             eprintln!(
                 "bench: run {run} {name}: {n} at {rate}/s: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} ok, {} errors, CPU {:.0} ms",
@@ -618,6 +630,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     // Builds (the Go script's) run before the harness raises its own priority.
     let ours = find_ours(&root, opts)?;
     let (go, go_status) = go_baseline(&root, opts)?;
+    let vegeta = crate::vegeta::Vegeta::locate(&root)?;
     let priority = servers::Priority::take(CLIENT_CPU, opts.nice, opts.realtime.then_some(REALTIME_PRIORITY))?;
     let nice = priority.nice;
     let machine_before = servers::machine_cpu()?;
@@ -653,8 +666,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let gate = rt.block_on(run_gate(&specs, &corpus, &tls))?;
 
     let injector = Injector::new()?;
-    let bench =
-        Bench { plan: &plan, corpus: &corpus, tls: &tls, handshake_tls: &handshake_tls, connections: opts.connections };
+    let ca_file = cert_dir.join("ca.crt");
+    let bench = Bench {
+        plan: &plan,
+        corpus: &corpus,
+        tls: &tls,
+        handshake_tls: &handshake_tls,
+        connections: opts.connections,
+        vegeta: &vegeta,
+        ca_file: &ca_file,
+        scratch: &scratch,
+        generator_cpu: std::cell::Cell::new(Duration::ZERO),
+    };
     let mut searches = Vec::new();
     let mut server_cpu = Duration::ZERO;
     for run in 1..=runs {
@@ -671,21 +694,14 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                 .with_context(|| format!("run {run} of {}", spec.kind.name()))?;
         }
     }
-    for (spec, key) in specs.iter().map(|s| (s, if s.kind == Kind::Ours { "ours" } else { "go" })) {
-        if let Some(size) = file_mib(&spec.binary) {
-            c.add("binary_mib", key, size);
-        }
-        if let Some(size) = stripped_mib(&spec.binary, &scratch) {
-            c.add("binary_stripped_mib", key, size);
-        }
-    }
+    binary_sizes(&mut c, &specs, &scratch);
 
     let elapsed = started.elapsed();
     let machine_after = servers::machine_cpu()?;
     let self_used = servers::cpu_time(std::process::id())?.saturating_sub(self_before);
     let machine_busy = machine_after.0.saturating_sub(machine_before.0);
     let machine_total = machine_after.1.saturating_sub(machine_before.1).max(Duration::from_millis(1));
-    let others = machine_busy.saturating_sub(self_used).saturating_sub(server_cpu);
+    let others = machine_busy.saturating_sub(self_used + server_cpu + bench.generator_cpu.get());
     let others_share = others.as_secs_f64() / machine_total.as_secs_f64() * 100.0;
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let meta = describe(&Circumstances {
@@ -716,6 +732,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The servers' binary sizes, as built and stripped.
+fn binary_sizes(c: &mut Collector, specs: &[Spec], scratch: &Path) {
+    for (spec, key) in specs.iter().map(|s| (s, if s.kind == Kind::Ours { "ours" } else { "go" })) {
+        if let Some(size) = file_mib(&spec.binary) {
+            c.add("binary_mib", key, size);
+        }
+        if let Some(size) = stripped_mib(&spec.binary, scratch) {
+            c.add("binary_stripped_mib", key, size);
+        }
+    }
+}
+
 /// What `describe` writes down about a run.
 struct Circumstances<'a> {
     opts: &'a Options,
@@ -734,7 +762,7 @@ struct Circumstances<'a> {
 /// The report's `meta`: the command, date, commit, machine, settings and notes.
 fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
     let mut notes = vec![
-        "Latency is measured from each request's scheduled send time (open loop, no coordinated omission); the load generator's own lag is included and reported under Harness health.".to_owned(),
+        "Fixed-rate runs: vegeta (Go's net/http client, as the API server's webhook client; HTTP/1.1 keep-alive over TLS, 16 connections), open loop: each request is sent at its scheduled time from a worker pool that grows when answers are slow, and its latency runs from the send to the whole answer; the harness judges every answer and cuts the warm-up. vegeta's own CPU is reported under Harness health. The max-throughput probes use the harness's own open-loop driver (latency from the scheduled send time).".to_owned(),
         "Max throughput: a closed-loop saturation probe brackets the search, then open-loop probes bisect to the highest rate with no errors and p99 within the bound (5 ms for 2k and 10k, the target's bound; 25 ms for 100k and 500 ms for 1m, API-server histogram buckets, since one such review alone takes milliseconds).".to_owned(),
         "CPU per 1,000 reviews: utime + stime from /proc/<pid>/stat (10 ms ticks) over the fixed-rate run including its warm-up, divided by the reviews answered in it.".to_owned(),
         "RSS: VmRSS (idle) and VmHWM (peaks) from /proc/<pid>/status.".to_owned(),
@@ -816,9 +844,37 @@ pub struct LoadOptions {
     pub nice: i32,
     /// `SCHED_RR` for the server, as for `run`.
     pub realtime: bool,
+    /// Which load generator sends the runs.
+    pub driver: Driver,
+    /// Runs (with [`Driver::Both`], each driver this many times, alternating).
+    pub runs: usize,
 }
 
-/// `bench load`: starts one server as `run` does, sends one open-loop run, prints what it measured.
+/// The load generator of `bench load`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// The harness's own open-loop driver ([`load::open_loop`]).
+    Own,
+    /// vegeta ([`crate::vegeta`]).
+    Vegeta,
+    /// Both, alternating on the same server: the cross-check of one against the other.
+    Both,
+}
+
+impl Driver {
+    /// `own`, `vegeta` or `both`.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "own" => Some(Self::Own),
+            "vegeta" => Some(Self::Vegeta),
+            "both" => Some(Self::Both),
+            _ => None,
+        }
+    }
+}
+
+/// `bench load`: starts one server as `run` does, sends open-loop runs, prints what they measured.
 pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
     let root = workspace_root();
     let binary = match (&opts.binary, opts.kind) {
@@ -844,33 +900,27 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
     let scratch = root.join("target/bench-load");
     let cert_dir = scratch.join("certs");
     let ca = servers::write_certificates(&cert_dir)?;
+    let cert_dir_ca = cert_dir.join("ca.crt");
     let tls = Tls::verifying(&ca)?;
     let spec = Spec {
         kind: opts.kind,
         binary,
         cert_dir,
         core: SERVER_CPU,
-        log_dir: scratch,
+        log_dir: scratch.clone(),
         nice: priority.nice,
         realtime: opts.realtime.then_some(REALTIME_PRIORITY),
     };
     let corpus = corpus::corpus();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let vegeta = match opts.driver {
+        Driver::Own => None,
+        Driver::Vegeta | Driver::Both => Some(crate::vegeta::Vegeta::locate(&root)?),
+    };
+    let drivers = if opts.driver == Driver::Both { vec![Driver::Own, Driver::Vegeta] } else { vec![opts.driver] };
     rt.block_on(async {
         let mut server = spec.spawn(0)?;
         let ready = server.wait_first_review(&tls, body(&corpus, Size::K2), Duration::from_secs(60)).await?;
-        let cpu_before = server.cpu_time()?;
-        let load = OpenLoop {
-            rate: opts.rate,
-            duration: Duration::from_secs_f64(opts.seconds),
-            warmup: Duration::from_secs(1),
-            connections: opts.connections,
-            body: body(&corpus, opts.size),
-            check: None,
-        };
-        let report = load::open_loop(server.webhook, &tls, &load).await?;
-        let cpu = server.cpu_time()?.saturating_sub(cpu_before);
-        let (rss, hwm) = server.memory_kib()?;
         println!(
             "{} {} at {}/s for {} s ({} connections; first review {:.1} ms after start):",
             spec.kind.name(),
@@ -880,29 +930,79 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
             opts.connections,
             ready.as_secs_f64() * 1000.0
         );
-        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
-            println!("  p{:<5} {:9.3} ms", q * 100.0, report.latency_ms(q));
+        let load = OpenLoop {
+            rate: opts.rate,
+            duration: Duration::from_secs_f64(opts.seconds),
+            warmup: Duration::from_secs(1),
+            connections: opts.connections,
+            body: body(&corpus, opts.size),
+            check: None,
+        };
+        let mut p99s: Vec<(Driver, f64, f64)> = Vec::new();
+        for run in 1..=opts.runs.max(1) {
+            // Alternate which driver goes first, so that drift hits both alike.
+            let mut order = drivers.clone();
+            if run % 2 == 0 {
+                order.reverse();
+            }
+            for driver in order {
+                let cpu_before = server.cpu_time()?;
+                let report = match (&vegeta, driver) {
+                    (Some(vegeta), Driver::Vegeta) => {
+                        vegeta.open_loop(server.webhook, &cert_dir_ca, &load, &scratch).await?
+                    }
+                    _ => load::open_loop(server.webhook, &tls, &load).await?,
+                };
+                let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+                println!("  run {run}, {}", describe_run(driver, &report, cpu, server.memory_kib()?));
+                p99s.push((driver, report.latency_ms(0.5), report.latency_ms(0.99)));
+            }
         }
-        println!(
-            "  {} ok, {} errors of {} scheduled; {:.0}/s; load generator lag p99 {:.3} ms, max {:.3} ms",
-            report.ok,
-            report.errors,
-            report.scheduled,
-            report.throughput(),
-            load::us_to_ms(report.dispatch_lag_us.value_at_quantile(0.99)),
-            load::us_to_ms(report.dispatch_lag_us.max())
-        );
-        #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
-        let per_1k = cpu.as_secs_f64() * 1e6 / report.answered_total.max(1) as f64;
-        println!(
-            "  server CPU {:.0} ms ({per_1k:.1} CPU-ms per 1,000); RSS {:.1} MiB, peak {:.1} MiB",
-            cpu.as_secs_f64() * 1000.0,
-            mib(rss),
-            mib(hwm)
-        );
+        if opts.runs > 1 || drivers.len() > 1 {
+            for driver in &drivers {
+                let of = |pick: fn(&(Driver, f64, f64)) -> f64| {
+                    crate::fault::median(&p99s.iter().filter(|r| r.0 == *driver).map(pick).collect::<Vec<_>>())
+                };
+                let name = if *driver == Driver::Own { "own" } else { "vegeta" };
+                println!(
+                    "  median of {} runs, {name}: p50 {:.3} ms, p99 {:.3} ms",
+                    opts.runs.max(1),
+                    of(|r| r.1),
+                    of(|r| r.2)
+                );
+            }
+        }
         let _ = server.stop();
         anyhow::Ok(())
     })
+}
+
+/// One line of `bench load`: the driver, latency quantiles, counts, the server's CPU and memory.
+fn describe_run(driver: Driver, report: &load::LoadReport, cpu: Duration, (rss, hwm): (u64, u64)) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
+    let per_1k = cpu.as_secs_f64() * 1e6 / report.answered_total.max(1) as f64;
+    let name = if driver == Driver::Own { "own" } else { "vegeta" };
+    let quantiles: Vec<String> =
+        [0.5, 0.9, 0.99, 0.999, 1.0].iter().map(|q| format!("p{} {:.3}", q * 100.0, report.latency_ms(*q))).collect();
+    let lag = if driver == Driver::Own {
+        format!("; load generator lag p99 {:.3} ms", load::us_to_ms(report.dispatch_lag_us.value_at_quantile(0.99)))
+    } else {
+        String::new()
+    };
+    let mut line = format!(
+        "{name}: {} ms; {} ok, {} errors of {} scheduled ({:.0}/s); server {per_1k:.1} CPU-ms per 1,000, RSS {:.1} MiB (peak {:.1}){lag}",
+        quantiles.join(", "),
+        report.ok,
+        report.errors,
+        report.scheduled,
+        report.throughput(),
+        mib(rss),
+        mib(hwm),
+    );
+    if let Some(first) = report.error_samples.first() {
+        line = format!("{line}\n    first error: {first}");
+    }
+    line
 }
 
 #[cfg(test)]

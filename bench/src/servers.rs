@@ -276,6 +276,17 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
 }
 
+/// CPU time of this process's children that have ended and been waited for (`cutime` + `cstime`):
+/// what a load generator run as a child used, read before and after it.
+pub fn children_cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let user: u64 = fields.get(13).context("no cutime")?.parse()?;
+    let system: u64 = fields.get(14).context("no cstime")?.parse()?;
+    Ok(Duration::from_micros((user + system) * 1_000_000 / clock_ticks()))
+}
+
 /// Sets the niceness of the calling thread (threads started later inherit it; call before
 /// starting any) and of its session's scheduling autogroup. With `sched_autogroup_enabled` (the
 /// default on desktop-style kernels, and on this machine) the CPU is first shared between sessions'
