@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The fault tests against the real `sidecar-injector serve` process: soak, certificate
 # rotation, SIGTERM with a second replica taking over, stalled connections, hostile bodies and pods, broken
-# catalog (bench/src/fault.rs; each scenario is described in bench/README.md, "Fault tests").
+# catalog (integration-tests/faults/; each scenario is described in its README.md).
 #
 # Usage:
 #   bash scripts/fault-tests.sh            full run (about 16 minutes; the soak alone is 10): enforces
-#                                          correctness and timing, writes bench/results/faults.md
+#                                          correctness and timing, writes integration-tests/faults/results/faults.md
 #   bash scripts/fault-tests.sh --short    CI variant (about 2 minutes after the build): enforces
 #                                          correctness only, reports timing; writes target/fault-short/
 #
@@ -23,8 +23,10 @@ case "${1:-}" in
   *) echo "usage: bash scripts/fault-tests.sh [--short]" >&2; exit 2 ;;
 esac
 
-echo "== building release binaries (sidecar-injector, bench)" >&2
-cargo build --release --locked -p sidecar-injector -p bench >&2
+# The same packages as the benchmark smoke's and the integration tests' release builds: another set
+# would unify dependency features differently and rebuild them.
+echo "== building release binaries (sidecar-injector, bench, fault-tests)" >&2
+cargo build --release --locked -p sidecar-injector -p bench -p fault-tests >&2
 
 # The stalled-connections scenario holds about 1,100 descriptors in the harness and as many in the
 # server: raise the soft limit when it is lower (the hard limit allowing).
@@ -42,4 +44,4 @@ fi
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 # shellcheck disable=SC2086 # BENCH_FAULT_ARGS is a list of flags
-exec "$target_dir/release/bench" fault all "${mode[@]}" ${BENCH_FAULT_ARGS:-}
+exec "$target_dir/release/fault-tests" all "${mode[@]}" ${BENCH_FAULT_ARGS:-}

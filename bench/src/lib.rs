@@ -4,18 +4,17 @@
 //! - [`corpus`]: the deterministic `AdmissionReview` corpus (2 KB, 10 KB, 100 KB, 1 MB).
 //! - [`gate`]: the correctness gate (same pod from every server's patch) run before any timing.
 //! - [`inprocess`]: sidecar-injector through the public API the server's handler calls.
-//! - [`client`], [`load`]: the HTTPS client and the open-loop load driver.
+//! - [`client`], [`load`], [`vegeta`]: the HTTPS client, the harness's own open-loop load driver
+//!   (the max-throughput probes, and the fault tests in `integration-tests/faults/`), and vegeta,
+//!   which sends the fixed-rate runs.
 //! - [`servers`]: the servers as pinned child processes, measured through `/proc`.
 //! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
 //! - [`plots`]: the pictures of the results, as SVG.
-//! - [`fault`]: `bench fault`, the fault tests (soak, certificate rotation, SIGTERM takeover,
-//!   stalled connections, hostile bodies, broken catalog).
 //!
 //! See `bench/README.md`.
 
 pub mod client;
 pub mod corpus;
-pub mod fault;
 pub mod gate;
 pub mod inprocess;
 pub mod load;

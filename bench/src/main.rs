@@ -117,31 +117,6 @@ enum Command {
     Check,
     /// Make the latest run the baseline (copy latest.{json,md} to baseline.{json,md}).
     Accept,
-    /// Fault tests: `soak`, `cert-rotation`, `sigterm-takeover`, `stalled-connections`,
-    /// `hostile-bodies`, `hostile-pods`, `broken-catalog`, or `all`. Writes faults.md (see bench/README.md).
-    Fault {
-        /// A scenario's name, or `all`.
-        scenario: String,
-        /// Seconds per scenario instead of minutes; timing criteria reported, not enforced.
-        #[arg(long)]
-        short: bool,
-        /// The sidecar-injector binary (default: target/release/sidecar-injector).
-        #[arg(long)]
-        binary: Option<PathBuf>,
-        /// Run even if the sidecar-injector binary is older than its sources.
-        #[arg(long)]
-        allow_stale: bool,
-        /// Where to write faults.md (default: bench/results for `all` in full mode, else
-        /// target/fault-short or target/fault-full).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Niceness (see `run`).
-        #[arg(long, default_value_t = -19, allow_negative_numbers = true)]
-        nice: i32,
-        /// Run the servers under the normal scheduler instead of `SCHED_RR`.
-        #[arg(long)]
-        no_realtime: bool,
-    },
 }
 
 fn results_dir() -> PathBuf {
@@ -246,40 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report.markdown());
             Ok(())
         }
-        Command::Fault { scenario, short, binary, allow_stale, out, nice, no_realtime } => {
-            fault(&scenario, short, binary, allow_stale, out, nice, !no_realtime)
-        }
         Command::Check => bench::regress::check(&results_dir()),
         Command::Accept => bench::regress::accept(&results_dir()),
     }
-}
-
-/// `bench fault`: the scenarios by name, the default output directory, then [`bench::fault::run`].
-fn fault(
-    scenario: &str,
-    short: bool,
-    binary: Option<PathBuf>,
-    allow_stale: bool,
-    out: Option<PathBuf>,
-    nice: i32,
-    realtime: bool,
-) -> anyhow::Result<()> {
-    let scenarios = if scenario == "all" {
-        bench::fault::Scenario::ALL.to_vec()
-    } else {
-        vec![bench::fault::Scenario::parse(scenario).ok_or_else(|| {
-            let names: Vec<&str> = bench::fault::Scenario::ALL.iter().map(|s| s.name()).collect();
-            anyhow::anyhow!("unknown scenario `{scenario}`; one of {} or all", names.join(", "))
-        })?]
-    };
-    // Only a full run of every scenario replaces the committed report.
-    let out_dir = out.unwrap_or_else(|| {
-        if scenario == "all" && !short {
-            results_dir()
-        } else {
-            bench::runner::workspace_root().join(if short { "target/fault-short" } else { "target/fault-full" })
-        }
-    });
-    let options = bench::fault::Options { scenarios, short, binary, allow_stale, nice, realtime, out_dir };
-    if bench::fault::run(&options)? { Ok(()) } else { anyhow::bail!("fault tests failed") }
 }

@@ -34,6 +34,12 @@ impl Stats {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count); `NaN` when empty.
+#[must_use]
+pub fn median(values: &[f64]) -> f64 {
+    Stats::of(values).map_or(f64::NAN, |s| s.median)
+}
+
 /// Which direction is better.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

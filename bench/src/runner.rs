@@ -372,7 +372,10 @@ pub fn injector_binary(
     Ok(path)
 }
 
-pub(crate) fn command_line(program: &str, args: &[&str]) -> String {
+/// The trimmed output of `program args…` (a tool's version, for the reports); empty when it
+/// cannot run or fails.
+#[must_use]
+pub fn command_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -961,7 +964,7 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
         if opts.runs > 1 || drivers.len() > 1 {
             for driver in &drivers {
                 let of = |pick: fn(&(Driver, f64, f64)) -> f64| {
-                    crate::fault::median(&p99s.iter().filter(|r| r.0 == *driver).map(pick).collect::<Vec<_>>())
+                    crate::report::median(&p99s.iter().filter(|r| r.0 == *driver).map(pick).collect::<Vec<_>>())
                 };
                 let name = if *driver == Driver::Own { "own" } else { "vegeta" };
                 println!(

@@ -26,7 +26,7 @@ fn injector_binary() -> anyhow::Result<PathBuf> {
     let target = cache_root().join("release-target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = integration_tests::images::without_cargo_test_env(&mut Command::new(cargo))
-        .args(["build", "--release", "--locked", "-p", "sidecar-injector", "-p", "bench"])
+        .args(["build", "--release", "--locked", "-p", "sidecar-injector", "-p", "bench", "-p", "fault-tests"])
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(integration_tests::images::repository_root())
         .status()

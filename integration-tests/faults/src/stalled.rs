@@ -32,9 +32,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load, median, spread_s};
-use crate::client::{Tls, connect_tls, post_once};
-use crate::load;
-use crate::servers;
+use bench::client::{Tls, connect_tls, post_once};
+use bench::load;
+use bench::servers;
 
 /// Stalled connections in all.
 const STALLED: usize = 1000;

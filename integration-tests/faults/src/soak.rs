@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, check_load, f, median, still_serving};
-use crate::client::Tls;
-use crate::load;
-use crate::servers;
+use bench::client::Tls;
+use bench::load;
+use bench::servers;
 
 /// The flatness bounds.
 const MAX_GROWTH_FRACTION: f64 = 0.10;

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load};
-use crate::client::{Reply, Tls, post_once};
-use crate::load::{self, Check};
-use crate::servers;
+use bench::client::{Reply, Tls, post_once};
+use bench::load::{self, Check};
+use bench::servers;
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_millis(250);
@@ -230,7 +230,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         |l| {
             let l = l.trim();
             let from = l.find("catalog not reloaded").or_else(|| l.find("error")).unwrap_or(0);
-            format!("`{}`", crate::runner::without_workspace_root(&l[from..]).chars().take(220).collect::<String>())
+            format!("`{}`", bench::runner::without_workspace_root(&l[from..]).chars().take(220).collect::<String>())
         },
     );
     let figures = format!(

@@ -20,9 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load};
-use crate::client::Tls;
-use crate::load;
-use crate::servers::{self, Running};
+use bench::client::Tls;
+use bench::load;
+use bench::servers::{self, Running};
 
 /// How often the balancer polls each backend's `/readyz`.
 const POLL: Duration = Duration::from_millis(100);

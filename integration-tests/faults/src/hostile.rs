@@ -12,9 +12,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, check_load};
-use crate::client::{Connection, REVIEW_PATH, Tls};
-use crate::load;
-use crate::servers;
+use bench::client::{Connection, REVIEW_PATH, Tls};
+use bench::load;
+use bench::servers;
 
 /// The server's body cap (`server.maxBodyBytes` default).
 const MAX_BODY: usize = 4 * 1024 * 1024;

@@ -1,6 +1,6 @@
-//! `bench fault`: the fault tests, each against the real `sidecar-injector serve`
-//! process (TLS certificate files written here, the server pinned to one core as `bench run` does)
-//! under open-loop load from [`crate::load`]:
+//! The fault tests: system tests of the real `sidecar-injector serve` process under faults (TLS
+//! certificate files written here, the server pinned to one core as the benchmark does) and under
+//! open-loop load from the benchmark harness's driver ([`bench::load`]):
 //!
 //! - [`soak`]: 1,000 reviews/s for 10 minutes: zero errors, RSS flat.
 //! - [`cert`]: the serving certificate replaced under load (kubelet's `..data` symlink swap).
@@ -19,7 +19,7 @@
 //! with bounds a noisy 2-core machine holds (a new certificate or catalog within 5 intervals,
 //! stalled connections closed within twice their timeout, p99 at most 3× with stalled connections,
 //! RSS flat); the strict timing figures are reported, not enforced. The full run enforces the
-//! strict ones. See `bench/README.md`, "Fault tests".
+//! strict ones. See this crate's README.md.
 
 mod admin;
 mod catalog;
@@ -37,11 +37,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 
-use crate::client::{Tls, post_once};
-use crate::corpus::{self, Size};
-use crate::load::OpenLoop;
-use crate::runner::{CLIENT_CPU, REALTIME_PRIORITY, SERVER_CPU, command_line, workspace_root};
-use crate::servers::{self, Kind, Running, Spec};
+use bench::client::{Tls, post_once};
+use bench::corpus::{self, Size};
+use bench::load::OpenLoop;
+use bench::report::median;
+use bench::runner::{CLIENT_CPU, REALTIME_PRIORITY, SERVER_CPU, command_line, workspace_root};
+use bench::servers::{self, Kind, Running, Spec};
 
 /// One fault scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl Scenario {
     }
 }
 
-/// Options of `bench fault`.
+/// Options of `fault-tests`.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The scenarios to run.
@@ -290,7 +291,7 @@ impl Ctx {
             warmup: Duration::from_secs_f64(warmup),
             connections: CONNECTIONS,
             body: self.review.clone(),
-            check: Some(crate::load::Check(std::sync::Arc::new(|reply: &crate::client::Reply| {
+            check: Some(bench::load::Check(std::sync::Arc::new(|reply: &bench::client::Reply| {
                 injected_container(reply, "haystack-agent").map(drop)
             }))),
         }
@@ -301,7 +302,7 @@ impl Ctx {
 pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let started = Instant::now();
     let root = workspace_root();
-    let binary = crate::runner::injector_binary(&root, opts.binary.as_deref(), "release", opts.allow_stale)?;
+    let binary = bench::runner::injector_binary(&root, opts.binary.as_deref(), "release", opts.allow_stale)?;
     let fd_limit = fd_limit();
     let priority = servers::Priority::take(CLIENT_CPU, opts.nice, opts.realtime.then_some(REALTIME_PRIORITY))?;
     let mode = if opts.short { "short" } else { "full" };
@@ -359,7 +360,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&opts.out_dir)?;
     let path = opts.out_dir.join("faults.md");
     // Scenario rows quote server logs, which name scratch files under the repository.
-    std::fs::write(&path, crate::runner::without_workspace_root(&markdown))?;
+    std::fs::write(&path, bench::runner::without_workspace_root(&markdown))?;
     eprintln!("bench: wrote {} ({:.0} s in all)", path.display(), started.elapsed().as_secs_f64());
     drop(priority);
     Ok(outcomes.iter().all(Outcome::passed))
@@ -403,7 +404,7 @@ fn report(c: &Circumstances<'_>) -> String {
     let _ = writeln!(md, "# Fault tests{}\n", if short { ": short variant" } else { "" });
     let _ = writeln!(
         md,
-        "`bash scripts/fault-tests.sh{}` (which runs `bench fault all{}` after building the release binaries). \
+        "`bash scripts/fault-tests.sh{}` (which runs `fault-tests all{}` after building the release binaries). \
          Every scenario runs the real `target/release/sidecar-injector serve` process with TLS certificate files \
          written by the test, reviewed over loopback TLS and HTTP/1.1 keep-alive by the open-loop load driver of \
          `bench/src/load.rs` (10 KB `AdmissionReview`s, {CONNECTIONS} keep-alive connections).\n",
@@ -460,7 +461,7 @@ fn report(c: &Circumstances<'_>) -> String {
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | `cargo run -p bench --release -- fault {}{}` |",
+            "| {} | {} | {} | {} | {} | `cargo run -p fault-tests --release -- {}{}` |",
             o.scenario.name(),
             cell(&o.checked),
             cell(&o.figures),
@@ -473,7 +474,7 @@ fn report(c: &Circumstances<'_>) -> String {
     md.push_str("\n<!-- ANCHOR_END: table -->\n");
     md.push_str(
         "\nServer logs and scratch files of this run: `target/fault-short/` or `target/fault-full/`, one directory \
-         per scenario. Each scenario is described in `bench/README.md`, \"Fault tests\".\n",
+         per scenario. Each scenario is described in `integration-tests/faults/README.md`.\n",
     );
     md
 }
@@ -506,17 +507,6 @@ fn ms(d: Duration) -> f64 {
 #[allow(clippy::cast_precision_loss, reason = "counts and sizes here are far below 2^52")]
 fn f(n: u64) -> f64 {
     n as f64
-}
-
-/// The median of `values` (sorted copy); `NaN` when empty.
-pub(crate) fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
-    }
 }
 
 /// `min/median/max` of durations in seconds, for reports.
@@ -574,7 +564,7 @@ async fn still_serving(ctx: &Ctx, server: &mut Running, tls: &Tls) -> Result<(),
 
 /// The container named `name` that an answer's patch adds (decoded from the answer's base64 JSON
 /// patch), or why there is none.
-fn injected_container(reply: &crate::client::Reply, name: &str) -> Result<serde_json::Value, String> {
+fn injected_container(reply: &bench::client::Reply, name: &str) -> Result<serde_json::Value, String> {
     use base64::Engine as _;
     use serde_json::Value;
     let review: Value = serde_json::from_slice(&reply.body).map_err(|e| format!("answer not JSON: {e}"))?;
@@ -595,7 +585,7 @@ fn injected_container(reply: &crate::client::Reply, name: &str) -> Result<serde_
 }
 
 /// The load's verdict on failed requests: zero, and every scheduled request answered.
-fn check_load(v: &mut Verdict, what: &str, report: &crate::load::LoadReport) {
+fn check_load(v: &mut Verdict, what: &str, report: &bench::load::LoadReport) {
     v.check(report.errors == 0 && report.ok == report.scheduled, || {
         format!(
             "{what}: {} of {} requests failed (first: {})",

@@ -31,9 +31,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load};
-use crate::client::{Connection, REVIEW_PATH, Reply, Tls, post_once};
-use crate::load;
-use crate::servers;
+use bench::client::{Connection, REVIEW_PATH, Reply, Tls, post_once};
+use bench::load;
+use bench::servers;
 
 const NAMES: usize = 60_000;
 const ENV: usize = 30_000;
@@ -241,7 +241,7 @@ fn silent_flood(addr: SocketAddr, stop: Arc<std::sync::atomic::AtomicBool>) -> s
 struct Phase {
     hostile: Vec<Hostile>,
     probes: Probes,
-    load: crate::load::LoadReport,
+    load: bench::load::LoadReport,
     silent_opened: usize,
     refusals: String,
 }
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn the_hostile_pods_are_the_sizes_named() {
-        let review = crate::corpus::entry(crate::corpus::Size::K10).body;
+        let review = bench::corpus::entry(bench::corpus::Size::K10).body;
         let names = hostile(&review, Kind::Names, "u").unwrap();
         assert!(names.len() > 400_000, "{}", names.len());
         let env = hostile(&review, Kind::Env, "u").unwrap();

@@ -16,8 +16,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use tokio::time::Instant;
 
 use super::{Ctx, Outcome, Scenario, Verdict, admin, check_load, spread_s, still_serving};
-use crate::client::{Tls, served_certificate};
-use crate::load;
+use bench::client::{Tls, served_certificate};
+use bench::load;
 
 /// The reload interval the server is configured with.
 const INTERVAL: Duration = Duration::from_secs(1);
