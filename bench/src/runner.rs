@@ -950,6 +950,7 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
             }
             for driver in order {
                 let cpu_before = server.cpu_time()?;
+                let generator_before = servers::children_cpu_time()?;
                 let report = match (&vegeta, driver) {
                     (Some(vegeta), Driver::Vegeta) => {
                         vegeta.open_loop(server.webhook, &cert_dir_ca, &load, &scratch).await?
@@ -957,7 +958,8 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
                     _ => load::open_loop(server.webhook, &tls, &load).await?,
                 };
                 let cpu = server.cpu_time()?.saturating_sub(cpu_before);
-                println!("  run {run}, {}", describe_run(driver, &report, cpu, server.memory_kib()?));
+                let generator = servers::children_cpu_time()?.saturating_sub(generator_before);
+                println!("  run {run}, {}", describe_run(driver, &report, (cpu, generator), server.memory_kib()?));
                 p99s.push((driver, report.latency_ms(0.5), report.latency_ms(0.99)));
             }
         }
@@ -981,16 +983,24 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
 }
 
 /// One line of `bench load`: the driver, latency quantiles, counts, the server's CPU and memory.
-fn describe_run(driver: Driver, report: &load::LoadReport, cpu: Duration, (rss, hwm): (u64, u64)) -> String {
+/// `cpu` is the server's and the load generator's when it is a child (vegeta).
+fn describe_run(
+    driver: Driver,
+    report: &load::LoadReport,
+    (cpu, generator): (Duration, Duration),
+    (rss, hwm): (u64, u64),
+) -> String {
     #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
     let per_1k = cpu.as_secs_f64() * 1e6 / report.answered_total.max(1) as f64;
+    #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
+    let generator_per_1k = generator.as_secs_f64() * 1e6 / report.answered_total.max(1) as f64;
     let name = if driver == Driver::Own { "own" } else { "vegeta" };
     let quantiles: Vec<String> =
         [0.5, 0.9, 0.99, 0.999, 1.0].iter().map(|q| format!("p{} {:.3}", q * 100.0, report.latency_ms(*q))).collect();
     let lag = if driver == Driver::Own {
         format!("; load generator lag p99 {:.3} ms", load::us_to_ms(report.dispatch_lag_us.value_at_quantile(0.99)))
     } else {
-        String::new()
+        format!("; vegeta {generator_per_1k:.1} CPU-ms per 1,000")
     };
     let mut line = format!(
         "{name}: {} ms; {} ok, {} errors of {} scheduled ({:.0}/s); server {per_1k:.1} CPU-ms per 1,000, RSS {:.1} MiB (peak {:.1}){lag}",
