@@ -12,6 +12,16 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # for each other instead of clobbering it. Set CARGO_TARGET_DIR to use another one (`target/`).
 cache_root="${ADMISSION_KIT_CACHE:-$HOME/.cache/admission-kit}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_root/debug-target}"
+# The build directories in the cache root are shared by every checkout that runs this script, and
+# cargo decides what to rebuild from file times: a checkout whose files are older than the last
+# build made from another checkout would reuse that build, with the other checkout's paths compiled
+# into its tests. When the checkout changes, its Rust sources and manifests are touched, so that its
+# own crates are rebuilt, as a fresh clone's are.
+mkdir -p "$cache_root"
+if [ "$(cat "$cache_root/last-checkout" 2>/dev/null)" != "$PWD" ] && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git ls-files -z -- '*.rs' '*.toml' | xargs -0 touch --no-create
+  echo "$PWD" >"$cache_root/last-checkout"
+fi
 
 # The TLS tests use the openssl CLI as an independent TLS client (TLS 1.1 must be refused); the
 # control-plane harness uses curl for health checks. The container tests build and run images with
