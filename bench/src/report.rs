@@ -223,7 +223,7 @@ impl Report {
         let _ = writeln!(md, "- Go baseline: {}.", self.go_baseline);
         let _ = writeln!(
             md,
-            "- Load: HTTP/1.1 keep-alive over TLS 1.3 on 127.0.0.1, {} connections, open loop with latency from each request's scheduled send time.",
+            "- Load: HTTP/1.1 keep-alive over TLS 1.3 on 127.0.0.1, {} connections, open loop: the fixed rates sent by vegeta (latency from each send), the max-throughput probes by the harness's own driver (latency from each scheduled send time).",
             meta("connections")
         );
         let corpus: Vec<String> = self.corpus.iter().map(|(s, b)| format!("{s} = {b} B")).collect();
