@@ -372,6 +372,30 @@ pub fn injector_binary(
     Ok(path)
 }
 
+/// The checkout's short commit, with " with uncommitted changes" when tracked files differ from it.
+#[must_use]
+pub fn checkout_commit(root: &Path) -> String {
+    let root = root.display().to_string();
+    let commit = command_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    let dirty =
+        !command_line("git", &["-C", &root, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"])
+            .is_empty();
+    if dirty { format!("{commit} with uncommitted changes") } else { commit }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or empty.
+#[must_use]
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// The trimmed output of `program args…` (a tool's version, for the reports); empty when it
 /// cannot run or fails.
 #[must_use]
@@ -795,21 +819,8 @@ fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     meta.insert("command".into(), json!(format!("cargo run -p bench --release -- {}", args.join(" "))));
     meta.insert("date".into(), json!(command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])));
-    let commit = command_line("git", &["-C", &c.root.display().to_string(), "rev-parse", "--short", "HEAD"]);
-    let dirty = !command_line(
-        "git",
-        &["-C", &c.root.display().to_string(), "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-    )
-    .is_empty();
-    meta.insert("commit".into(), json!(if dirty { format!("{commit} with uncommitted changes") } else { commit }));
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
+    meta.insert("commit".into(), json!(checkout_commit(c.root)));
+    let cpu = cpu_model();
     meta.insert(
         "machine".into(),
         json!(format!("{} CPUs ({cpu}), Linux {}", command_line("nproc", &["--all"]), command_line("uname", &["-r"]))),
@@ -1021,6 +1032,15 @@ fn describe_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_drivers_are_named_and_an_unknown_one_is_refused() {
+        assert_eq!(Driver::parse("own"), Some(Driver::Own));
+        assert_eq!(Driver::parse("vegeta"), Some(Driver::Vegeta));
+        assert_eq!(Driver::parse("both"), Some(Driver::Both));
+        assert_eq!(Driver::parse("oha"), None);
+        assert_eq!(Driver::parse("Vegeta"), None);
+    }
 
     #[test]
     fn report_paths_name_no_machine_directory() {

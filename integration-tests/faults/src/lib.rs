@@ -41,7 +41,9 @@ use bench::client::{Tls, post_once};
 use bench::corpus::{self, Size};
 use bench::load::OpenLoop;
 use bench::report::median;
-use bench::runner::{CLIENT_CPU, REALTIME_PRIORITY, SERVER_CPU, command_line, workspace_root};
+use bench::runner::{
+    CLIENT_CPU, REALTIME_PRIORITY, SERVER_CPU, checkout_commit, command_line, cpu_model, workspace_root,
+};
 use bench::servers::{self, Kind, Running, Spec};
 
 /// One fault scenario.
@@ -386,19 +388,8 @@ struct Circumstances<'a> {
 
 /// `faults.md`: a header on the circumstances, then one table row per scenario.
 fn report(c: &Circumstances<'_>) -> String {
-    let root = c.root.display().to_string();
-    let commit = command_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
-    let dirty =
-        !command_line("git", &["-C", &root, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"])
-            .is_empty();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
+    let commit = checkout_commit(c.root);
+    let cpu = cpu_model();
     let short = c.ctx.short;
     let mut md = String::new();
     let _ = writeln!(md, "# Fault tests{}\n", if short { ": short variant" } else { "" });
@@ -426,9 +417,8 @@ fn report(c: &Circumstances<'_>) -> String {
     );
     let _ = writeln!(
         md,
-        "- Commit {}{}; {} CPUs ({cpu}), Linux {}; wall time {:.0} s; load average {} at the start, {} at the end.",
+        "- Commit {}; {} CPUs ({cpu}), Linux {}; wall time {:.0} s; load average {} at the start, {} at the end.",
         commit,
-        if dirty { " with uncommitted changes" } else { "" },
         command_line("nproc", &["--all"]),
         command_line("uname", &["-r"]),
         c.wall.as_secs_f64(),
