@@ -534,8 +534,12 @@ pub enum StepResult {
     Skipped(String),
     /// Ran; `changed` tells whether it changed the object.
     Applied {
-        /// Whether the object changed.
-        changed: bool,
+        /// Whether the step changed the object; `None` when not tracked. [`Pipeline::review`] and
+        /// [`Pipeline::review_until`] (what the server calls) tell it exactly up to and including
+        /// the first step that changes the object (one comparison with the original), and not for
+        /// the steps after it, which would cost a pass over the whole object before and after
+        /// each; [`Pipeline::review_reporting_changes`] tells it for every step.
+        changed: Option<bool>,
     },
     /// The mutator denied the object.
     Denied(String),
@@ -672,6 +676,14 @@ impl Pipeline {
         self.review_until(review, namespace, None).await
     }
 
+    /// Answers one review without a deadline, as [`Pipeline::review`], and tells of every step
+    /// that ran whether it changed the object ([`StepResult::Applied`]), also after the first
+    /// change: for explaining a review (`explain`, tests), at the cost of a pass over the object
+    /// after each such step.
+    pub async fn review_reporting_changes(&self, review: &Review, namespace: NamespaceView<'_>) -> Outcome {
+        self.run(review, namespace, None, ChangeTracker::every_step()).await
+    }
+
     /// Answers one review; each step must finish before `deadline`, or it fails (and its failure
     /// mode decides). `namespace` as for [`Pipeline::review`].
     pub async fn review_until(
@@ -679,6 +691,16 @@ impl Pipeline {
         review: &Review,
         namespace: NamespaceView<'_>,
         deadline: Option<Instant>,
+    ) -> Outcome {
+        self.run(review, namespace, deadline, ChangeTracker::default()).await
+    }
+
+    async fn run(
+        &self,
+        review: &Review,
+        namespace: NamespaceView<'_>,
+        deadline: Option<Instant>,
+        mut tracker: ChangeTracker,
     ) -> Outcome {
         let request = &review.request;
         let mut answer = Answer::allow(&review.api_version, &request.uid);
@@ -706,7 +728,6 @@ impl Pipeline {
             return Outcome { answer, steps: reports, mutated: Some(original.clone()) };
         }
         let mut current = original.clone();
-        let mut tracker = ChangeTracker::default();
         let mut on_admit = Vec::new();
         let mut shared = http::Extensions::new();
         // Whether the object the API server sent decodes as the steps' kind: checked once, before
@@ -845,39 +866,62 @@ struct Run<'a> {
 /// Tells whether a step changed the object without copying the object before each step.
 ///
 /// While no step has changed anything, the object equals the one the API server sent, so a step's
-/// change is `object != original`: exact, one comparison. After the first change, it is told by a
-/// 64-bit fingerprint of the object before and after the step (a wrong "unchanged" has a 2⁻⁶⁴
-/// chance); it only feeds [`StepResult::Applied`]'s `changed` (logs, `explain`), never the patch,
-/// which is always the exact diff against the original.
+/// change is `object != original`: exact, one comparison. After the first change it is told, when
+/// asked for ([`Pipeline::review_reporting_changes`]), by a 64-bit fingerprint of the object before
+/// and after the step (a wrong "unchanged" has a 2⁻⁶⁴ chance); otherwise it is not told (`None`):
+/// the fingerprints were two passes over the whole object per review, about 5% of a 10 KB review's
+/// CPU in the server, for a debug log line. It never feeds the patch, which is always the exact
+/// diff against the original.
 #[derive(Default)]
 struct ChangeTracker {
+    /// Tell every step's change, also after the first.
+    every_step: bool,
     /// Some step has changed the object.
     diverged: bool,
     /// The fingerprint of the object now, when known.
     print: Option<u64>,
 }
 
+/// What [`ChangeTracker::before_step`] knows for [`ChangeTracker::after_step`].
+#[derive(Clone, Copy)]
+enum Before {
+    /// Nothing has changed yet: compare with the original.
+    Original,
+    /// The object's fingerprint before the step.
+    Print(u64),
+    /// Not tracked.
+    Untracked,
+}
+
 impl ChangeTracker {
-    fn before_step(&mut self, current: &Value) -> Option<u64> {
-        if !self.diverged {
-            return None;
-        }
-        Some(*self.print.get_or_insert_with(|| patch::fingerprint(current)))
+    fn every_step() -> Self {
+        Self { every_step: true, ..Self::default() }
     }
 
-    fn after_step(&mut self, before: Option<u64>, current: &Value, original: &Value) -> bool {
+    fn before_step(&mut self, current: &Value) -> Before {
+        if !self.diverged {
+            Before::Original
+        } else if self.every_step {
+            Before::Print(*self.print.get_or_insert_with(|| patch::fingerprint(current)))
+        } else {
+            Before::Untracked
+        }
+    }
+
+    fn after_step(&mut self, before: Before, current: &Value, original: &Value) -> Option<bool> {
         match before {
-            None => {
+            Before::Original => {
                 let changed = current != original;
                 self.diverged = changed;
                 self.print = None;
-                changed
+                Some(changed)
             }
-            Some(before) => {
+            Before::Print(before) => {
                 let now = patch::fingerprint(current);
                 self.print = Some(now);
-                now != before
+                Some(now != before)
             }
+            Before::Untracked => None,
         }
     }
 }

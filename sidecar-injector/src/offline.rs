@@ -102,7 +102,7 @@ pub async fn review_template(
         .dry_run(true)
         .for_review()
         .build();
-    Some(pipeline.review(&review, NamespaceView::Known(namespace_labels)).await)
+    Some(pipeline.review_reporting_changes(&review, NamespaceView::Known(namespace_labels)).await)
 }
 
 /// Injects sidecars into every pod template; a denial is an error naming the object.
@@ -161,8 +161,8 @@ pub async fn explain(
         for report in &outcome.steps {
             let line = match &report.result {
                 StepResult::Skipped(reason) => format!("skipped: {reason}"),
-                StepResult::Applied { changed: true } => "applied".to_owned(),
-                StepResult::Applied { changed: false } => "ran, nothing to change".to_owned(),
+                StepResult::Applied { changed: Some(true) } => "applied".to_owned(),
+                StepResult::Applied { changed: Some(false) } => "ran, nothing to change".to_owned(),
                 StepResult::Denied(message) => format!("denied: {message}"),
                 StepResult::Failed { message, .. } => format!("failed: {message}"),
                 StepResult::Panicked(message) => format!("panicked: {message}"),

@@ -494,31 +494,63 @@ impl DynamicMutator for LabelThen {
     }
 }
 
-fn changes(outcome: &Outcome) -> Vec<Option<bool>> {
+/// Each step's result: `skipped` (or any other result but `Applied`), `changed`, `unchanged`, or
+/// `untracked`.
+fn changes(outcome: &Outcome) -> Vec<&'static str> {
     outcome
         .steps
         .iter()
         .map(|r| match r.result {
-            StepResult::Applied { changed } => Some(changed),
-            _ => None,
+            StepResult::Applied { changed: Some(true) } => "changed",
+            StepResult::Applied { changed: Some(false) } => "unchanged",
+            StepResult::Applied { changed: None } => "untracked",
+            _ => "skipped",
         })
         .collect()
 }
 
-#[tokio::test]
-async fn each_step_reports_whether_it_changed_the_object() {
-    let review = pod_review(pod(), "apps", Operation::Create);
+fn five_steps() -> Pipeline {
     let target = ResourceTarget::of::<Pod>();
-    let outcome = pipeline(vec![
+    pipeline(vec![
         Step::new("unchanged-first", Fails("never")).when(matcher::has_annotation("absent.example.com/x")),
+        Step::new("sidecar-again-first", AddSidecar).when(matcher::has_annotation("absent.example.com/x")),
+        Step::dynamic("label-first", target.clone(), LabelThen(Ok(())))
+            .when(matcher::has_annotation("absent.example.com/x")),
         Step::new("sidecar", AddSidecar),
         Step::new("sidecar-again", AddSidecar),
         Step::dynamic("label", target.clone(), LabelThen(Ok(()))),
         Step::dynamic("label-again", target, LabelThen(Ok(()))),
     ])
-    .review(&review, NamespaceView::unknown())
-    .await;
-    assert_eq!(changes(&outcome), vec![None, Some(true), Some(false), Some(true), Some(false)]);
+}
+
+#[tokio::test]
+async fn each_step_reports_whether_it_changed_the_object_when_asked() {
+    let review = pod_review(pod(), "apps", Operation::Create);
+    let outcome = five_steps().review_reporting_changes(&review, NamespaceView::unknown()).await;
+    assert_eq!(
+        changes(&outcome),
+        vec!["skipped", "skipped", "skipped", "changed", "unchanged", "changed", "unchanged"]
+    );
+}
+
+#[tokio::test]
+async fn a_plain_review_tells_changes_up_to_the_first_and_the_same_answer() {
+    let review = pod_review(pod(), "apps", Operation::Create);
+    let plain = five_steps().review(&review, NamespaceView::unknown()).await;
+    assert_eq!(
+        changes(&plain),
+        vec!["skipped", "skipped", "skipped", "changed", "untracked", "untracked", "untracked"]
+    );
+    let detailed = five_steps().review_reporting_changes(&review, NamespaceView::unknown()).await;
+    assert_eq!(plain.answer, detailed.answer, "tracking changes never changes the answer");
+    assert_eq!(plain.mutated, detailed.mutated);
+
+    // A first step that changes nothing is told exactly, and so is the next one.
+    let unchanged_first = pipeline(vec![Step::new("sidecar", AddSidecar), Step::new("sidecar-again", AddSidecar)]);
+    let injected = unchanged_first.review(&review, NamespaceView::unknown()).await.mutated.unwrap();
+    let again = pod_review(injected, "apps", Operation::Create);
+    let outcome = unchanged_first.review(&again, NamespaceView::unknown()).await;
+    assert_eq!(changes(&outcome), vec!["unchanged", "unchanged"]);
 }
 
 #[tokio::test]
