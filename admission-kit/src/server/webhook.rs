@@ -25,6 +25,48 @@ pub(crate) struct Arrived(pub(crate) Instant);
 struct Hook {
     pipeline: Pipeline,
     shared: Arc<Shared>,
+    /// This webhook's series of the request-duration histogram, looked up once.
+    duration: prometheus_client::metrics::histogram::Histogram,
+    /// This webhook's series of the request counter, by operation and result, each looked up once:
+    /// a lookup in the family builds its labels (three strings) and hashes them, on every review.
+    requests: std::sync::RwLock<Vec<(&'static str, &'static str, prometheus_client::metrics::counter::Counter)>>,
+}
+
+impl Hook {
+    fn new(pipeline: &Pipeline, shared: &Arc<Shared>) -> Self {
+        let duration =
+            shared.metrics.duration.get_or_create(&WebhookLabels { webhook: pipeline.name().to_owned() }).clone();
+        Self { pipeline: pipeline.clone(), shared: shared.clone(), duration, requests: std::sync::RwLock::default() }
+    }
+
+    /// Adds one to `admission_kit_requests_total` for this webhook.
+    fn count(&self, counted: Counted) {
+        let (operation, result) = match counted {
+            Counted::Invalid => ("unknown", "invalid"),
+            Counted::Answered { operation, result } => (operation, result),
+        };
+        let known = |list: &[(&str, &str, prometheus_client::metrics::counter::Counter)]| {
+            list.iter().find(|(o, r, _)| *o == operation && *r == result).map(|(_, _, c)| c.clone())
+        };
+        let cached = self.requests.read().map_or_else(|p| known(&p.into_inner()), |list| known(&list));
+        let series = cached.unwrap_or_else(|| {
+            let found = self
+                .shared
+                .metrics
+                .requests
+                .get_or_create(&ReviewLabels {
+                    webhook: self.pipeline.name().to_owned(),
+                    operation: operation.to_owned(),
+                    result: result.to_owned(),
+                })
+                .clone();
+            if let Ok(mut list) = self.requests.write() {
+                list.push((operation, result, found.clone()));
+            }
+            found
+        });
+        series.inc();
+    }
 }
 
 /// The path of the webhook port's own health check, reserved: no pipeline may be served on it.
@@ -62,7 +104,7 @@ pub(crate) fn webhook_router(pipelines: &[Pipeline], shared: &Arc<Shared>) -> Ro
         router = router.route(METRICS, axum::routing::get(super::admin::metrics).with_state(shared.clone()));
     }
     for pipeline in pipelines {
-        let hook = Arc::new(Hook { pipeline: pipeline.clone(), shared: shared.clone() });
+        let hook = Arc::new(Hook::new(pipeline, shared));
         router = router.route(pipeline.path(), post(review).with_state(hook));
     }
     let paths: Vec<String> = pipelines.iter().map(|p| p.path().to_owned()).collect();
@@ -180,7 +222,7 @@ async fn review(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if !json_body {
-        count(&shared, webhook, Counted::Invalid);
+        hook.count(Counted::Invalid);
         return text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json with an AdmissionReview body".to_owned(),
@@ -220,12 +262,8 @@ async fn review(
             }
         }
     };
-    count(&shared, webhook, reply.counted);
-    shared
-        .metrics
-        .duration
-        .get_or_create(&WebhookLabels { webhook: webhook.to_owned() })
-        .observe(start.elapsed().as_secs_f64());
+    hook.count(reply.counted);
+    hook.duration.observe(start.elapsed().as_secs_f64());
     reply.response
 }
 
@@ -344,22 +382,6 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
-fn count(shared: &Shared, webhook: &str, counted: Counted) {
-    let (operation, result) = match counted {
-        Counted::Invalid => ("unknown", "invalid"),
-        Counted::Answered { operation, result } => (operation, result),
-    };
-    shared
-        .metrics
-        .requests
-        .get_or_create(&ReviewLabels {
-            webhook: webhook.to_owned(),
-            operation: operation.to_owned(),
-            result: result.to_owned(),
-        })
-        .inc();
-}
-
 fn encode(answer: &Answer) -> Response {
     match answer.to_review_json() {
         Ok(body) => json(body),
@@ -392,7 +414,8 @@ fn record(shared: &Shared, webhook: &str, outcome: &Outcome, span: &tracing::Spa
                 tracing::warn!(step = %report.step, reason = %message, "object does not decode; denied");
             }
             StepResult::Applied { changed } => {
-                tracing::debug!(step = %report.step, changed, "applied");
+                // `changed` is not tracked after the first step that changes the object.
+                tracing::debug!(step = %report.step, changed = ?changed, "applied");
             }
             StepResult::Skipped(reason) => tracing::trace!(step = %report.step, %reason, "skipped"),
         }
