@@ -242,6 +242,10 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The read buffer under each connection's TLS: one TLS record of the largest size (16 KiB of
+/// plaintext and its overhead) fits.
+const READ_BUFFER: usize = 17 * 1024;
+
 struct Connection {
     acceptor: TlsAcceptor,
     router: Router,
@@ -282,6 +286,9 @@ impl Connection {
         let metrics = self.shared.metrics.clone();
         let config = &self.shared.config;
         let handshake_started = Instant::now();
+        // rustls reads the socket 4 KiB at a time (its deframer's read size), so a 10 KB review took
+        // three `recvfrom` calls; a buffer under it takes what has arrived in one.
+        let stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
         let handshaken = tokio::select! {
             handshaken = tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)) => handshaken,
             _ = &mut handshake.evicted => {
