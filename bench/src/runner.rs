@@ -235,6 +235,14 @@ fn declare_resources(c: &mut Collector) {
         vec![],
     );
     c.declare(
+        "tls_conn_server_cpu_us",
+        res,
+        "server CPU per new TLS connection (the same runs)",
+        "µs",
+        Better::Lower,
+        vec![],
+    );
+    c.declare(
         "rss_idle_mib",
         res,
         "RSS idle (after ready and one 2k review)",
@@ -275,6 +283,14 @@ fn declare_resources(c: &mut Collector) {
         h,
         "vegeta's CPU per 1,000 requests sent (TLS, HTTP, results), 10k at 1,000/s",
         "ms",
+        Better::Lower,
+        vec![],
+    );
+    c.declare(
+        "tls_conn_client_cpu_us",
+        h,
+        "the harness's own client CPU per new TLS connection",
+        "µs",
         Better::Lower,
         vec![],
     );
@@ -535,6 +551,8 @@ impl Bench<'_> {
             c.add(&format!("max_rps_{}", size.name()), key, result.max_rate);
             searches.push(json!({"server": name, "size": size.name(), "run": run, "result": result}));
         }
+        let cpu_before = server.cpu_time()?;
+        let client_before = servers::self_cpu_time()?;
         let (rate, failed) = load::handshakes(
             server.webhook,
             self.handshake_tls,
@@ -543,8 +561,15 @@ impl Bench<'_> {
             self.plan.handshake,
         )
         .await?;
-        eprintln!("bench: run {run} {name}: {rate:.0} new TLS connections/s ({failed} failed)");
+        let connections = (rate * self.plan.handshake.as_secs_f64()).max(1.0);
+        let server_us = server.cpu_time()?.saturating_sub(cpu_before).as_secs_f64() * 1e6 / connections;
+        let client_us = servers::self_cpu_time()?.saturating_sub(client_before).as_secs_f64() * 1e6 / connections;
+        eprintln!(
+            "bench: run {run} {name}: {rate:.0} new TLS connections/s ({failed} failed); server CPU {server_us:.0} µs, harness client CPU {client_us:.0} µs per connection"
+        );
         c.add("tls_conn_per_s", key, rate);
+        c.add("tls_conn_server_cpu_us", key, server_us);
+        c.add("tls_conn_client_cpu_us", key, client_us);
         c.add("rss_peak_mib", key, mib(server.memory_kib()?.1));
         Ok(server.stop())
     }

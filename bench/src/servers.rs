@@ -279,11 +279,21 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 /// CPU time of this process's children that have ended and been waited for (`cutime` + `cstime`):
 /// what a load generator run as a child used, read before and after it.
 pub fn children_cpu_time() -> anyhow::Result<Duration> {
+    own_stat_cpu(13, "cutime")
+}
+
+/// CPU time (user + system) the harness process itself has used: for what its own client costs.
+pub fn self_cpu_time() -> anyhow::Result<Duration> {
+    own_stat_cpu(11, "utime")
+}
+
+/// The sum of the field at `index` (after the command name) of `/proc/self/stat` and the next one.
+fn own_stat_cpu(index: usize, name: &str) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     let after = stat.rsplit_once(')').context("malformed stat")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let user: u64 = fields.get(13).context("no cutime")?.parse()?;
-    let system: u64 = fields.get(14).context("no cstime")?.parse()?;
+    let user: u64 = fields.get(index).with_context(|| format!("no {name}"))?.parse()?;
+    let system: u64 = fields.get(index + 1).with_context(|| format!("no {name}'s system time"))?.parse()?;
     Ok(Duration::from_micros((user + system) * 1_000_000 / clock_ticks()))
 }
 
