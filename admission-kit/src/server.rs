@@ -80,7 +80,8 @@ pub struct ServerConfig {
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
     /// Most connections past the TLS handshake open at once; more are refused (at accept when
-    /// every slot is taken).
+    /// every slot is taken). Each connection, and each handshake in progress, holds a 17 KiB read
+    /// buffer under its TLS (one largest TLS record: a review arrives in one read).
     pub max_connections: usize,
     /// Also serve `GET /metrics` on the webhook port (HTTPS), for scrape configurations written for
     /// webhooks that serve it there; the admin port serves it in any case.
