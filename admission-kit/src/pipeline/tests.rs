@@ -509,7 +509,8 @@ fn changes(outcome: &Outcome) -> Vec<&'static str> {
         .collect()
 }
 
-fn five_steps() -> Pipeline {
+/// Three steps that do not apply, then two that change the pod and two that repeat them.
+fn skipped_changing_and_repeated_steps() -> Pipeline {
     let target = ResourceTarget::of::<Pod>();
     pipeline(vec![
         Step::new("unchanged-first", Fails("never")).when(matcher::has_annotation("absent.example.com/x")),
@@ -526,7 +527,8 @@ fn five_steps() -> Pipeline {
 #[tokio::test]
 async fn each_step_reports_whether_it_changed_the_object_when_asked() {
     let review = pod_review(pod(), "apps", Operation::Create);
-    let outcome = five_steps().review_reporting_changes(&review, NamespaceView::unknown()).await;
+    let outcome =
+        skipped_changing_and_repeated_steps().review_reporting_changes(&review, NamespaceView::unknown()).await;
     assert_eq!(
         changes(&outcome),
         vec!["skipped", "skipped", "skipped", "changed", "unchanged", "changed", "unchanged"]
@@ -536,12 +538,13 @@ async fn each_step_reports_whether_it_changed_the_object_when_asked() {
 #[tokio::test]
 async fn a_plain_review_tells_changes_up_to_the_first_and_the_same_answer() {
     let review = pod_review(pod(), "apps", Operation::Create);
-    let plain = five_steps().review(&review, NamespaceView::unknown()).await;
+    let plain = skipped_changing_and_repeated_steps().review(&review, NamespaceView::unknown()).await;
     assert_eq!(
         changes(&plain),
         vec!["skipped", "skipped", "skipped", "changed", "untracked", "untracked", "untracked"]
     );
-    let detailed = five_steps().review_reporting_changes(&review, NamespaceView::unknown()).await;
+    let detailed =
+        skipped_changing_and_repeated_steps().review_reporting_changes(&review, NamespaceView::unknown()).await;
     assert_eq!(plain.answer, detailed.answer, "tracking changes never changes the answer");
     assert_eq!(plain.mutated, detailed.mutated);
 
