@@ -60,7 +60,16 @@ FUZZ_TARGET_DIR="$cache_root/fuzz-target" setsid -w bash -c \
   'echo 19 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 19 bash scripts/fuzz.sh --build-only' \
   >"$fuzz_build_log" 2>&1 &
 fuzz_build=$!
-trap 'kill -- "-$fuzz_build" 2>/dev/null || true; rm -f "$log" "$fuzz_build_log"' EXIT
+# oha, the load generator of the benchmark's max-throughput search, builds from crates.io (once;
+# about 10 minutes of CPU on 2 cores) beside the tests the same way; the benchmark smoke waits for
+# it. The version is the one bench/src/oha.rs drives.
+oha_version=$(sed -n 's/^pub const VERSION: &str = "\(.*\)";$/\1/p' bench/src/oha.rs)
+[ -n "$oha_version" ] || { echo "no oha version in bench/src/oha.rs (pub const VERSION)"; exit 1; }
+oha_build_log=$(mktemp)
+setsid -w bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 19 bash scripts/cargo-tool.sh oha "$1"' \
+  oha-build "$oha_version" >"$oha_build_log" 2>&1 &
+oha_build=$!
+trap 'kill -- "-$fuzz_build" "-$oha_build" 2>/dev/null || true; rm -f "$log" "$fuzz_build_log" "$oha_build_log"' EXIT
 echo "== tests (unit, property tests at >= 1000 cases each, TLS round trips, SIGTERM, CLI, examples, doctests)"
 # cargo-nextest runs every test in a process of its own, two at a time across all the test binaries
 # (.config/nextest.toml), so the integration tests that wait on the processes they started overlap
@@ -108,6 +117,12 @@ CARGO_TARGET_DIR="$release_target" bash scripts/fault-tests.sh --short
 # the Go baseline's patches give the same pods, for every corpus size), then one short run of every
 # figure. No timing is checked here; the figures go to target/bench-quick/.
 echo "== benchmark smoke (bench run --quick)"
+if ! wait "$oha_build"; then
+  cat "$oha_build_log"
+  echo "bench: oha $oha_version, the search's load generator, did not build (started before the tests)"
+  exit 1
+fi
+grep '^\[cargo-tool\] installed' "$oha_build_log" | sed 's/$/ (beside the tests)/' || true
 # The release profile's binary (the fault tests' build): a smoke checks the harness and the gate, not
 # speed, which is measured on the `dist` build.
 CARGO_TARGET_DIR="$release_target" "$release_target/release/bench" run --quick \

@@ -4,9 +4,10 @@
 //! - [`corpus`]: the deterministic `AdmissionReview` corpus (2 KB, 10 KB, 100 KB, 1 MB).
 //! - [`gate`]: the correctness gate (same pod from every server's patch) run before any timing.
 //! - [`inprocess`]: sidecar-injector through the public API the server's handler calls.
-//! - [`client`], [`load`], [`vegeta`]: the HTTPS client, the harness's own open-loop load driver
-//!   (the max-throughput probes, and the fault tests in `integration-tests/faults/`), and vegeta,
-//!   which sends the fixed-rate runs.
+//! - [`client`], [`load`], [`vegeta`], [`oha`]: the HTTPS client; the harness's own open-loop
+//!   driver (the fault tests in `integration-tests/faults/`, which check every answer's patch) and
+//!   the max-throughput search; vegeta, which sends the fixed-rate runs; oha, which sends the
+//!   search's probes.
 //! - [`servers`]: the servers as pinned child processes, measured through `/proc`.
 //! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
 //! - [`plots`]: the pictures of the results, as SVG.
@@ -18,6 +19,7 @@ pub mod corpus;
 pub mod gate;
 pub mod inprocess;
 pub mod load;
+pub mod oha;
 pub mod plots;
 pub mod regress;
 pub mod report;

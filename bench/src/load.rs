@@ -432,12 +432,41 @@ pub struct SearchResult {
     pub probes: Vec<Probe>,
 }
 
+/// What sends a search's probes: a closed-loop saturation probe and open-loop runs.
+#[allow(async_fn_in_trait, reason = "called on the harness's own current-thread runtime, never sent across threads")]
+pub trait Prober {
+    /// Answers per second with every connection sending its next request as soon as the last is
+    /// answered, for `duration`.
+    async fn saturation(&self, connections: usize, body: &Bytes, duration: Duration) -> anyhow::Result<f64>;
+    /// One open-loop run.
+    async fn open_loop(&self, spec: &OpenLoop) -> anyhow::Result<LoadReport>;
+}
+
+/// The harness's own driver as a [`Prober`] (kept to cross-check the search's load generator).
+#[derive(Clone, Copy, Debug)]
+pub struct OwnDriver<'a> {
+    /// The server.
+    pub addr: SocketAddr,
+    /// How to reach it.
+    pub tls: &'a Tls,
+}
+
+impl Prober for OwnDriver<'_> {
+    async fn saturation(&self, connections: usize, body: &Bytes, duration: Duration) -> anyhow::Result<f64> {
+        saturation(self.addr, self.tls, connections, body.clone(), duration).await
+    }
+
+    async fn open_loop(&self, spec: &OpenLoop) -> anyhow::Result<LoadReport> {
+        open_loop(self.addr, self.tls, spec).await
+    }
+}
+
 /// The highest rate whose p99 stays within the limit with no errors: bracket with the closed-loop
-/// saturation rate, then bisect.
-pub async fn max_throughput(addr: SocketAddr, tls: &Tls, body: Bytes, search: &Search) -> anyhow::Result<SearchResult> {
-    let saturation = saturation(addr, tls, search.connections, body.clone(), search.saturation).await?;
-    let mut probes = Vec::new();
-    let try_rate = async |rate: f64, probes: &mut Vec<Probe>| -> anyhow::Result<(bool, f64)> {
+/// saturation rate, then bisect. What no load generator does; `prober` sends the load.
+pub async fn max_throughput(prober: &impl Prober, body: Bytes, search: &Search) -> anyhow::Result<SearchResult> {
+    let saturation = prober.saturation(search.connections, &body, search.saturation).await?;
+    let mut tried = Vec::new();
+    let try_rate = async |rate: f64, tried: &mut Vec<Probe>| -> anyhow::Result<(bool, f64)> {
         let spec = OpenLoop {
             rate,
             duration: search.probe,
@@ -446,10 +475,10 @@ pub async fn max_throughput(addr: SocketAddr, tls: &Tls, body: Bytes, search: &S
             body: body.clone(),
             check: None,
         };
-        let report = open_loop(addr, tls, &spec).await?;
+        let report = prober.open_loop(&spec).await?;
         let p99 = report.latency_ms(0.99);
         let passed = report.errors == 0 && p99 <= search.p99_limit_ms && report.ok == report.scheduled;
-        probes.push(Probe { rate, p99_ms: p99, errors: report.errors, passed });
+        tried.push(Probe { rate, p99_ms: p99, errors: report.errors, passed });
         Ok((passed, p99))
     };
     let mut lo = 0.0f64;
@@ -457,7 +486,7 @@ pub async fn max_throughput(addr: SocketAddr, tls: &Tls, body: Bytes, search: &S
     let mut hi = (saturation * 1.05).max(10.0);
     // Start the bisection from half the saturation rate, a likely pass, to waste fewer probes.
     let first = (hi / 2.0).round();
-    let (ok, p99) = try_rate(first, &mut probes).await?;
+    let (ok, p99) = try_rate(first, &mut tried).await?;
     if ok {
         lo = first;
         lo_p99 = p99;
@@ -469,7 +498,7 @@ pub async fn max_throughput(addr: SocketAddr, tls: &Tls, body: Bytes, search: &S
         if mid <= lo || mid >= hi {
             break;
         }
-        let (ok, p99) = try_rate(mid, &mut probes).await?;
+        let (ok, p99) = try_rate(mid, &mut tried).await?;
         if ok {
             lo = mid;
             lo_p99 = p99;
@@ -477,7 +506,7 @@ pub async fn max_throughput(addr: SocketAddr, tls: &Tls, body: Bytes, search: &S
             hi = mid;
         }
     }
-    Ok(SearchResult { saturation, max_rate: lo, p99_ms_at_max: lo_p99, probes })
+    Ok(SearchResult { saturation, max_rate: lo, p99_ms_at_max: lo_p99, probes: tried })
 }
 
 /// New TLS connections per second: `concurrency` loops, each connecting, completing a full

@@ -58,8 +58,9 @@ enum Command {
         #[arg(long)]
         no_realtime: bool,
     },
-    /// Open-loop runs against one freshly started server (for investigating a figure, and for
-    /// cross-checking the harness's own driver against vegeta: `--driver both --runs 5`).
+    /// Open-loop runs against one freshly started server, or its max-throughput search (for
+    /// investigating a figure, and for cross-checking load generators: `--driver own,vegeta
+    /// --runs 5`, `--search --driver own,oha --runs 5`).
     Load {
         /// `ours` or `go`.
         #[arg(long, default_value = "ours")]
@@ -85,10 +86,15 @@ enum Command {
         /// Run the server under the normal scheduler instead of `SCHED_RR`.
         #[arg(long)]
         no_realtime: bool,
-        /// The load generator: `own` (the harness's driver), `vegeta`, or `both` (alternating on
-        /// the same server, the cross-check of the two).
+        /// The load generator: `own` (the harness's driver), `vegeta` or `oha`; several, comma-separated,
+        /// alternate on the same server (the cross-check of one against another; `both` is
+        /// `own,vegeta`).
         #[arg(long, default_value = "vegeta")]
         driver: String,
+        /// Run `bench run`'s max-throughput search instead of one fixed rate (`--rate` and
+        /// `--seconds` are then unused; drivers `own` or `oha`).
+        #[arg(long)]
+        search: bool,
         /// Runs (each driver's, with `both`); medians are printed for more than one.
         #[arg(long, default_value_t = 1)]
         runs: usize,
@@ -191,9 +197,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Load { server, binary, size, rate, seconds, connections, nice, no_realtime, driver, runs } => {
-            let driver = bench::runner::Driver::parse(&driver)
-                .ok_or_else(|| anyhow::anyhow!("--driver is `own`, `vegeta` or `both`, not `{driver}`"))?;
+        Command::Load { server, binary, size, rate, seconds, connections, nice, no_realtime, driver, search, runs } => {
+            let drivers = bench::runner::Driver::parse_list(&driver).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--driver is `own`, `vegeta`, `oha` or a list of them such as `own,oha`, not `{driver}`"
+                )
+            })?;
+            if search && drivers.contains(&bench::runner::Driver::Vegeta) {
+                anyhow::bail!("the max-throughput search is sent by `own` or `oha`, not `vegeta`");
+            }
             let kind = match server.as_str() {
                 "ours" => bench::servers::Kind::Ours,
                 "go" => bench::servers::Kind::Go,
@@ -209,7 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 nice,
                 realtime: !no_realtime,
-                driver,
+                drivers,
+                search,
                 runs,
             })
         }

@@ -221,9 +221,15 @@ impl Report {
             meta("runs")
         );
         let _ = writeln!(md, "- Go baseline: {}.", self.go_baseline);
+        // Runs before the search moved to oha carry no `search_load`: their probes were the
+        // harness's own driver's.
+        let search_load = match self.meta.get("search_load").and_then(serde_json::Value::as_str) {
+            Some(generator) => format!("{generator} (latency from each request's due time)"),
+            None => "the harness's own driver (latency from each scheduled send time)".to_owned(),
+        };
         let _ = writeln!(
             md,
-            "- Load: HTTP/1.1 keep-alive over TLS 1.3 on 127.0.0.1, {} connections, open loop: the fixed rates sent by vegeta (latency from each send), the max-throughput probes by the harness's own driver (latency from each scheduled send time).",
+            "- Load: HTTP/1.1 keep-alive over TLS 1.3 on 127.0.0.1, {} connections, open loop: the fixed rates sent by vegeta (latency from each send), the max-throughput probes by {search_load}.",
             meta("connections")
         );
         let corpus: Vec<String> = self.corpus.iter().map(|(s, b)| format!("{s} = {b} B")).collect();
@@ -395,6 +401,28 @@ mod tests {
         assert_eq!(f.ratio, Some(11.0 / 5.0));
         assert_eq!(f.targets[0].met, Some(true));
         assert_eq!(f.targets[1].met, Some(false));
+    }
+
+    #[test]
+    fn the_report_names_the_searchs_load_generator_of_its_own_run() {
+        let mut report = Report {
+            meta: BTreeMap::new(),
+            go_baseline: "run".to_owned(),
+            corpus: Vec::new(),
+            gate: serde_json::Value::Null,
+            figures: Vec::new(),
+            searches: serde_json::Value::Null,
+        };
+        assert!(
+            report.markdown().contains("the max-throughput probes by the harness's own driver"),
+            "a run from before oha"
+        );
+        report.meta.insert("search_load".to_owned(), serde_json::json!("oha 1.16.0"));
+        assert!(
+            report
+                .markdown()
+                .contains("the max-throughput probes by oha 1.16.0 (latency from each request's due time)")
+        );
     }
 
     #[test]

@@ -451,11 +451,13 @@ struct Bench<'a> {
     tls: &'a Tls,
     handshake_tls: &'a Tls,
     connections: usize,
-    /// The fixed-rate runs' load generator, and the CA file it checks the servers against.
+    /// The fixed-rate runs' load generator, the search's, and the CA file they check the servers
+    /// against.
     vegeta: &'a crate::vegeta::Vegeta,
+    oha: &'a crate::oha::Oha,
     ca_file: &'a Path,
     scratch: &'a Path,
-    /// CPU vegeta used in all (a child process: not in the harness's own CPU time).
+    /// CPU vegeta and oha used in all (child processes: not in the harness's own CPU time).
     generator_cpu: std::cell::Cell<Duration>,
 }
 
@@ -540,7 +542,13 @@ impl Bench<'_> {
         }
         for size in Size::ALL {
             let search = Search { p99_limit_ms: p99_bound_ms(size), ..self.plan.search.clone() };
-            let result = load::max_throughput(server.webhook, self.tls, body(self.corpus, size), &search).await?;
+            let review = body(self.corpus, size);
+            let answer_len = answer_len(server.webhook, self.tls, &review).await?;
+            let generator_before = servers::children_cpu_time()?;
+            let target = self.oha.against(server.webhook, self.ca_file, answer_len, self.scratch);
+            let result = load::max_throughput(&target, review, &search).await?;
+            let generator = servers::children_cpu_time()?.saturating_sub(generator_before);
+            self.generator_cpu.set(self.generator_cpu.get() + generator);
             eprintln!(
                 "bench: run {run} {name}: {} max throughput {:.0}/s (p99 {:.2} ms; closed-loop saturation {:.0}/s)",
                 size.name(),
@@ -573,6 +581,19 @@ impl Bench<'_> {
         c.add("rss_peak_mib", key, mib(server.memory_kib()?.1));
         Ok(server.stop())
     }
+}
+
+/// The length of `server`'s answer to `review`, which must admit it: what oha's answers are held to
+/// (the correctness gate has checked the patch of this same answer).
+async fn answer_len(server: std::net::SocketAddr, tls: &Tls, review: &Bytes) -> anyhow::Result<u64> {
+    let reply = crate::client::post_once(server, tls, review.clone(), load::REQUEST_TIMEOUT).await?;
+    anyhow::ensure!(
+        reply.is_admitted(),
+        "the server did not admit the review: HTTP {}: {}",
+        reply.status,
+        String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)])
+    );
+    Ok(u64::try_from(reply.body.len())?)
 }
 
 async fn run_gate(specs: &[Spec], corpus: &[Entry], tls: &Tls) -> anyhow::Result<Value> {
@@ -674,15 +695,29 @@ fn go_baseline(root: &Path, opts: &Options) -> anyhow::Result<(Option<PathBuf>, 
     Ok((go, go_status))
 }
 
+/// What `run` measures and measures with.
+struct Tools {
+    ours: PathBuf,
+    go: Option<PathBuf>,
+    go_status: String,
+    vegeta: crate::vegeta::Vegeta,
+    oha: crate::oha::Oha,
+}
+
+/// Finds (or builds, for the Go baseline, vegeta and oha) what `run` needs: before the harness
+/// raises its own priority.
+fn tools(root: &Path, opts: &Options) -> anyhow::Result<Tools> {
+    let ours = find_ours(root, opts)?;
+    let (go, go_status) = go_baseline(root, opts)?;
+    Ok(Tools { ours, go, go_status, vegeta: crate::vegeta::Vegeta::locate(root)?, oha: crate::oha::Oha::locate(root)? })
+}
+
 /// Runs everything and writes the results. Must be called outside any runtime: it makes its own
 /// current-thread runtime on the load generator's core.
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let started = Instant::now();
     let root = workspace_root();
-    // Builds (the Go script's) run before the harness raises its own priority.
-    let ours = find_ours(&root, opts)?;
-    let (go, go_status) = go_baseline(&root, opts)?;
-    let vegeta = crate::vegeta::Vegeta::locate(&root)?;
+    let Tools { ours, go, go_status, vegeta, oha } = tools(&root, opts)?;
     let priority = servers::Priority::take(CLIENT_CPU, opts.nice, opts.realtime.then_some(REALTIME_PRIORITY))?;
     let nice = priority.nice;
     let machine_before = servers::machine_cpu()?;
@@ -726,6 +761,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         handshake_tls: &handshake_tls,
         connections: opts.connections,
         vegeta: &vegeta,
+        oha: &oha,
         ca_file: &ca_file,
         scratch: &scratch,
         generator_cpu: std::cell::Cell::new(Duration::ZERO),
@@ -814,7 +850,8 @@ struct Circumstances<'a> {
 /// The report's `meta`: the command, date, commit, machine, settings and notes.
 fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
     let mut notes = vec![
-        "Fixed-rate runs: vegeta (Go's net/http client, as the API server's webhook client; HTTP/1.1 keep-alive over TLS, 16 connections), open loop: each request is sent at its scheduled time from a worker pool that grows when answers are slow, and its latency runs from the send to the whole answer; the harness judges every answer and cuts the warm-up. vegeta's own CPU is reported under Harness health. The max-throughput probes use the harness's own open-loop driver (latency from the scheduled send time).".to_owned(),
+        "Fixed-rate runs: vegeta (Go's net/http client, as the API server's webhook client; HTTP/1.1 keep-alive over TLS, 16 connections), open loop: each request is sent at its scheduled time from a worker pool that grows when answers are slow, and its latency runs from the send to the whole answer; the harness judges every answer and cuts the warm-up. vegeta's own CPU is reported under Harness health. ".to_owned(),
+        format!("Max-throughput probes: oha {} (crates.io; hyper and rustls), open loop at the probe's rate with its latency correction (latency from each request's due time, its worker's 1 ms timer tick), the closed-loop saturation probe likewise; an answer counts when it is HTTP 200 and as long as the answer whose patch the correctness gate checked. oha's CPU is in the harness's health figures' totals.", crate::oha::VERSION),
         "Max throughput: a closed-loop saturation probe brackets the search, then open-loop probes bisect to the highest rate with no errors and p99 within the bound (5 ms for 2k and 10k, the target's bound; 25 ms for 100k and 500 ms for 1m, API-server histogram buckets, since one such review alone takes milliseconds).".to_owned(),
         "CPU per 1,000 reviews: utime + stime from /proc/<pid>/stat (10 ms ticks) over the fixed-rate run including its warm-up, divided by the reviews answered in it.".to_owned(),
         "RSS: VmRSS (idle) and VmHWM (peaks) from /proc/<pid>/status.".to_owned(),
@@ -855,6 +892,7 @@ fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
     meta.insert("runs".into(), json!(c.runs));
     meta.insert("quick".into(), json!(c.opts.quick));
     meta.insert("connections".into(), json!(c.opts.connections));
+    meta.insert("search_load".into(), json!(format!("oha {}", crate::oha::VERSION)));
     meta.insert("nice".into(), json!(c.nice));
     meta.insert("server_realtime_priority".into(), json!(c.opts.realtime.then_some(REALTIME_PRIORITY)));
     meta.insert("other_processes_cpu_percent".into(), json!((c.others_share * 10.0).round() / 10.0));
@@ -883,37 +921,104 @@ pub struct LoadOptions {
     pub nice: i32,
     /// `SCHED_RR` for the server, as for `run`.
     pub realtime: bool,
-    /// Which load generator sends the runs.
-    pub driver: Driver,
-    /// Runs (with [`Driver::Both`], each driver this many times, alternating).
+    /// Which load generators send the runs (more than one: alternating on the same server, the
+    /// cross-check of one against another).
+    pub drivers: Vec<Driver>,
+    /// The max-throughput search of `bench run` instead of one fixed rate.
+    pub search: bool,
+    /// Runs (each driver's).
     pub runs: usize,
 }
 
-/// The load generator of `bench load`.
+/// A load generator of `bench load`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
     /// The harness's own open-loop driver ([`load::open_loop`]).
     Own,
-    /// vegeta ([`crate::vegeta`]).
+    /// vegeta ([`crate::vegeta`]): the fixed-rate runs of `bench run`.
     Vegeta,
-    /// Both, alternating on the same server: the cross-check of one against the other.
-    Both,
+    /// oha ([`crate::oha`]): the max-throughput search of `bench run`.
+    Oha,
 }
 
 impl Driver {
-    /// `own`, `vegeta` or `both`.
+    /// `own`, `vegeta` or `oha`.
     #[must_use]
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "own" => Some(Self::Own),
             "vegeta" => Some(Self::Vegeta),
-            "both" => Some(Self::Both),
+            "oha" => Some(Self::Oha),
             _ => None,
+        }
+    }
+
+    /// A comma-separated list of drivers (`own,oha`), each once; `both` is `own,vegeta`.
+    #[must_use]
+    pub fn parse_list(names: &str) -> Option<Vec<Self>> {
+        let names = if names == "both" { "own,vegeta" } else { names };
+        let mut drivers = Vec::new();
+        for name in names.split(',') {
+            let driver = Self::parse(name.trim())?;
+            if drivers.contains(&driver) {
+                return None;
+            }
+            drivers.push(driver);
+        }
+        Some(drivers)
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Own => "own",
+            Self::Vegeta => "vegeta",
+            Self::Oha => "oha",
         }
     }
 }
 
-/// `bench load`: starts one server as `run` does, sends open-loop runs, prints what they measured.
+/// The load generators of one `bench load` against one server.
+struct Drivers<'a> {
+    addr: std::net::SocketAddr,
+    tls: &'a Tls,
+    ca_file: &'a Path,
+    scratch: &'a Path,
+    vegeta: Option<crate::vegeta::Vegeta>,
+    oha: Option<crate::oha::Oha>,
+    /// The length of the server's answer to the run's review (what oha's answers are held to).
+    answer_len: u64,
+}
+
+impl Drivers<'_> {
+    async fn open_loop(&self, driver: Driver, spec: &OpenLoop) -> anyhow::Result<load::LoadReport> {
+        match (driver, &self.vegeta, &self.oha) {
+            (Driver::Vegeta, Some(vegeta), _) => vegeta.open_loop(self.addr, self.ca_file, spec, self.scratch).await,
+            (Driver::Oha, _, Some(oha)) => {
+                load::Prober::open_loop(&oha.against(self.addr, self.ca_file, self.answer_len, self.scratch), spec)
+                    .await
+            }
+            _ => load::open_loop(self.addr, self.tls, spec).await,
+        }
+    }
+
+    async fn search(&self, driver: Driver, body: Bytes, search: &Search) -> anyhow::Result<load::SearchResult> {
+        match (driver, &self.oha) {
+            (Driver::Oha, Some(oha)) => {
+                load::max_throughput(&oha.against(self.addr, self.ca_file, self.answer_len, self.scratch), body, search)
+                    .await
+            }
+            (Driver::Own, _) => {
+                load::max_throughput(&load::OwnDriver { addr: self.addr, tls: self.tls }, body, search).await
+            }
+            _ => bail!("the max-throughput search is sent by `own` or `oha`, not `{}`", driver.name()),
+        }
+    }
+}
+
+/// `bench load`: starts one server as `run` does, sends open-loop runs (or, with `search`, the
+/// max-throughput search of `bench run`), prints what they measured.
 pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
     let root = workspace_root();
     let binary = match (&opts.binary, opts.kind) {
@@ -935,11 +1040,14 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
         )?,
         (None, Kind::Go) => find_go(&root).map_err(|reason| anyhow::anyhow!("no Go baseline: {reason}"))?,
     };
+    let vegeta =
+        if opts.drivers.contains(&Driver::Vegeta) { Some(crate::vegeta::Vegeta::locate(&root)?) } else { None };
+    let oha = if opts.drivers.contains(&Driver::Oha) { Some(crate::oha::Oha::locate(&root)?) } else { None };
     let priority = servers::Priority::take(CLIENT_CPU, opts.nice, opts.realtime.then_some(REALTIME_PRIORITY))?;
     let scratch = root.join("target/bench-load");
     let cert_dir = scratch.join("certs");
     let ca = servers::write_certificates(&cert_dir)?;
-    let cert_dir_ca = cert_dir.join("ca.crt");
+    let ca_file = cert_dir.join("ca.crt");
     let tls = Tls::verifying(&ca)?;
     let spec = Spec {
         kind: opts.kind,
@@ -951,21 +1059,29 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
         realtime: opts.realtime.then_some(REALTIME_PRIORITY),
     };
     let corpus = corpus::corpus();
+    let review = body(&corpus, opts.size);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let vegeta = match opts.driver {
-        Driver::Own => None,
-        Driver::Vegeta | Driver::Both => Some(crate::vegeta::Vegeta::locate(&root)?),
-    };
-    let drivers = if opts.driver == Driver::Both { vec![Driver::Own, Driver::Vegeta] } else { vec![opts.driver] };
     rt.block_on(async {
         let mut server = spec.spawn(0)?;
         let ready = server.wait_first_review(&tls, body(&corpus, Size::K2), Duration::from_secs(60)).await?;
+        let drivers = Drivers {
+            addr: server.webhook,
+            tls: &tls,
+            ca_file: &ca_file,
+            scratch: &scratch,
+            vegeta,
+            oha,
+            answer_len: answer_len(server.webhook, &tls, &review).await?,
+        };
+        let what = if opts.search {
+            "max-throughput search".to_owned()
+        } else {
+            format!("at {}/s for {} s", opts.rate, opts.seconds)
+        };
         println!(
-            "{} {} at {}/s for {} s ({} connections; first review {:.1} ms after start):",
+            "{} {} {what} ({} connections; first review {:.1} ms after start):",
             spec.kind.name(),
             opts.size.name(),
-            opts.rate,
-            opts.seconds,
             opts.connections,
             ready.as_secs_f64() * 1000.0
         );
@@ -974,52 +1090,77 @@ pub fn single_load(opts: &LoadOptions) -> anyhow::Result<()> {
             duration: Duration::from_secs_f64(opts.seconds),
             warmup: Duration::from_secs(1),
             connections: opts.connections,
-            body: body(&corpus, opts.size),
+            body: review.clone(),
             check: None,
         };
-        let mut p99s: Vec<(Driver, f64, f64)> = Vec::new();
-        for run in 1..=opts.runs.max(1) {
-            // Alternate which driver goes first, so that drift hits both alike.
-            let mut order = drivers.clone();
-            if run % 2 == 0 {
-                order.reverse();
-            }
-            for driver in order {
-                let cpu_before = server.cpu_time()?;
-                let generator_before = servers::children_cpu_time()?;
-                let report = match (&vegeta, driver) {
-                    (Some(vegeta), Driver::Vegeta) => {
-                        vegeta.open_loop(server.webhook, &cert_dir_ca, &load, &scratch).await?
-                    }
-                    _ => load::open_loop(server.webhook, &tls, &load).await?,
-                };
-                let cpu = server.cpu_time()?.saturating_sub(cpu_before);
-                let generator = servers::children_cpu_time()?.saturating_sub(generator_before);
-                println!("  run {run}, {}", describe_run(driver, &report, (cpu, generator), server.memory_kib()?));
-                p99s.push((driver, report.latency_ms(0.5), report.latency_ms(0.99)));
-            }
-        }
-        if opts.runs > 1 || drivers.len() > 1 {
-            for driver in &drivers {
-                let of = |pick: fn(&(Driver, f64, f64)) -> f64| {
-                    crate::report::median(&p99s.iter().filter(|r| r.0 == *driver).map(pick).collect::<Vec<_>>())
-                };
-                let name = if *driver == Driver::Own { "own" } else { "vegeta" };
-                println!(
-                    "  median of {} runs, {name}: p50 {:.3} ms, p99 {:.3} ms",
-                    opts.runs.max(1),
-                    of(|r| r.1),
-                    of(|r| r.2)
-                );
-            }
-        }
+        let search = Search { p99_limit_ms: p99_bound_ms(opts.size), ..Plan::new(false, opts.connections).search };
+        let result = load_runs(opts, &drivers, &server, (&load, &search)).await;
         let _ = server.stop();
-        anyhow::Ok(())
+        result
     })
 }
 
+/// `bench load`'s runs against one server, each driver in turn, and their medians.
+async fn load_runs(
+    opts: &LoadOptions,
+    drivers: &Drivers<'_>,
+    server: &Running,
+    (load, search): (&OpenLoop, &Search),
+) -> anyhow::Result<()> {
+    // Per driver: (p50, p99) of each fixed-rate run, or the rate each search found.
+    let mut results: Vec<(Driver, f64, f64)> = Vec::new();
+    for run in 1..=opts.runs.max(1) {
+        // Alternate which driver goes first, so that drift hits both alike.
+        let mut order = opts.drivers.clone();
+        if run % 2 == 0 {
+            order.reverse();
+        }
+        for driver in order {
+            let cpu_before = server.cpu_time()?;
+            let generator_before = servers::children_cpu_time()?;
+            if opts.search {
+                let found = drivers.search(driver, load.body.clone(), search).await?;
+                let probes: Vec<String> =
+                    found.probes.iter().map(|p| format!("{:.0}{}", p.rate, if p.passed { "✓" } else { "✗" })).collect();
+                println!(
+                    "  run {run}, {}: {:.0}/s (p99 {:.2} ms; saturation {:.0}/s; probes {})",
+                    driver.name(),
+                    found.max_rate,
+                    found.p99_ms_at_max,
+                    found.saturation,
+                    probes.join(" ")
+                );
+                results.push((driver, found.max_rate, found.p99_ms_at_max));
+                continue;
+            }
+            let report = drivers.open_loop(driver, load).await?;
+            let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+            let generator = servers::children_cpu_time()?.saturating_sub(generator_before);
+            println!("  run {run}, {}", describe_run(driver, &report, (cpu, generator), server.memory_kib()?));
+            results.push((driver, report.latency_ms(0.5), report.latency_ms(0.99)));
+        }
+    }
+    if opts.runs > 1 || opts.drivers.len() > 1 {
+        for driver in &opts.drivers {
+            let of = |pick: fn(&(Driver, f64, f64)) -> f64| {
+                crate::report::median(&results.iter().filter(|r| r.0 == *driver).map(pick).collect::<Vec<_>>())
+            };
+            let (first, second) = if opts.search { ("max", "p99 at it") } else { ("p50", "p99") };
+            let unit = if opts.search { "/s" } else { " ms" };
+            println!(
+                "  median of {} runs, {}: {first} {:.3}{unit}, {second} {:.3} ms",
+                opts.runs.max(1),
+                driver.name(),
+                of(|r| r.1),
+                of(|r| r.2)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One line of `bench load`: the driver, latency quantiles, counts, the server's CPU and memory.
-/// `cpu` is the server's and the load generator's when it is a child (vegeta).
+/// `cpu` is the server's and the load generator's when it is a child (vegeta, oha).
 fn describe_run(
     driver: Driver,
     report: &load::LoadReport,
@@ -1030,13 +1171,13 @@ fn describe_run(
     let per_1k = cpu.as_secs_f64() * 1e6 / report.answered_total.max(1) as f64;
     #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
     let generator_per_1k = generator.as_secs_f64() * 1e6 / report.answered_total.max(1) as f64;
-    let name = if driver == Driver::Own { "own" } else { "vegeta" };
+    let name = driver.name();
     let quantiles: Vec<String> =
         [0.5, 0.9, 0.99, 0.999, 1.0].iter().map(|q| format!("p{} {:.3}", q * 100.0, report.latency_ms(*q))).collect();
     let lag = if driver == Driver::Own {
         format!("; load generator lag p99 {:.3} ms", load::us_to_ms(report.dispatch_lag_us.value_at_quantile(0.99)))
     } else {
-        format!("; vegeta {generator_per_1k:.1} CPU-ms per 1,000")
+        format!("; {name} {generator_per_1k:.1} CPU-ms per 1,000")
     };
     let mut line = format!(
         "{name}: {} ms; {} ok, {} errors of {} scheduled ({:.0}/s); server {per_1k:.1} CPU-ms per 1,000, RSS {:.1} MiB (peak {:.1}){lag}",
@@ -1062,9 +1203,14 @@ mod tests {
     fn load_drivers_are_named_and_an_unknown_one_is_refused() {
         assert_eq!(Driver::parse("own"), Some(Driver::Own));
         assert_eq!(Driver::parse("vegeta"), Some(Driver::Vegeta));
-        assert_eq!(Driver::parse("both"), Some(Driver::Both));
-        assert_eq!(Driver::parse("oha"), None);
+        assert_eq!(Driver::parse("oha"), Some(Driver::Oha));
+        assert_eq!(Driver::parse("wrk"), None);
         assert_eq!(Driver::parse("Vegeta"), None);
+        assert_eq!(Driver::parse_list("own,oha"), Some(vec![Driver::Own, Driver::Oha]));
+        assert_eq!(Driver::parse_list("both"), Some(vec![Driver::Own, Driver::Vegeta]));
+        assert_eq!(Driver::parse_list("oha"), Some(vec![Driver::Oha]));
+        assert_eq!(Driver::parse_list("own,own"), None, "a driver twice");
+        assert_eq!(Driver::parse_list("own,"), None, "an empty name");
     }
 
     #[test]
