@@ -142,7 +142,8 @@ impl Prober for Target<'_> {
         let mut command = self.oha.command(self.addr, self.ca_file, &body_file, spec.connections);
         command.arg("-n").arg(total.to_string()).arg("-q").arg(format!("{}", spec.rate)).arg("--latency-correction");
         let answers = parse_csv(&run(command).await?)?;
-        Ok(report(&answers, total, spec.warmup, spec.duration, self.answer_len))
+        let run = Run { total, rate: spec.rate, warmup: spec.warmup, window: spec.duration };
+        Ok(report(&answers, &run, self.answer_len))
     }
 }
 
@@ -192,10 +193,30 @@ fn parse_csv(csv: &[u8]) -> anyhow::Result<Vec<Answer>> {
         .collect()
 }
 
-/// The [`LoadReport`] of a run of `total` requests whose answers are `answers`.
-fn report(answers: &[Answer], total: u64, warmup: Duration, window: Duration, answer_len: u64) -> LoadReport {
-    let mut report = LoadReport::empty(window);
-    let warmup = warmup.as_secs_f64();
+/// An open-loop run as oha was asked for it.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// Requests (`-n`).
+    total: u64,
+    /// Requests per second (`-q`).
+    rate: f64,
+    /// The first part of the run, not measured.
+    warmup: Duration,
+    /// The measured part.
+    window: Duration,
+}
+
+/// How far behind its schedule oha may send the run's last request before the run is refused: 2% of
+/// the run, and at least 5 ms (its timer ticks every millisecond).
+fn allowed_lateness(run: &Run) -> f64 {
+    ((run.warmup + run.window).as_secs_f64() * 0.02).max(0.005)
+}
+
+/// The [`LoadReport`] of `run` whose answers are `answers`.
+fn report(answers: &[Answer], run: &Run, answer_len: u64) -> LoadReport {
+    let mut report = LoadReport::empty(run.window);
+    let warmup = run.warmup.as_secs_f64();
+    let total = run.total;
     let answered = u64::try_from(answers.len()).unwrap_or(u64::MAX);
     let unanswered = total.saturating_sub(answered);
     for answer in answers {
@@ -222,6 +243,18 @@ fn report(answers: &[Answer], total: u64, warmup: Duration, window: Duration, an
         report.errors += unanswered - 1;
         report
             .record_error(format!("{unanswered} of {total} requests got no HTTP answer (refused, reset or timed out)"));
+    }
+    // oha dates each request from when its timer woke up to send it, so its own lateness is not in
+    // the latencies: a load generator that cannot keep the rate would flatter the server. The last
+    // request sent must have left on time.
+    #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
+    let last_due = total.saturating_sub(1) as f64 / run.rate;
+    let last_sent = answers.iter().map(|a| a.start).fold(0.0f64, f64::max);
+    if last_sent > last_due + allowed_lateness(run) {
+        report.record_error(format!(
+            "oha fell behind the rate of {}/s: its last request left at {last_sent:.3} s, due at {last_due:.3} s",
+            run.rate
+        ));
     }
     report
 }
@@ -272,7 +305,8 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let report = report(&answers, 6, Duration::from_millis(200), Duration::from_secs(1), 100);
+        let run = Run { total: 6, rate: 10.0, warmup: Duration::from_millis(200), window: Duration::from_secs(1) };
+        let report = report(&answers, &run, 100);
         assert_eq!((report.scheduled, report.ok, report.errors), (4, 2, 2));
         assert_eq!(report.answered_total, 3, "good answers, warm-up included");
         assert!(report.error_samples[0].contains("90 bytes"), "{:?}", report.error_samples);
@@ -283,19 +317,36 @@ mod tests {
 
     #[test]
     fn requests_missing_from_the_output_are_failures_of_the_measured_window() {
-        let answers = parse_csv(csv(&[(0.0, 0.001, 10, 200), (0.5, 0.001, 10, 200)]).as_bytes()).unwrap();
-        let report = report(&answers, 5, Duration::from_millis(100), Duration::from_secs(1), 10);
+        let answers = parse_csv(csv(&[(0.0, 0.001, 10, 200), (0.3, 0.001, 10, 200)]).as_bytes()).unwrap();
+        let run = Run { total: 5, rate: 10.0, warmup: Duration::from_millis(100), window: Duration::from_secs(1) };
+        let report = report(&answers, &run, 10);
         assert_eq!((report.scheduled, report.ok, report.errors), (4, 1, 3));
         assert!(
             report.error_samples[0].starts_with("3 of 5 requests got no HTTP answer"),
             "{:?}",
             report.error_samples
         );
-        let all_answered = report_of_all(&answers);
+        let all_answered = super::report(&answers, &Run { total: 2, rate: 3.0, ..run }, 10);
         assert_eq!((all_answered.scheduled, all_answered.errors), (1, 0));
     }
 
-    fn report_of_all(answers: &[Answer]) -> LoadReport {
-        report(answers, 2, Duration::from_millis(100), Duration::from_secs(1), 10)
+    #[test]
+    fn a_run_oha_sent_behind_its_schedule_is_refused() {
+        // 1,000/s for 1.1 s: the last of 1,100 requests is due at 1.099 s.
+        let run = Run { total: 1100, rate: 1000.0, warmup: Duration::from_millis(100), window: Duration::from_secs(1) };
+        let on_time: Vec<(f64, f64, u64, u16)> = (0..1100).map(|i| (f64::from(i) / 1000.0, 0.001, 10, 200)).collect();
+        let answers = parse_csv(csv(&on_time).as_bytes()).unwrap();
+        let report = report(&answers, &run, 10);
+        assert_eq!((report.ok, report.errors), (1000, 0), "{:?}", report.error_samples);
+        // The same requests sent at 800/s: every one answered at once, and the run still refused.
+        let late: Vec<(f64, f64, u64, u16)> = (0..1100).map(|i| (f64::from(i) / 800.0, 0.001, 10, 200)).collect();
+        let answers = parse_csv(csv(&late).as_bytes()).unwrap();
+        let report = super::report(&answers, &run, 10);
+        assert_eq!(report.errors, 1);
+        assert!(
+            report.error_samples[0].starts_with("oha fell behind the rate of 1000/s"),
+            "{:?}",
+            report.error_samples
+        );
     }
 }
