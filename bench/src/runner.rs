@@ -381,7 +381,7 @@ pub fn injector_binary(
         && !allow_stale
     {
         bail!(
-            "{} is older than its sources: rebuild it with `cargo build --release -p sidecar-injector` (or pass --allow-stale)",
+            "{} is older than its sources: rebuild it with `cargo build --profile {profile} -p sidecar-injector` (or pass --allow-stale)",
             path.display()
         );
     }
