@@ -9,6 +9,7 @@
 //!   the max-throughput search; vegeta, which sends the fixed-rate runs; oha, which sends the
 //!   search's probes.
 //! - [`servers`]: the servers as pinned child processes, measured through `/proc`.
+//! - [`tool`]: finding and running the load generators' binaries.
 //! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
 //! - [`plots`]: the pictures of the results, as SVG.
 //!
@@ -25,4 +26,5 @@ pub mod regress;
 pub mod report;
 pub mod runner;
 pub mod servers;
+pub mod tool;
 pub mod vegeta;

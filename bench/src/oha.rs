@@ -17,7 +17,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -53,18 +52,8 @@ impl Oha {
             return Ok(Self { binary: binary.into() });
         }
         let script = root.join("scripts/cargo-tool.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .args(["oha", VERSION])
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("failed to run {}", script.display()))?;
-        if !out.status.success() {
-            bail!("{} oha {VERSION} failed ({}): oha could not be built", script.display(), out.status);
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let dir = stdout.lines().last().context("cargo-tool.sh printed nothing")?.trim();
-        Ok(Self { binary: Path::new(dir).join("oha") })
+        let dir = crate::tool::script_last_line(&script, &["oha", VERSION], "oha could not be built")?;
+        Ok(Self { binary: Path::new(&dir).join("oha") })
     }
 
     /// The arguments every run shares: the review sent with POST to `addr` over TLS (the CA in `ca_file`),
@@ -155,12 +144,8 @@ fn write_body(dir: &Path, body: &Bytes) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs oha to its end off the runtime's thread; its stdout.
-async fn run(mut command: std::process::Command) -> anyhow::Result<Vec<u8>> {
-    command.stdin(Stdio::null());
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .context("the thread waiting for oha failed")?
-        .context("failed to start oha")?;
+async fn run(command: std::process::Command) -> anyhow::Result<Vec<u8>> {
+    let out = crate::tool::run(command, "oha").await?;
     if !out.status.success() {
         bail!("oha failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }

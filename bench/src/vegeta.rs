@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -51,16 +50,7 @@ impl Vegeta {
             return Ok(Self { binary: binary.into() });
         }
         let script = root.join("bench/build-vegeta.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("failed to run {}", script.display()))?;
-        if !out.status.success() {
-            bail!("{} failed ({}); is Go installed (the module proxy is enough)?", script.display(), out.status);
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let binary = stdout.lines().last().context("build-vegeta.sh printed nothing")?.trim();
+        let binary = crate::tool::script_last_line(&script, &[], "is Go installed (the module proxy is enough)?")?;
         Ok(Self { binary: binary.into() })
     }
 
@@ -100,27 +90,18 @@ impl Vegeta {
             .arg(format!("-max-connections={connections}"))
             .arg(format!("-timeout={}s", crate::load::REQUEST_TIMEOUT.as_secs()))
             .arg(format!("-output={}", results.display()));
-        let attack = run(attack).await.context("vegeta attack")?;
+        let attack = crate::tool::run(attack, "vegeta attack").await?;
         if !attack.status.success() {
             bail!("vegeta attack failed ({}): {}", attack.status, String::from_utf8_lossy(&attack.stderr).trim());
         }
         let mut encode = std::process::Command::new(&self.binary);
         encode.args(["encode", "--to", "json"]).arg(&results);
-        let encoded = run(encode).await.context("vegeta encode")?;
+        let encoded = crate::tool::run(encode, "vegeta encode").await?;
         if !encoded.status.success() {
             bail!("vegeta encode failed ({}): {}", encoded.status, String::from_utf8_lossy(&encoded.stderr).trim());
         }
         report(&encoded.stdout, spec)
     }
-}
-
-/// Runs a command to its end off the runtime's thread.
-async fn run(mut command: std::process::Command) -> anyhow::Result<std::process::Output> {
-    command.stdin(Stdio::null());
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .context("the thread waiting for vegeta failed")?
-        .context("failed to start vegeta")
 }
 
 /// The [`LoadReport`] of vegeta's JSON results.
