@@ -992,27 +992,30 @@ struct Drivers<'a> {
 }
 
 impl Drivers<'_> {
+    /// oha against this server (located when `--driver` names it).
+    fn oha(&self) -> anyhow::Result<crate::oha::Target<'_>> {
+        let oha = self.oha.as_ref().context("oha was not located: `--driver` does not name it")?;
+        Ok(oha.against(self.addr, self.ca_file, self.answer_len, self.scratch))
+    }
+
     async fn open_loop(&self, driver: Driver, spec: &OpenLoop) -> anyhow::Result<load::LoadReport> {
-        match (driver, &self.vegeta, &self.oha) {
-            (Driver::Vegeta, Some(vegeta), _) => vegeta.open_loop(self.addr, self.ca_file, spec, self.scratch).await,
-            (Driver::Oha, _, Some(oha)) => {
-                load::Prober::open_loop(&oha.against(self.addr, self.ca_file, self.answer_len, self.scratch), spec)
-                    .await
+        match driver {
+            Driver::Own => load::open_loop(self.addr, self.tls, spec).await,
+            Driver::Vegeta => {
+                let vegeta = self.vegeta.as_ref().context("vegeta was not located: `--driver` does not name it")?;
+                vegeta.open_loop(self.addr, self.ca_file, spec, self.scratch).await
             }
-            _ => load::open_loop(self.addr, self.tls, spec).await,
+            Driver::Oha => load::Prober::open_loop(&self.oha()?, spec).await,
         }
     }
 
     async fn search(&self, driver: Driver, body: Bytes, search: &Search) -> anyhow::Result<load::SearchResult> {
-        match (driver, &self.oha) {
-            (Driver::Oha, Some(oha)) => {
-                load::max_throughput(&oha.against(self.addr, self.ca_file, self.answer_len, self.scratch), body, search)
-                    .await
-            }
-            (Driver::Own, _) => {
+        match driver {
+            Driver::Own => {
                 load::max_throughput(&load::OwnDriver { addr: self.addr, tls: self.tls }, body, search).await
             }
-            _ => bail!("the max-throughput search is sent by `own` or `oha`, not `{}`", driver.name()),
+            Driver::Oha => load::max_throughput(&self.oha()?, body, search).await,
+            Driver::Vegeta => bail!("the max-throughput search is sent by `own` or `oha`, not `vegeta`"),
         }
     }
 }
