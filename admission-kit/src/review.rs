@@ -12,6 +12,7 @@ use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::{GroupVersionKind, GroupVersionResource, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::pipeline::ResourceTarget;
 
@@ -86,11 +87,13 @@ pub struct Request {
     /// Who is asking.
     #[serde(default)]
     pub user_info: k8s_openapi::api::authentication::v1::UserInfo,
-    /// The object as the API server sent it (absent on DELETE).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The object as the API server sent it (absent on DELETE); without `metadata.managedFields`
+    /// when decoded by [`Review::decode`] with [`ManagedFields::SetAside`].
+    #[serde(default, deserialize_with = "set_aside::object", skip_serializing_if = "Option::is_none")]
     pub object: Option<Value>,
-    /// The existing object on UPDATE and DELETE.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The existing object on UPDATE and DELETE; without `metadata.managedFields` when decoded with
+    /// [`ManagedFields::SetAside`].
+    #[serde(default, deserialize_with = "set_aside::old_object", skip_serializing_if = "Option::is_none")]
     pub old_object: Option<Value>,
     /// Whether this is a dry run; mutators must have no side effects either way.
     #[serde(default)]
@@ -299,25 +302,181 @@ pub struct Review {
     pub api_version: String,
     /// The request.
     pub request: Request,
+    /// The object's `metadata.managedFields`, when [`Review::decode`] set them aside.
+    managed_fields: Option<Box<RawValue>>,
+}
+
+/// What [`Review::decode`] does with `metadata.managedFields`, the API server's record of which
+/// client set which field: in a pod made by a Deployment, often a third of the object's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ManagedFields {
+    /// Decodes them into the object like any other field.
+    #[default]
+    Keep,
+    /// Leaves them out of `object` and `old_object`. The object's are kept as raw JSON
+    /// ([`Review::set_aside_managed_fields`]), checked as JSON but never built into a
+    /// [`Value`] tree. For pipelines whose steps never read or write them
+    /// ([`crate::pipeline::PipelineBuilder::set_aside_managed_fields`]): the patch is derived from objects
+    /// without them, so it never touches them and the API server keeps them as they were.
+    SetAside,
 }
 
 impl Review {
     /// Wraps a request as an `admission.k8s.io/v1` review.
     #[must_use]
     pub fn v1(request: Request) -> Self {
-        Self { api_version: API_VERSION_V1.to_owned(), request }
+        Self { api_version: API_VERSION_V1.to_owned(), request, managed_fields: None }
+    }
+
+    /// Decodes a request body, keeping every field ([`ManagedFields::Keep`]).
+    pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode(body, ManagedFields::Keep)
     }
 
     /// Decodes a request body. The fast path is a single typed parse; only when it fails is the body
     /// parsed again, loosely, to find a `uid` worth answering.
-    pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
-        match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope { api_version, request }) => {
+    pub fn decode(body: &[u8], managed_fields: ManagedFields) -> Result<Self, DecodeError> {
+        let parsed = match managed_fields {
+            ManagedFields::Keep => serde_json::from_slice::<Envelope>(body).map(|envelope| (envelope, None)),
+            ManagedFields::SetAside => set_aside::decode(body),
+        };
+        match parsed {
+            Ok((Envelope { api_version, request }, managed_fields)) => {
                 check_version(&api_version)?;
                 let request = request.ok_or(DecodeError::NoRequest)?;
-                Ok(Self { api_version, request })
+                Ok(Self { api_version, request, managed_fields })
             }
             Err(source) => Err(salvage(body, source)),
+        }
+    }
+
+    /// The object's `metadata.managedFields` as the API server sent them, when the review was
+    /// decoded with [`ManagedFields::SetAside`] and the object had them.
+    #[must_use]
+    pub fn set_aside_managed_fields(&self) -> Option<&RawValue> {
+        self.managed_fields.as_deref()
+    }
+}
+
+/// Decoding with [`ManagedFields::SetAside`].
+///
+/// The `object` and `old_object` fields of [`Request`] decode through [`object`] and
+/// [`old_object`], which read a flag of the decoding thread: serde's derive gives a field no
+/// context, and the flag is set and cleared around one synchronous `serde_json` parse, so nothing
+/// else on the thread sees it.
+mod set_aside {
+    use std::cell::Cell;
+    use std::fmt;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    use serde_json::{Map, Value};
+
+    use super::Envelope;
+
+    thread_local! {
+        /// Whether the parse on this thread sets managedFields aside.
+        static SETTING_ASIDE: Cell<bool> = const { Cell::new(false) };
+        /// The object's managedFields, set aside by the parse on this thread.
+        static OBJECT_MANAGED_FIELDS: Cell<Option<Box<RawValue>>> = const { Cell::new(None) };
+    }
+
+    /// Clears the flag when the parse ends, however it ends.
+    struct Setting;
+
+    impl Setting {
+        fn start() -> Self {
+            SETTING_ASIDE.set(true);
+            OBJECT_MANAGED_FIELDS.set(None);
+            Self
+        }
+    }
+
+    impl Drop for Setting {
+        fn drop(&mut self) {
+            SETTING_ASIDE.set(false);
+        }
+    }
+
+    pub(super) fn decode(body: &[u8]) -> Result<(Envelope, Option<Box<RawValue>>), serde_json::Error> {
+        let setting = Setting::start();
+        let envelope = serde_json::from_slice::<Envelope>(body);
+        drop(setting);
+        let managed_fields = OBJECT_MANAGED_FIELDS.take();
+        Ok((envelope?, managed_fields))
+    }
+
+    pub(super) fn object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+        if !SETTING_ASIDE.get() {
+            return Option::<Value>::deserialize(deserializer);
+        }
+        let lean = Option::<Lean>::deserialize(deserializer)?;
+        Ok(lean.map(|lean| {
+            OBJECT_MANAGED_FIELDS.set(lean.managed_fields);
+            lean.object
+        }))
+    }
+
+    pub(super) fn old_object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+        if !SETTING_ASIDE.get() {
+            return Option::<Value>::deserialize(deserializer);
+        }
+        Ok(Option::<Lean>::deserialize(deserializer)?.map(|lean| lean.object))
+    }
+
+    /// An object decoded without its `metadata.managedFields`, and those as raw JSON.
+    struct Lean {
+        object: Value,
+        managed_fields: Option<Box<RawValue>>,
+    }
+
+    impl<'de> Deserialize<'de> for Lean {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(LeanVisitor { metadata: false })
+        }
+    }
+
+    /// Visits the object (`metadata: false`), then its `metadata` (`metadata: true`).
+    struct LeanVisitor {
+        metadata: bool,
+    }
+
+    impl<'de> Visitor<'de> for LeanVisitor {
+        type Value = Lean;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(if self.metadata {
+                "the object's metadata as a JSON object"
+            } else {
+                "an object as a JSON object"
+            })
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lean, A::Error> {
+            let mut object = Map::new();
+            let mut managed_fields = None;
+            while let Some(key) = map.next_key::<String>()? {
+                if self.metadata && key == "managedFields" {
+                    managed_fields = Some(map.next_value::<Box<RawValue>>()?);
+                } else if !self.metadata && key == "metadata" {
+                    let metadata: LeanMetadata = map.next_value()?;
+                    managed_fields = metadata.0.managed_fields;
+                    object.insert(key, metadata.0.object);
+                } else {
+                    object.insert(key, map.next_value::<Value>()?);
+                }
+            }
+            Ok(Lean { object: Value::Object(object), managed_fields })
+        }
+    }
+
+    struct LeanMetadata(Lean);
+
+    impl<'de> Deserialize<'de> for LeanMetadata {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(LeanVisitor { metadata: true }).map(LeanMetadata)
         }
     }
 }
@@ -581,5 +740,131 @@ mod tests {
         assert_eq!(json["response"]["allowed"], false);
         assert_eq!(json["response"]["status"]["message"], "no");
         assert_eq!(json["response"]["status"]["code"], 403);
+    }
+
+    /// A review body whose object and old object both carry `managedFields`.
+    fn body_with_managed_fields(object: &Value, old: &Value) -> Vec<u8> {
+        let request = json!({
+            "uid": "u-7",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "UPDATE",
+            "object": object,
+            "oldObject": old,
+        });
+        body(&request.to_string())
+    }
+
+    fn without_managed_fields(object: &Value) -> Value {
+        let mut object = object.clone();
+        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("managedFields");
+        }
+        object
+    }
+
+    #[test]
+    fn managed_fields_are_set_aside_only_when_asked_and_kept_as_sent() {
+        let managed = json!([{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}}}]);
+        let object = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "managedFields": managed, "labels": {"app": "a"}},
+            "spec": {"metadata": {"managedFields": "not the object's"}}});
+        let old = json!({"metadata": {"managedFields": [{"manager": "old"}], "name": "p"}});
+        let body = body_with_managed_fields(&object, &old);
+
+        let lean = Review::decode(&body, ManagedFields::SetAside).unwrap();
+        assert_eq!(lean.request.object, Some(without_managed_fields(&object)));
+        assert_eq!(lean.request.old_object, Some(without_managed_fields(&old)));
+        let raw = lean.set_aside_managed_fields().expect("the object's are kept");
+        assert_eq!(serde_json::from_str::<Value>(raw.get()).unwrap(), managed);
+        // Only the object's own metadata is special.
+        assert_eq!(lean.request.object.as_ref().unwrap()["spec"]["metadata"]["managedFields"], "not the object's");
+
+        // The flag ends with the decode: the same thread decodes everything afterwards.
+        let kept = Review::decode(&body, ManagedFields::Keep).unwrap();
+        assert_eq!(kept.request.object, Some(object.clone()));
+        assert_eq!(kept.request.old_object, Some(old));
+        assert!(kept.set_aside_managed_fields().is_none());
+        assert!(Review::decode(b"{broken", ManagedFields::SetAside).is_err());
+        let request: Request =
+            serde_json::from_value(serde_json::from_slice::<Value>(&body).unwrap()["request"].clone())
+                .expect("a request decodes from a Value, with no flag set");
+        assert_eq!(request.object, Some(object));
+
+        // An object without managedFields, or without metadata, sets nothing aside.
+        let plain = json!({"metadata": {"name": "p"}});
+        let lean = Review::decode(&body_with_managed_fields(&plain, &json!({})), ManagedFields::SetAside).unwrap();
+        assert!(lean.set_aside_managed_fields().is_none());
+        assert_eq!(lean.request.object, Some(plain));
+    }
+
+    #[test]
+    fn setting_aside_names_an_object_or_metadata_that_is_not_a_json_object() {
+        for (object, expected) in [
+            (json!("a pod"), "expected an object as a JSON object"),
+            (json!({"metadata": ["m"]}), "expected the object's metadata as a JSON object"),
+        ] {
+            match Review::decode(&body_with_managed_fields(&object, &json!({})), ManagedFields::SetAside) {
+                Err(DecodeError::MalformedRequest { uid, source, .. }) => {
+                    assert_eq!(uid, "u-7");
+                    assert!(source.to_string().contains(expected), "{source}");
+                }
+                other => panic!("expected a denial echoing the uid, got {other:?}"),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Setting managedFields aside gives exactly the object decoded whole, minus them, and
+        /// them as sent; bodies that are not whole reviews fail as the plain decode fails.
+        #[test]
+        fn setting_aside_equals_decoding_whole_then_removing(
+            object in crate::testing::strategies::unknown_value(),
+            metadata in proptest::option::of(crate::testing::strategies::unknown_value()),
+            managed in proptest::option::of(crate::testing::strategies::unknown_value()),
+            cut in proptest::option::of(0usize..400),
+        ) {
+            let mut object = object;
+            if let (Value::Object(map), Some(metadata)) = (&mut object, metadata) {
+                let mut metadata = metadata;
+                if let (Value::Object(m), Some(managed)) = (&mut metadata, managed) {
+                    m.insert("managedFields".to_owned(), managed);
+                }
+                map.insert("metadata".to_owned(), metadata);
+            }
+            let mut body = body_with_managed_fields(&object, &object);
+            if let Some(cut) = cut {
+                body.truncate(cut);
+            }
+            let whole = Review::decode(&body, ManagedFields::Keep);
+            let lean = Review::decode(&body, ManagedFields::SetAside);
+            let is_map = |v: Option<&Value>| v.is_none_or(Value::is_object);
+            match (whole, lean) {
+                (Ok(whole), Ok(lean)) => {
+                    let Some(original) = whole.request.object.clone() else {
+                        // `null`: no object either way.
+                        proptest::prop_assert!(lean.request.object.is_none() && lean.request.old_object.is_none());
+                        return Ok(());
+                    };
+                    proptest::prop_assert_eq!(&lean.request.object, &Some(without_managed_fields(&original)));
+                    proptest::prop_assert_eq!(&lean.request.old_object, &Some(without_managed_fields(&original)));
+                    let set_aside = lean.set_aside_managed_fields().map(|raw| serde_json::from_str::<Value>(raw.get()).unwrap());
+                    proptest::prop_assert_eq!(set_aside.as_ref(), original.pointer("/metadata/managedFields"));
+                }
+                (Ok(whole), Err(error)) => {
+                    // Only an object, or its metadata, that is not a JSON object is refused.
+                    let object = whole.request.object.unwrap_or_default();
+                    proptest::prop_assert!(!object.is_object() || !is_map(object.get("metadata")), "{}", error);
+                    proptest::prop_assert!(matches!(error, DecodeError::MalformedRequest { .. }), "{}", error);
+                }
+                (Err(_), Ok(lean)) => proptest::prop_assert!(false, "only the lean decode read {:?}", lean),
+                (Err(whole), Err(lean)) => proptest::prop_assert_eq!(
+                    std::mem::discriminant(&whole),
+                    std::mem::discriminant(&lean),
+                    "{} / {}", whole, lean
+                ),
+            }
+        }
     }
 }

@@ -627,3 +627,91 @@ async fn steps_share_values_within_one_review_and_a_failed_step_leaves_none() {
         assert_eq!(outcome.mutated.unwrap()["metadata"]["labels"], json!({"a": "", "c": "a"}));
     }
 }
+
+/// A CREATE review of `object` in `apps`, as the API server sends it.
+fn pod_body(object: Value) -> Vec<u8> {
+    Request::of_json(object, &ResourceTarget::of::<Pod>()).uid("uid-1").namespace("apps").for_review().body()
+}
+
+/// Writes the pod's managedFields, which a pipeline that sets them aside must not let through.
+struct ClaimsFields;
+
+#[async_trait]
+impl Mutator<Pod> for ClaimsFields {
+    async fn mutate(&self, pod: &mut Pod, _: &mut Context<'_>) -> MutationResult {
+        let entry = k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+            manager: Some("claims".into()),
+            ..Default::default()
+        };
+        pod.metadata.managed_fields = Some(vec![entry]);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_pipeline_setting_managed_fields_aside_patches_as_one_that_keeps_them() {
+    let managed = json!([{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+        "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}}}}}}]);
+    let mut object = pod();
+    object["metadata"]["managedFields"] = managed.clone();
+    let body = pod_body(object.clone());
+    let steps = || vec![Step::new("sidecar", AddSidecar), Step::new("label", AddLabel)];
+    let lean = steps().into_iter().fold(Pipeline::builder("test.example.com"), PipelineBuilder::step);
+    let lean = lean.set_aside_managed_fields().build().unwrap();
+    assert_eq!(lean.managed_fields(), ManagedFields::SetAside);
+    assert_eq!(pipeline(steps()).managed_fields(), ManagedFields::Keep);
+
+    let whole = Review::decode(&body, ManagedFields::Keep).unwrap();
+    let set_aside = Review::decode(&body, lean.managed_fields()).unwrap();
+    assert!(set_aside.set_aside_managed_fields().is_some());
+    let kept = pipeline(steps()).review(&whole, NamespaceView::unknown()).await;
+    let lean_out = lean.review(&set_aside, NamespaceView::unknown()).await;
+    assert!(lean_out.answer.allowed);
+    assert_eq!(lean_out.answer, kept.answer, "the same answer, patch included");
+    let patch = serde_json::to_value(lean_out.answer.patch.unwrap()).unwrap();
+    let patched = crate::testing::apply_patch(&object, &patch).unwrap();
+    assert_eq!(patched["metadata"]["managedFields"], managed, "the API server's are kept as they were");
+    assert_eq!(patched["metadata"]["labels"]["after"], "yes");
+}
+
+#[tokio::test]
+async fn a_step_that_writes_set_aside_managed_fields_fails() {
+    let mut object = pod();
+    object["metadata"]["managedFields"] = json!([{"manager": "kubectl"}]);
+    let body = pod_body(object);
+    let review = Review::decode(&body, ManagedFields::SetAside).unwrap();
+    let lean = |step: Step| {
+        Pipeline::builder("test.example.com")
+            .step(step)
+            .step(Step::new("label", AddLabel))
+            .set_aside_managed_fields()
+            .build()
+            .unwrap()
+    };
+
+    let denied = lean(Step::new("claims", ClaimsFields)).review(&review, NamespaceView::unknown()).await;
+    assert!(!denied.answer.allowed);
+    assert_eq!(denied.answer.code, 500);
+    assert!(denied.answer.message.contains("claims failed: wrote metadata.managedFields"), "{}", denied.answer.message);
+
+    let step = Step::new("claims", ClaimsFields).on_error(FailureMode::AllowWithWarning);
+    let admitted = lean(step).review(&review, NamespaceView::unknown()).await;
+    assert!(admitted.answer.allowed);
+    assert!(
+        admitted.answer.warnings[0].contains("claims failed, admitted without its change"),
+        "{:?}",
+        admitted.answer.warnings
+    );
+    let patch = serde_json::to_value(admitted.answer.patch.unwrap()).unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"after": "yes"}}]),
+        "only the next step's change"
+    );
+
+    // With nothing set aside (the object had none, or the review kept them), the step may write them.
+    let plain = lean(Step::new("claims", ClaimsFields))
+        .review(&pod_review(pod(), "apps", Operation::Create), NamespaceView::unknown())
+        .await;
+    assert!(plain.answer.allowed && plain.answer.patch.is_some());
+}

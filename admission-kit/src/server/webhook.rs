@@ -319,7 +319,7 @@ fn overran(hook: &Hook, header: Option<&(String, String, &'static str)>) -> Repl
 async fn answer(hook: Arc<Hook>, body: Bytes, deadline: Instant, header: Option<Arc<Header>>) -> Reply {
     let shared = &hook.shared;
     let webhook = hook.pipeline.name();
-    let review = match Review::from_slice(&body) {
+    let review = match Review::decode(&body, hook.pipeline.managed_fields()) {
         Ok(review) => review,
         Err(DecodeError::MalformedRequest { uid, api_version, source }) => {
             tracing::warn!(%uid, error = %source, "malformed admission request");
