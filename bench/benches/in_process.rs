@@ -1,6 +1,6 @@
 //! In-process cost per review, per corpus size: `cargo bench -p bench`.
 //!
-//! `pipeline/<size>` makes the calls the server's axum handler makes — `Review::from_slice`
+//! `pipeline/<size>` makes the calls the server's axum handler makes — `Review::decode`
 //! (decode), `Pipeline::review_until` (match → mutate → diff) and `Answer::to_review_json`
 //! (encode) — through sidecar-injector's pipeline built from the embedded default configuration.
 //! `router/<size>` sends the same body through the whole router in-process

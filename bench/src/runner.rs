@@ -856,7 +856,7 @@ fn describe(c: &Circumstances<'_>) -> BTreeMap<String, Value> {
         "CPU per 1,000 reviews: utime + stime from /proc/<pid>/stat (10 ms ticks) over the fixed-rate run including its warm-up, divided by the reviews answered in it.".to_owned(),
         "RSS: VmRSS (idle) and VmHWM (peaks) from /proc/<pid>/status.".to_owned(),
         "New TLS connections: 4 closed loops, each a full handshake (no session resumption; the client skips certificate checks to stay cheap) and one 2k review with Connection: close.".to_owned(),
-        "In-process: sidecar-injector only (the Go baseline is measured over the wire only); `public pipeline API` is Review::from_slice → Pipeline::review_until → Answer::to_review_json, the calls the axum handler makes; `whole router` is admission_kit::server::router through admission_kit::testing::call_router.".to_owned(),
+        "In-process: sidecar-injector only (the Go baseline is measured over the wire only); `public pipeline API` is Review::decode (managedFields set aside, as the injector asks) → Pipeline::review_until → Answer::to_review_json, the calls the axum handler makes; `whole router` is admission_kit::server::router through admission_kit::testing::call_router.".to_owned(),
         format!("Wall time of this run: {:.0} s.", c.elapsed.as_secs_f64()),
         format!(
             "Shared machine: other processes used {:.0}% of both CPUs during the measured runs (from /proc/stat, less the servers' and the harness's own CPU); load average {} at the start, {} at the end. Servers and load generator ran at niceness {} and {}.",

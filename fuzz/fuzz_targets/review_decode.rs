@@ -1,6 +1,7 @@
-//! Arbitrary bytes as an `AdmissionReview` body: the decoding the server uses
-//! (`Review::from_slice`, with its uid-salvage path), then the same bytes through the webhook router
-//! in-process, as the API server would send them. Never a panic; the server answers 400 when there
+//! Arbitrary bytes as an `AdmissionReview` body: the decodings the server uses (`Review::decode`
+//! keeping every field and setting `metadata.managedFields` aside, each with its uid-salvage path;
+//! the two must agree), then the same bytes through the webhook router in-process, as the API server
+//! would send them. Never a panic; the server answers 400 when there
 //! is no review to answer, else HTTP 200 with an `AdmissionReview` that echoes the uid (a 400
 //! denial for a request it could only partly read).
 #![no_main]
@@ -8,7 +9,7 @@
 use std::sync::LazyLock;
 
 use admission_kit::namespaces::NamespaceSource;
-use admission_kit::review::{API_VERSION_V1, API_VERSION_V1BETA1, Answer, DecodeError, Review};
+use admission_kit::review::{API_VERSION_V1, API_VERSION_V1BETA1, Answer, DecodeError, ManagedFields, Review};
 use admission_kit::server::{ServerConfig, parse_duration, router};
 use admission_kit::testing::call_router;
 use libfuzzer_sys::fuzz_target;
@@ -18,11 +19,44 @@ use serde_json::Value;
 /// matcher trusts what the webhook's `namespaceSelector` enforces (as a server without cluster
 /// access does).
 static ROUTER: LazyLock<axum::Router> = LazyLock::new(|| {
-    router(ServerConfig::local(), &[admission_kit_fuzz::pipeline(0).clone()], NamespaceSource::Unknown)
+    let pipeline = admission_kit_fuzz::pipeline(0).clone();
+    assert_eq!(pipeline.managed_fields(), ManagedFields::SetAside, "the router decodes as `decoded` does");
+    router(ServerConfig::local(), &[pipeline], NamespaceSource::Unknown)
 });
 
+/// `object` without `metadata.managedFields`.
+fn without_managed_fields(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("managedFields");
+    }
+    object
+}
+
 fuzz_target!(|data: &[u8]| {
-    let decoded = Review::from_slice(data);
+    let whole = Review::decode(data, ManagedFields::Keep);
+    let decoded = Review::decode(data, ManagedFields::SetAside);
+    match (&whole, &decoded) {
+        (Ok(whole), Ok(lean)) => {
+            let object = whole.request.object.as_ref();
+            assert_eq!(lean.request.object, object.map(without_managed_fields), "the object, managedFields aside");
+            let old = whole.request.old_object.as_ref();
+            assert_eq!(lean.request.old_object, old.map(without_managed_fields), "the old object, managedFields aside");
+            let set_aside = lean.set_aside_managed_fields().map(|raw| serde_json::from_str::<Value>(raw.get()).unwrap());
+            assert_eq!(set_aside.as_ref(), object.and_then(|o| o.pointer("/metadata/managedFields")));
+        }
+        (Ok(whole), Err(error)) => {
+            // Only an object (or old object), or its metadata, that is not a JSON object is refused.
+            let not_an_object = |o: &Option<Value>| {
+                o.as_ref().is_some_and(|o| !o.is_object() || o.get("metadata").is_some_and(|m| !m.is_object()))
+            };
+            let request = &whole.request;
+            assert!(not_an_object(&request.object) || not_an_object(&request.old_object), "{error}");
+            assert!(matches!(error, DecodeError::MalformedRequest { .. }), "{error}");
+        }
+        (Err(_), Ok(lean)) => panic!("only the decode setting managedFields aside read {lean:?}"),
+        (Err(_), Err(_)) => {}
+    }
     match &decoded {
         Ok(review) => {
             assert!(

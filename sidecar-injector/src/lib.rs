@@ -85,6 +85,8 @@ pub fn pipeline_with(
         // A pod that arrives injected (reinvoked after another webhook or admission plugin changed it,
         // or created with the status annotation) is left alone, and the API server asked not to call.
         .leave_alone(matcher::has_annotation(Annotations::of(&settings).status))
+        // Neither step nor the matchers read or write the API server's field-ownership records.
+        .set_aside_managed_fields()
         .failure_policy(config.failure_policy)
         .reinvocation(config.reinvocation_policy)
         .timeout_seconds(config.timeout_seconds)

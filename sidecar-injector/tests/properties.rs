@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use admission_kit::pipeline::{Outcome, ResourceTarget};
-use admission_kit::review::Review;
+use admission_kit::review::{ManagedFields, Review};
 use admission_kit::testing::{Harness, apply_patch, changed_values, lost_paths, review_json};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
@@ -39,7 +39,7 @@ use sidecar_injector::settings::{CollisionPolicy, EnvNames, NativePlacement, Unk
 
 use admission_kit::testing::MIN_PROPERTY_CASES as MIN_CASES;
 use admission_kit::testing::check_property;
-use admission_kit::testing::strategies::{maybe_unknown, tricky_key};
+use admission_kit::testing::strategies::{maybe_unknown, tricky_key, unknown_value};
 
 /// The namespace every review is in; it is opted in.
 const NAMESPACE: &str = "apps";
@@ -2028,4 +2028,50 @@ fn the_verdict_is_the_models() {
         }
     }
     assert!(missing.is_empty(), "property 7 rarely or never saw: {missing:#?}");
+}
+
+/// `metadata.managedFields` as the API server records them: one to three entries, each with a
+/// `fieldsV1` tree (its keys are the API server's field paths; any JSON here).
+fn managed_fields() -> impl Strategy<Value = Value> {
+    let entry = (prop::sample::select(vec!["kube-controller-manager", "kubectl", "helm"]), unknown_value());
+    prop::collection::vec(entry, 1..4).prop_map(|entries| {
+        let entries = entries.into_iter().map(|(manager, fields)| {
+            json!({"manager": manager, "operation": "Update", "apiVersion": "v1",
+                "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": fields}})
+        });
+        Value::Array(entries.collect())
+    })
+}
+
+/// Property 8: the server decodes reviews for the injector with `metadata.managedFields` set aside
+/// (the pipeline says no step reads them); every answer is the one the whole pod gets, and the
+/// API server's managedFields come through the patch unchanged.
+#[test]
+fn setting_managed_fields_aside_changes_no_answer() {
+    let runtime = current_thread();
+    let coverage = Coverage::default();
+    check_property((case(), managed_fields()), |(case, managed)| {
+        let (harness, store) = harness(case.policy, &case.entries);
+        let pipeline = sidecar_injector::pipeline(&case.policy.config(), store, None).expect("the pipeline builds");
+        prop_assert_eq!(pipeline.managed_fields(), ManagedFields::SetAside);
+        let mut pod = case.pod.clone();
+        pod["metadata"]["managedFields"] = managed.clone();
+        let body = review_json(pod.clone(), &target()).namespace(NAMESPACE).body();
+        let whole = Review::decode(&body, ManagedFields::Keep).expect("the review decodes");
+        let lean = Review::decode(&body, ManagedFields::SetAside).expect("the review decodes");
+        prop_assert!(lean.set_aside_managed_fields().is_some());
+        let answer = runtime.block_on(harness.run(&whole));
+        let lean_answer = runtime.block_on(harness.run(&lean));
+        prop_assert_eq!(&lean_answer.answer, &answer.answer);
+        let ran = Ran {
+            result: if answer.answer.allowed { Some(patched(&pod, &lean_answer)?) } else { None },
+            outcome: answer,
+        };
+        coverage.record(&ran);
+        if let Some(result) = &ran.result {
+            prop_assert_eq!(&result["metadata"]["managedFields"], &managed);
+        }
+        Ok(())
+    });
+    coverage.assert_meaningful("property 8");
 }
