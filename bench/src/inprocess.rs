@@ -156,4 +156,55 @@ impl Injector {
         anyhow::ensure!(status == http::StatusCode::OK, "router answered {status}");
         Ok(body)
     }
+
+    /// Reviews per second of `body` through the whole router in-process on `threads` threads at
+    /// once, for `seconds`: each thread drives its own current-thread runtime, and all share one
+    /// router (its pipeline, metrics and limits), as a server's threads share its state. What two
+    /// threads make of it against one is how the server's own code scales with cores, without the
+    /// sockets, TLS and kernel a load generator would need a third core for.
+    pub fn router_throughput(&self, body: &[u8], threads: usize, seconds: f64) -> anyhow::Result<f64> {
+        let threads = threads.max(1);
+        let run_for = Duration::from_secs_f64(seconds);
+        // A review that is not answered stops the measurement here, before any thread starts.
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(self.route(body.to_vec()))?;
+        let start = std::sync::Barrier::new(threads);
+        let rates = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| -> anyhow::Result<f64> {
+                        // Every thread reaches the barrier, whatever fails after it.
+                        start.wait();
+                        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                        let began = std::time::Instant::now();
+                        let mut reviews = 0u32;
+                        while began.elapsed() < run_for {
+                            rt.block_on(self.route(body.to_vec()))?;
+                            reviews += 1;
+                        }
+                        Ok(f64::from(reviews) / began.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a review thread panicked"))))
+                .collect::<anyhow::Result<Vec<f64>>>()
+        })?;
+        Ok(rates.iter().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Injector;
+    use crate::corpus::{Size, entry};
+
+    #[test]
+    fn threads_share_one_router_and_a_review_it_refuses_is_an_error_not_a_rate() {
+        let injector = Injector::new().expect("the embedded default configuration builds");
+        let rate = injector.router_throughput(&entry(Size::K2).body, 2, 0.2).expect("every review is answered");
+        assert!(rate > 0.0, "{rate}");
+        let refused = injector.router_throughput(b"{\"not\": \"a review\"}", 2, 0.2);
+        assert!(refused.is_err_and(|e| e.to_string().contains("400")), "a refused review stops the measurement");
+    }
 }

@@ -115,6 +115,13 @@ enum Command {
         /// Instead of looping, time each step of the path alone and print the table.
         #[arg(long, conflicts_with_all = ["router", "parse_only"])]
         breakdown: bool,
+        /// Instead of looping, measure how the whole router scales from one thread to two (one per
+        /// core), in-process: `--runs` pairs of runs of `--seconds` each, alternating.
+        #[arg(long, conflicts_with_all = ["router", "parse_only", "breakdown"])]
+        scaling: bool,
+        /// Pairs of runs for `--scaling`; medians are printed.
+        #[arg(long, default_value_t = 5, requires = "scaling")]
+        runs: usize,
     },
     /// Write bench/results/latest.md, throughput.svg and latency.svg again from latest.json (after a
     /// change to the table's or the pictures' layout).
@@ -123,6 +130,32 @@ enum Command {
     Check,
     /// Make the latest run the baseline (copy latest.{json,md} to baseline.{json,md}).
     Accept,
+}
+
+/// `bench profile <size> --scaling`: one thread and two threads alternating, `runs` pairs.
+fn print_scaling(injector: &bench::inprocess::Injector, body: &[u8], seconds: f64, runs: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    anyhow::ensure!(cores >= 2, "--scaling needs two CPUs; this process may use {cores}");
+    let (mut one, mut two, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs.max(1) {
+        let single = injector.router_throughput(body, 1, seconds)?;
+        let double = injector.router_throughput(body, 2, seconds)?;
+        println!("run {run}: 1 thread {single:.0}/s, 2 threads {double:.0}/s, {:.2}×", double / single);
+        one.push(single);
+        two.push(double);
+        ratios.push(double / single);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median: 1 thread {:.0}/s, 2 threads {:.0}/s, ratio {:.2}× (medians of each)",
+        median(&mut one),
+        median(&mut two),
+        median(&mut ratios)
+    );
+    Ok(())
 }
 
 fn results_dir() -> PathBuf {
@@ -166,10 +199,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report.markdown());
             Ok(())
         }
-        Command::Profile { size, seconds, router, parse_only, breakdown } => {
+        Command::Profile { size, seconds, router, parse_only, breakdown, scaling, runs } => {
             let size = bench::corpus::Size::parse(&size).ok_or_else(|| anyhow::anyhow!("unknown size `{size}`"))?;
             let entry = bench::corpus::entry(size);
             let injector = bench::inprocess::Injector::new()?;
+            if scaling {
+                return print_scaling(&injector, &entry.body, seconds, runs);
+            }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             if breakdown {
                 let budget = std::time::Duration::from_secs_f64(seconds / 8.0);
