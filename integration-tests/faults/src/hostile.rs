@@ -39,11 +39,15 @@ fn kinds(review: &[u8]) -> anyhow::Result<Vec<Kind>> {
     oversized.push(b'}');
     anyhow::ensure!(oversized.len() == MAX_BODY + 1 && review.last() == Some(&b'}'));
     let truncated = review[..review.len() / 2].to_vec();
+    // The nesting is inside the object's `spec`, where every decode of the object must descend (the
+    // injector's, which sets `metadata.managedFields` aside, refuses an object that is not a JSON
+    // object before descending into it).
     let mut nested =
-        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"deep","object":"#.to_vec();
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"deep","object":{"spec":"#
+            .to_vec();
     nested.extend(std::iter::repeat_n(b'[', DEPTH));
     nested.extend(std::iter::repeat_n(b']', DEPTH));
-    nested.extend(b"}}");
+    nested.extend(b"}}}");
     // Two bytes that are never UTF-8 inside a string value of the real review.
     let at = memchr(review, b"haystack").ok_or_else(|| anyhow::anyhow!("no `haystack` in the review"))?;
     let mut invalid = review[..at].to_vec();
