@@ -144,8 +144,15 @@ async fn policy_mode_injects_with_no_injector_pod(client: &kube::Client, helm: &
         "metadata": {"name": "unknown", "annotations": {INJECT: "no-such-sidecar"}},
         "spec": {"containers": [{"name": "app", "image": "app:1"}]},
     }))?;
-    let error = apps.create(&PostParams::default(), &unknown).await.err().context("an unknown sidecar is refused")?;
+    // The refusal is a ValidatingAdmissionPolicy: the API server's informers may see it after the
+    // mutating policies the probe above waited for.
+    let error = eventually("an unknown sidecar to be refused", Duration::from_secs(30), || async {
+        Ok(apps.create(&PostParams { dry_run: true, ..PostParams::default() }, &unknown).await.err())
+    })
+    .await?;
     assert!(error.to_string().contains("sidecar `no-such-sidecar` is not in the catalog"), "{error}");
+    let refused = apps.create(&PostParams::default(), &unknown).await.err().context("an unknown sidecar is refused")?;
+    assert!(refused.to_string().contains("sidecar `no-such-sidecar` is not in the catalog"), "{refused}");
 
     helm.run(["uninstall", "policy", "--namespace", RELEASE_NS])?.success()?;
     // Uninstalled, the policies are gone: a pod is created as it was sent (after the API server's
