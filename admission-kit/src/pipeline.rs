@@ -593,7 +593,9 @@ pub struct Outcome {
     pub answer: Answer,
     /// What each step did, in order (steps after a denial are absent).
     pub steps: Vec<StepReport>,
-    /// The object after all steps (`None` when there was no object).
+    /// The object after all steps (`None` when there was no object), as the steps saw it: without
+    /// `metadata.managedFields` when the review was decoded with them set aside
+    /// ([`ManagedFields::SetAside`]), like the review's own `object`, which the patch applies to.
     pub mutated: Option<Value>,
 }
 
