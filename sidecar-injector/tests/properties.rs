@@ -1072,19 +1072,20 @@ fn policy_decisions_hold(
             prop_assert_eq!(got, expected, "{} `{}` (override: {})", field, key, case.policy.override_pod_metadata);
         }
     }
-    // Native sidecars go before (`first`) or after (`last`) the pod's own init containers.
+    // Native sidecars go before (`first`) or after (`last`) the pod's own init containers. An init
+    // container is known to be a native sidecar by its name: a native entry's container, and no
+    // injected entry's init container (with collisions skipped, a name both give is whichever came
+    // first, so it tells nothing).
     let own_init: Vec<String> = names_in(original, "initContainers");
     let init = names_in(result, "initContainers");
+    let injected_entries = || status.sidecars.iter().filter_map(|s| case.entries.iter().find(|e| &e.name == s));
     let native: Vec<usize> = init
         .iter()
         .enumerate()
         .filter(|(_, n)| {
             status.containers.contains(*n)
-                && status
-                    .sidecars
-                    .iter()
-                    .filter_map(|s| case.entries.iter().find(|e| &e.name == s))
-                    .any(|e| e.native_sidecar && e.containers.iter().any(|c| name_of(c) == n.as_str()))
+                && injected_entries().any(|e| e.native_sidecar && e.containers.iter().any(|c| name_of(c) == n.as_str()))
+                && !injected_entries().any(|e| e.init_containers.iter().any(|c| name_of(c) == n.as_str()))
         })
         .map(|(i, _)| i)
         .collect();
@@ -2074,4 +2075,36 @@ fn setting_managed_fields_aside_changes_no_answer() {
         Ok(())
     });
     coverage.assert_meaningful("property 8");
+}
+
+/// A case property 5 once failed on (its minimal input): `delta` gives a plain init container
+/// `proxy`, the native sidecar `gamma` a container `proxy`, collisions are skipped. `delta` comes
+/// first, so the pod's `proxy` is `delta`'s plain init container, placed after the pod's own; it is
+/// no native sidecar out of place.
+#[test]
+fn a_name_a_native_sidecar_shares_with_a_plain_init_container_is_not_taken_for_it() {
+    let catalog = json!([
+        {"name": "gamma", "nativeSidecar": true, "containers": [{"name": "proxy", "image": "a:0"}]},
+        {"name": "delta", "initContainers": [{"name": "proxy", "image": "a:0"}]},
+    ]);
+    let entries = entries_from_value(&catalog, "regression").expect("the catalog parses");
+    let policy = Policy {
+        on_collision: CollisionPolicy::Skip,
+        unknown_sidecar: UnknownSidecarPolicy::Deny,
+        env_names: EnvNames::AsIs,
+        placement: NativePlacement::First,
+        override_pod_metadata: false,
+        env: EnvPolicy { locked: false, narrow: false, skip: false },
+    };
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": NAMESPACE, "annotations": {INJECT: "delta,gamma"}},
+        "spec": {"initContainers": [{"name": "setup", "image": "a:0"}]}});
+    let (harness, _) = harness(policy, &entries);
+    let ran = run(&current_thread(), &harness, &pod).expect("the patch applies");
+    let result = ran.result.expect("admitted");
+    assert_eq!(names_in(&result, "initContainers"), ["setup", "proxy"]);
+    assert_eq!(items(&result, "initContainers")[1].get("restartPolicy"), None, "delta's plain init container");
+    let status = status_of(&result).expect("a status annotation");
+    let case = Case { policy, entries, pod: pod.clone() };
+    policy_decisions_hold(&case, &pod, &result, &status).expect("the policies' decisions hold");
 }
