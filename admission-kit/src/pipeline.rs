@@ -440,8 +440,8 @@ impl PipelineBuilder {
     /// (the API server's record of which client set which field), so the server decodes reviews
     /// for this pipeline without them ([`ManagedFields::SetAside`]). In a pod made by a Deployment
     /// they are about a third of the object's bytes, and every step after the decode (the typed
-    /// check, the copy, the comparisons, the diff) then works on a smaller object: about 11% of
-    /// the server's CPU for a 10 KB pod.
+    /// check, the copy, the comparisons, the diff) then works on a smaller object: 8.6% less of
+    /// the server's CPU for the injector's 10 KB benchmark pod.
     ///
     /// The patch is derived from objects without them, so it never touches them: the API server
     /// keeps them as they were. A step that writes `metadata.managedFields` into such an object
@@ -758,6 +758,8 @@ impl Pipeline {
             return Outcome { answer, steps: reports, mutated: Some(original.clone()) };
         }
         let mut current = original.clone();
+        // Whether the object's managedFields were set aside: then no step may write new ones.
+        let set_aside = review.set_aside_managed_fields().is_some();
         let mut on_admit = Vec::new();
         let mut shared = http::Extensions::new();
         // Whether the object the API server sent decodes as the steps' kind: checked once, before
@@ -778,7 +780,6 @@ impl Pipeline {
                     self.failed(step, "the API server's deadline passed before it could run".to_owned(), &mut answer)
                 }
                 Gate::Apply => {
-                    let set_aside = review.set_aside_managed_fields().is_some();
                     let run = Run { request, namespace, deadline, original, set_aside };
                     let left = Left { on_admit: &mut on_admit, shared: &mut shared };
                     self.run_step(step, &mut current, &mut tracker, &mut answer, left, run).await
