@@ -52,14 +52,28 @@ impl Tls {
         Self::verifying_with(ca_pem, false)
     }
 
+    /// As [`Tls::verifying_fresh`], offering only `suite` (and its protocol version) and `group`:
+    /// `bench layout` makes the server run the code of every combination a client may choose.
+    pub fn verifying_only(
+        ca_pem: &str,
+        suite: rustls::SupportedCipherSuite,
+        group: &'static dyn rustls::crypto::SupportedKxGroup,
+    ) -> anyhow::Result<Self> {
+        let mut provider = (*admission_kit::tls::provider()).clone();
+        provider.cipher_suites = vec![suite];
+        provider.kx_groups = vec![group];
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[suite.version()])?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Self { connector: TlsConnector::from(Arc::new(config)), name: ServerName::try_from("localhost")? })
+    }
+
     fn verifying_with(ca_pem: &str, resumption: bool) -> anyhow::Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.context("failed to read the CA PEM")?)?;
-        }
         let mut config = ClientConfig::builder_with_provider(api_server_like_provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots(ca_pem)?)
             .with_no_client_auth();
         if !resumption {
             config.resumption = rustls::client::Resumption::disabled();
@@ -80,6 +94,14 @@ impl Tls {
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Self { connector: TlsConnector::from(Arc::new(config)), name: ServerName::try_from("localhost")? })
     }
+}
+
+fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.context("failed to read the CA PEM")?)?;
+    }
+    Ok(roots)
 }
 
 /// The crate's provider with its key-exchange groups in the order Go's `crypto/tls` client, the API

@@ -12,6 +12,7 @@
 //! - [`tool`]: finding and running the load generators' binaries.
 //! - [`runner`], [`report`], [`regress`]: `bench run`, its result files, `bench check`/`accept`.
 //! - [`plots`]: the pictures of the results, as SVG.
+//! - [`layout`]: `bench layout`, the functions that run at start-up and serving, for the linker.
 //!
 //! See `bench/README.md`.
 
@@ -19,6 +20,7 @@ pub mod client;
 pub mod corpus;
 pub mod gate;
 pub mod inprocess;
+pub mod layout;
 pub mod load;
 pub mod oha;
 pub mod plots;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// The allocator sidecar-injector ships with, so that in-process figures are the binary's.
@@ -123,6 +124,18 @@ enum Command {
         #[arg(long, default_value_t = 5, requires = "scaling")]
         runs: usize,
     },
+    /// Run `dist` builds under valgrind's callgrind as they start and serve, and write the functions
+    /// that ran, hottest first, as the linker's symbol-ordering file (`sidecar-injector/build.rs`
+    /// lays them out together). Then build `dist` again.
+    Layout {
+        /// The builds to measure (default: target/dist/sidecar-injector, and the image's static
+        /// build target/x86_64-unknown-linux-gnu/dist/sidecar-injector when it exists).
+        #[arg(long)]
+        binary: Vec<PathBuf>,
+        /// The file to write.
+        #[arg(long, default_value = "sidecar-injector/symbol-order.txt")]
+        out: PathBuf,
+    },
     /// Write bench/results/latest.md, throughput.svg and latency.svg again from latest.json (after a
     /// change to the table's or the pictures' layout).
     Render,
@@ -156,6 +169,67 @@ fn print_scaling(injector: &bench::inprocess::Injector, body: &[u8], seconds: f6
         median(&mut ratios)
     );
     Ok(())
+}
+
+/// `bench layout`.
+fn layout(binaries: Vec<PathBuf>, out: &std::path::Path) -> anyhow::Result<()> {
+    let root = bench::runner::workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let binaries = if binaries.is_empty() {
+        let dynamic = bench::runner::injector_binary(&root, None, "dist", false)?;
+        let image = target.join("x86_64-unknown-linux-gnu/dist/sidecar-injector");
+        let mut all = vec![dynamic];
+        if image.is_file() {
+            all.push(image);
+        } else {
+            println!("{} does not exist: the image's static build is not measured", image.display());
+        }
+        all
+    } else {
+        binaries
+    };
+    let rustc = std::process::Command::new("rustc").arg("--version").output()?;
+    let rustc = String::from_utf8(rustc.stdout)?.trim().to_owned();
+    let mut measured = Vec::new();
+    for (i, binary) in binaries.into_iter().enumerate() {
+        let work = target.join(format!("bench-layout/{i}"));
+        let m = bench::layout::measure(&binary, &work).with_context(|| format!("measuring {}", binary.display()))?;
+        println!(
+            "{}: {} functions ran, {} instructions of its own",
+            binary.display(),
+            m.functions.len(),
+            m.instructions
+        );
+        measured.push((binary.strip_prefix(&target).unwrap_or(&binary).display().to_string(), m));
+    }
+    let out = if out.is_absolute() { out.to_path_buf() } else { root.join(out) };
+    std::fs::write(&out, bench::layout::ordering_file(&rustc, &measured))?;
+    println!("wrote {} for {rustc}; build `dist` again to use it", out.display());
+    Ok(())
+}
+
+/// `bench profile`'s loop: reviews (or parses) of `body` for `seconds`; how many, and µs each.
+fn profile_loop(
+    injector: &bench::inprocess::Injector,
+    rt: &tokio::runtime::Runtime,
+    body: &[u8],
+    seconds: f64,
+    router: bool,
+    parse_only: bool,
+) -> anyhow::Result<(u32, f64)> {
+    let start = std::time::Instant::now();
+    let mut count = 0u32;
+    while start.elapsed().as_secs_f64() < seconds {
+        if parse_only {
+            std::hint::black_box(serde_json::from_slice::<serde_json::Value>(body)?);
+        } else if router {
+            rt.block_on(injector.route(body.to_vec()))?;
+        } else {
+            rt.block_on(injector.review(body))?;
+        }
+        count += 1;
+    }
+    Ok((count, start.elapsed().as_secs_f64() * 1e6 / f64::from(count)))
 }
 
 fn results_dir() -> PathBuf {
@@ -214,23 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let start = std::time::Instant::now();
-            let mut count = 0u32;
-            while start.elapsed().as_secs_f64() < seconds {
-                if parse_only {
-                    std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&entry.body)?);
-                } else if router {
-                    rt.block_on(injector.route(entry.body.clone()))?;
-                } else {
-                    rt.block_on(injector.review(&entry.body))?;
-                }
-                count += 1;
-            }
-            println!(
-                "{}: {count} reviews, {:.1} µs each",
-                size.name(),
-                start.elapsed().as_secs_f64() * 1e6 / f64::from(count)
-            );
+            let (count, each_us) = profile_loop(&injector, &rt, &entry.body, seconds, router, parse_only)?;
+            println!("{}: {count} reviews, {each_us:.1} µs each", size.name());
             Ok(())
         }
         Command::Load { server, binary, size, rate, seconds, connections, nice, no_realtime, driver, search, runs } => {
@@ -262,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runs,
             })
         }
+        Command::Layout { binary, out } => layout(binary, &out),
         Command::Render => {
             let dir = results_dir();
             let report = bench::regress::load(&dir.join("latest.json"))?;

@@ -69,6 +69,23 @@ pub struct Running {
     log: PathBuf,
 }
 
+/// The arguments that make sidecar-injector serve as the benchmarks measure it: reviews on
+/// `webhook` with the certificate in `cert_dir` (`tls.crt`, `tls.key`), admin on `admin`.
+#[must_use]
+pub fn ours_serve_args(webhook: SocketAddr, admin: SocketAddr, cert_dir: &Path) -> Vec<String> {
+    let set = |key: &str, value: String| ["--set".to_owned(), format!("{key}={value}")];
+    let mut args = vec!["serve".to_owned()];
+    args.extend(set("server.namespaceCache", "never".to_owned()));
+    // The corpus's pods set the catalog's own `haystack_env`, as the Expedia injector lets them
+    // (the Go baseline too): unlocked, so both do the same work.
+    args.extend(set("annotationEnv.locked", "[]".to_owned()));
+    args.extend(set("server.webhookAddr", webhook.to_string()));
+    args.extend(set("server.adminAddr", admin.to_string()));
+    args.extend(set("server.tlsCertFile", cert_dir.join("tls.crt").display().to_string()));
+    args.extend(set("server.tlsKeyFile", cert_dir.join("tls.key").display().to_string()));
+    args
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -104,19 +121,7 @@ impl Spec {
         let admin = match self.kind {
             Kind::Ours => {
                 let admin = free_port()?;
-                let set = |key: &str, value: String| ["--set".to_owned(), format!("{key}={value}")];
-                command
-                    .arg("serve")
-                    .args(set("server.namespaceCache", "never".to_owned()))
-                    // The corpus's pods set the catalog's own `haystack_env`, as the Expedia
-                    // injector lets them (the Go baseline too): unlocked, so both do the same work.
-                    .args(set("annotationEnv.locked", "[]".to_owned()))
-                    .args(set("server.webhookAddr", webhook.to_string()))
-                    .args(set("server.adminAddr", admin.to_string()))
-                    .args(set("server.tlsCertFile", self.cert_dir.join("tls.crt").display().to_string()))
-                    .args(set("server.tlsKeyFile", self.cert_dir.join("tls.key").display().to_string()))
-                    .args(extra)
-                    .env("RUST_LOG", log_level);
+                command.args(ours_serve_args(webhook, admin, &self.cert_dir)).args(extra).env("RUST_LOG", log_level);
                 Some(admin)
             }
             Kind::Go => {
@@ -241,7 +246,9 @@ impl Running {
     }
 }
 
-fn readyz(admin: SocketAddr) -> bool {
+/// Whether the admin server at `admin` answers `GET /readyz` with 200.
+#[must_use]
+pub fn readyz(admin: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&admin, Duration::from_millis(100)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     if stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
