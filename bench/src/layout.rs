@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::client::{Connection, REVIEW_PATH, Tls};
 use crate::corpus::{Size, entry};
-use crate::servers::{free_port, ours_serve_args, readyz, write_certificates};
+use crate::servers::{free_port, get_status, ours_serve_args, readyz, write_certificates};
 
 /// What `bench layout` measured for one binary.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ pub fn measure(binary: &Path, work_dir: &Path) -> anyhow::Result<Measured> {
         .spawn()
         .context("failed to start valgrind")?;
     let served = serve_workload(&mut child, webhook, admin, &ca);
-    let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -87,6 +87,13 @@ pub fn measure(binary: &Path, work_dir: &Path) -> anyhow::Result<Measured> {
             .with_context(|| format!("callgrind wrote no profile at {}", profile.display()))?,
     );
     let measured = functions_of(reader, file_name)?;
+    ensure_named(&measured, binary)?;
+    Ok(measured)
+}
+
+/// Refuses a measurement that names no Rust function: a stripped binary, whose functions callgrind
+/// can name only by address, gives the linker nothing to order.
+fn ensure_named(measured: &Measured, binary: &Path) -> anyhow::Result<()> {
     if measured.functions.is_empty() {
         bail!("callgrind saw no function of {}", binary.display());
     }
@@ -96,7 +103,7 @@ pub fn measure(binary: &Path, work_dir: &Path) -> anyhow::Result<Measured> {
             binary.display()
         );
     }
-    Ok(measured)
+    Ok(())
 }
 
 /// Start-up, reviews of every size on one keep-alive connection, one malformed review, a review
@@ -159,25 +166,12 @@ fn serve_workload(
         anyhow::Ok(())
     })?;
     for path in ["/metrics", "/readyz", "/livez"] {
-        let status = http_get_status(admin, path)?;
+        let status = get_status(admin, path, Duration::from_secs(30))?;
         if status != 200 {
             bail!("GET {path} answered {status}");
         }
     }
     Ok(())
-}
-
-fn http_get_status(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
-    head.strip_prefix("HTTP/1.1 ")
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("GET {path}: not an HTTP/1.1 answer: {head:?}"))
 }
 
 /// The functions of the object file named `file_name` in a callgrind profile, hottest first.
@@ -287,7 +281,8 @@ pub fn ordering_file(rustc: &str, measured: &[(String, Measured)]) -> String {
     let mut seen = std::collections::HashSet::new();
     for (build, m) in measured {
         let _ = writeln!(out, "# {build}: {} functions, {} instructions", m.functions.len(), m.instructions);
-        for name in &m.functions {
+        // Functions with no symbol (callgrind names them by address) cannot be ordered by name.
+        for name in m.functions.iter().filter(|name| !name.starts_with("0x")) {
             if seen.insert(name.as_str()) {
                 out.push_str(name);
                 out.push('\n');
@@ -359,11 +354,26 @@ fn=(3)
     }
 
     #[test]
-    fn the_file_names_the_compiler_and_lists_every_symbol_once() {
+    fn a_stripped_binary_is_refused_with_the_reason() {
+        let stripped = PROFILE
+            .replace("_ZN4main17h0000000000000001E", "0x0000000000012340")
+            .replace("_ZN4cold17h0000000000000002E", "0x0000000000012350")
+            .replace("_ZN3hot17h0000000000000003E", "0x0000000000012360")
+            .replace("_ZN3rec17h0000000000000004E", "0x0000000000012370");
+        let measured = functions_of(stripped.as_bytes(), "sidecar-injector").unwrap();
+        let error = ensure_named(&measured, Path::new("sidecar-injector")).unwrap_err().to_string();
+        assert!(error.contains("no symbol table"), "{error}");
+        let none = functions_of(PROFILE.as_bytes(), "other-binary").unwrap();
+        assert!(ensure_named(&none, Path::new("other-binary")).unwrap_err().to_string().contains("saw no function"));
+        ensure_named(&functions_of(PROFILE.as_bytes(), "sidecar-injector").unwrap(), Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn the_file_names_the_compiler_and_lists_every_symbol_once_and_no_address() {
         let m = |names: &[&str]| Measured { functions: names.iter().map(|&n| n.to_owned()).collect(), instructions: 1 };
         let file = ordering_file(
             "rustc 1.95.0 (59807616e 2026-04-14)",
-            &[("dist/sidecar-injector".to_owned(), m(&["x", "y"])), ("static".to_owned(), m(&["y", "z"]))],
+            &[("dist/sidecar-injector".to_owned(), m(&["x", "0x12340", "y"])), ("static".to_owned(), m(&["y", "z"]))],
         );
         let symbols: Vec<&str> = file.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(symbols, ["x", "y", "z"]);

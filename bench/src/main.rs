@@ -174,7 +174,7 @@ fn print_scaling(injector: &bench::inprocess::Injector, body: &[u8], seconds: f6
 /// `bench layout`.
 fn layout(binaries: Vec<PathBuf>, out: &std::path::Path) -> anyhow::Result<()> {
     let root = bench::runner::workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = bench::runner::target_dir(&root);
     let binaries = if binaries.is_empty() {
         let dynamic = bench::runner::injector_binary(&root, None, "dist", false)?;
         let image = target.join("x86_64-unknown-linux-gnu/dist/sidecar-injector");

@@ -343,6 +343,12 @@ fn find_ours(root: &Path, opts: &Options) -> anyhow::Result<PathBuf> {
     injector_binary(root, opts.ours.as_deref(), "dist", opts.allow_stale)
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `target/` under `root`.
+#[must_use]
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
 /// The sidecar-injector binary: `explicit`, else the `profile` build (`dist` for measurements,
 /// `release` for the fault tests) under `target/` (or `CARGO_TARGET_DIR`). Refused when missing,
 /// or older than its sources unless `allow_stale`.
@@ -354,10 +360,7 @@ pub fn injector_binary(
 ) -> anyhow::Result<PathBuf> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| root.join("target"), PathBuf::from)
-            .join(profile)
-            .join("sidecar-injector"),
+        None => target_dir(root).join(profile).join("sidecar-injector"),
     };
     if !path.is_file() {
         bail!(

@@ -249,13 +249,22 @@ impl Running {
 /// Whether the admin server at `admin` answers `GET /readyz` with 200.
 #[must_use]
 pub fn readyz(admin: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&admin, Duration::from_millis(100)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
+    get_status(admin, "/readyz", Duration::from_millis(500)).is_ok_and(|status| status == 200)
+}
+
+/// `GET path` over plain HTTP/1.1 on a connection of its own; the answer's status, read within
+/// `timeout` (the connection itself, on loopback, within 100 ms).
+pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(100))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+    stream.read_exact(&mut head)?;
+    std::str::from_utf8(&head)
+        .ok()
+        .and_then(|head| head.strip_prefix("HTTP/1.1 "))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("GET {path}: not an HTTP/1.1 answer: {:?}", String::from_utf8_lossy(&head)))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux this runs on).
